@@ -1,0 +1,97 @@
+"""Run logging: CSV files (train.csv, eval.csv, ...), TensorBoard and wandb (offline by default)."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+# Columns every row of train.csv / eval.csv starts with (DESIGN.md section 10).
+BASE_COLUMNS = ("frame", "step", "episode", "episode_reward", "success", "fps", "wall_time")
+
+
+class CSVLog:
+    """One CSV file. A row with new keys widens the header (the file is rewritten once)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.columns: list[str] = []
+        if path.exists():
+            with open(path, newline="") as f:
+                self.columns = next(csv.reader(f), None) or []
+
+    def _rewrite(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+        self.columns = columns
+
+    def read(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        new = [k for k in row if k not in self.columns]
+        if new or not self.path.exists():
+            first = [c for c in BASE_COLUMNS if c in row or c in self.columns]
+            rest = sorted((set(self.columns) | set(row)) - set(first))
+            self._rewrite(first + rest, self.read())
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(dict(row))
+
+    def truncate_after(self, frame: int) -> list[dict[str, str]]:
+        """Drop rows logged after ``frame`` (used on resume); returns the rows kept."""
+        if not self.path.exists():
+            return []
+        kept = [r for r in self.read() if int(float(r["frame"])) <= frame]
+        self._rewrite(self.columns, kept)
+        return kept
+
+
+class Logger:
+    """Fans each logged row out to ``<name>.csv``, TensorBoard (``<name>/<key>``) and wandb."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, wandb_mode: str = "offline",
+                 wandb_project: str = "mbrl-video-wm", config: Mapping[str, Any] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.csv: dict[str, CSVLog] = {}
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        self.wandb = None
+        if wandb_mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), mode=wandb_mode,
+                                    config=dict(config or {}), resume="allow",
+                                    id=self.run_dir.name.replace("/", "_")[-64:], reinit=True)
+
+    def csv_log(self, name: str) -> CSVLog:
+        if name not in self.csv:
+            self.csv[name] = CSVLog(self.run_dir / f"{name}.csv")
+        return self.csv[name]
+
+    def log(self, name: str, row: Mapping[str, Any]) -> None:
+        """Log one row (must contain ``frame``) under ``name`` (train, eval, world_model, ...)."""
+        self.csv_log(name).write(row)
+        frame = int(row["frame"])
+        scalars = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "frame"}
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(f"{name}/{key}", value, frame)
+        if self.wandb is not None:
+            self.wandb.log({f"{name}/{k}": v for k, v in scalars.items()} | {"frame": frame})
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,180 @@
+"""MBPO with a video world model (iVideoGPT's adaptation of MBPO to DrQ-v2; DESIGN.md section 3).
+
+The loop calls ``on_step`` after every env step. Once ``start_frames`` frames are in, the world
+model is trained on real segments (each part at its own frequency, from the world model's config),
+and every ``gen_every_frames`` a batch of k-step rollouts is imagined from real observations with
+the current policy, exploration noise included, and stored in the imagined buffer. Agent batches
+then mix ``real_ratio`` real transitions with imagined ones.
+
+Alignment (checked in tests): rollouts use the world-model interface's convention, so the
+imagined reward for (o_t, a_t) is stored where the real buffer stores r_t; imagined frames are
+uint8 like real ones and are scaled once, inside the agent's encoder.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from mbrl.replay import TransitionBatch
+from mbrl.replay.imagined_buffer import ImaginedReplayBuffer
+from mbrl.replay.real_buffer import RealReplayBuffer
+from mbrl.video import comparison_video, write_video
+from worldmodel.interface import WorldModel
+
+
+def crossed(prev_frame: int, frame: int, every: int) -> int:
+    """How many multiples of ``every`` lie in (prev_frame, frame]."""
+    return 0 if every <= 0 else frame // every - prev_frame // every
+
+
+def rollout_policy(agent, prefix: torch.Tensor, frame_stack: int, step: int):
+    """The agent as a policy inside the world model, with its exploration noise. ``prefix`` holds
+    the real frames before the world model's context, so the first imagined steps see a full real
+    frame stack; frames stay uint8 and are scaled once, in the agent's encoder, as real ones are."""
+    def policy(frames: torch.Tensor) -> torch.Tensor:  # frames uint8 [B, t, 3, H, W]
+        history = torch.cat([prefix, frames], 1)[:, -frame_stack:]
+        obs = history.reshape(history.shape[0], -1, *history.shape[-2:])  # [B, 3*fs, H, W]
+        return agent.act(obs, step, eval_mode=False)
+    return policy
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of frames in [0, 1] from their mean squared error."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+class MBPO:
+    def __init__(self, cfg: Mapping[str, Any], wm_cfg: Mapping[str, Any], world_model: WorldModel, agent,
+                 real: RealReplayBuffer, frame_stack: int, nstep: int, discount: float,
+                 device: torch.device, seed: int) -> None:
+        self.cfg, self.world_model, self.agent, self.real = cfg, world_model, agent, real
+        self.frame_stack, self.device = frame_stack, device
+        self.update_every = dict(wm_cfg["update_every_frames"])
+        unknown = set(self.update_every) - set(world_model.parts)
+        if unknown:
+            raise ValueError(f"world_model.update_every_frames names {sorted(unknown)}, but this world model "
+                             f"trains the parts {list(world_model.parts)}")
+        self.wm_batch_size = int(wm_cfg["batch_size"])
+        self.segment_length = int(wm_cfg["segment_length"])
+        self.imagined = ImaginedReplayBuffer(cfg["imagined_capacity"], cfg["gen_horizon"],
+                                             world_model.image_size, world_model.action_dim,
+                                             frame_stack, nstep, discount)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.started = False
+        self.needs_refill = False  # set on resume: the imagined buffer is regenerated, not saved
+        self.wm_updates = 0
+        self.skipped_updates = 0
+
+    # ----- schedule -----
+    def on_step(self, prev_frame: int, frame: int, step: int, timer) -> dict[str, float]:
+        """Run what the schedule asks for between two frame counts; returns world-model metrics."""
+        metrics: dict[str, float] = {}
+        if frame < self.cfg["start_frames"]:
+            return metrics
+        if not self.started:
+            self.started = True
+            with timer("world_model"):
+                for _ in range(self.cfg["init_wm_updates"]):
+                    metrics = self.train_world_model(None)
+            with timer("imagination"):
+                for _ in range(self.cfg["init_rollout_batches"]):
+                    self.generate(step)
+            return metrics
+        if self.needs_refill:
+            self.needs_refill = False
+            with timer("imagination"):
+                for _ in range(self.cfg["init_rollout_batches"]):
+                    self.generate(step)
+        with timer("world_model"):
+            for part, every in self.update_every.items():
+                for _ in range(crossed(prev_frame, frame, every)):
+                    metrics.update(self.train_world_model((part,)))
+        with timer("imagination"):
+            for _ in range(crossed(prev_frame, frame, self.cfg["gen_every_frames"])):
+                self.generate(step)
+        return metrics
+
+    def train_world_model(self, parts: tuple[str, ...] | None) -> dict[str, float]:
+        batch = self.real.sample_segments(self.wm_batch_size, self.segment_length, self.rng).to(self.device)
+        metrics = self.world_model.update(batch, parts=parts)
+        self.wm_updates += 1
+        if not all(math.isfinite(v) for v in metrics.values()):
+            self.skipped_updates += 1
+        return metrics
+
+    # ----- imagination -----
+    @torch.no_grad()
+    def generate(self, step: int) -> int:
+        """Imagine ``gen_batch`` rollouts from real observations; returns how many were stored."""
+        t0 = self.world_model.context_frames
+        length = max(t0, self.frame_stack)
+        start = self.real.sample_context(self.cfg["gen_batch"], length, self.rng).to(self.device)
+        context, prefix = start[:, length - t0:], start[:, :length - t0]
+        rollout = self.world_model.rollout(context, rollout_policy(self.agent, prefix, self.frame_stack, step),
+                                           self.cfg["gen_horizon"], generator=self.generator)
+        stack_prefix = start[:, length - self.frame_stack:-1]  # fs-1 real frames before the start
+        return self.imagined.add(stack_prefix, rollout)
+
+    def agent_batch(self, batch_size: int) -> TransitionBatch:
+        """``real_ratio`` of the batch from the real buffer, the rest imagined (all real before
+        the first rollouts)."""
+        if len(self.imagined) == 0:
+            return self.real.sample(batch_size, self.rng)
+        n_real = int(round(batch_size * self.cfg["real_ratio"]))
+        return TransitionBatch.cat([self.real.sample(n_real, self.rng),
+                                    self.imagined.sample(batch_size - n_real, self.rng)])
+
+    # ----- validation -----
+    @torch.no_grad()
+    def validate(self, video_path: Path | None, video_scale: int) -> dict[str, float]:
+        """Open-loop prediction from real context with the real actions: frame MSE/PSNR (and the
+        copy-last-frame baseline), reward MSE, and an mp4 with real and imagined side by side."""
+        t0, horizon = self.world_model.context_frames, self.cfg["gen_horizon"]
+        batch = self.real.sample_segments(self.cfg["validate_batch"], t0 + horizon, self.rng).to(self.device)
+        state = self.world_model.reset(batch.obs[:, :t0], generator=self.generator)
+        frames, rewards = [], []
+        was_training = self.world_model.training
+        self.world_model.eval()
+        for i in range(horizon):
+            frame, reward, state = self.world_model.step(state, batch.action[:, t0 - 1 + i])
+            frames.append(frame)
+            rewards.append(reward)
+        self.world_model.train(was_training)
+        imagined = torch.stack(frames, 1).float() / 255  # [B, k, 3, H, W]
+        real = batch.obs[:, t0:].float() / 255
+        last = batch.obs[:, t0 - 1:t0].float() / 255
+        mse = ((imagined - real) ** 2).mean((0, 2, 3, 4))  # per step [k]
+        copy_mse = ((last - real) ** 2).mean((0, 2, 3, 4))
+        reward_mse = ((torch.stack(rewards, 1) - batch.reward[:, t0 - 1:]) ** 2).mean()
+        metrics = {"frame_mse": mse.mean().item(), "psnr": psnr(mse).mean().item(),
+                   "copy_last_psnr": psnr(copy_mse).mean().item(), "reward_mse": reward_mse.item()}
+        if video_path is not None:
+            full = torch.cat([batch.obs[:, :t0], torch.stack(frames, 1)], 1)
+            grid = comparison_video(batch.obs.cpu().numpy(), full.cpu().numpy(), t0)
+            write_video(video_path, grid, fps=4, scale=video_scale)
+        return metrics
+
+    # ----- checkpoints -----
+    def state_dict(self) -> dict[str, Any]:
+        return {"world_model": self.world_model.state_dict(),
+                "world_model_training": self.world_model.training_state(),
+                "started": self.started, "wm_updates": self.wm_updates,
+                "skipped_updates": self.skipped_updates,
+                "imagined_added": self.imagined.total_added, "imagined_dropped": self.imagined.total_dropped,
+                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.world_model.load_state_dict(state["world_model"])
+        self.world_model.load_training_state(state["world_model_training"])
+        self.wm_updates, self.skipped_updates = state["wm_updates"], state["skipped_updates"]
+        self.imagined.total_added = state["imagined_added"]
+        self.imagined.total_dropped = state["imagined_dropped"]
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        self.started = state["started"]
+        self.needs_refill = self.started

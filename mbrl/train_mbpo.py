@@ -1,0 +1,100 @@
+"""Train a pixel-based agent: DrQ-v2 (world_model=none) or MBPO with a video world model.
+
+    python mbrl/train_mbpo.py task=metaworld/plate_slide                 # MBPO + iVideoGPT
+    python mbrl/train_mbpo.py task=metaworld/plate_slide world_model=none # DrQ-v2
+    python mbrl/train_mbpo.py ... resume=true          # continue the latest run of this task/model/seed
+    python mbrl/train_mbpo.py ... resume=runs/...      # continue that run
+
+Without a ``preset=`` override, the reference preset is used on a CUDA machine and the ``cpu``
+preset otherwise; the choice is printed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # runnable as a script from a source checkout
+    sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+CONFIG_DIR = str(REPO_ROOT / "cfgs")
+RUNS_DIR = Path("runs")
+
+
+def _get(args: list[str], key: str) -> str | None:
+    for arg in args:
+        if arg.startswith(key + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def choose_preset(args: list[str]) -> list[str]:
+    """Add ``preset=cpu`` or ``preset=reference`` when the user gave none, and say which."""
+    if _get(args, "preset") is not None:
+        print(f"[train] preset={_get(args, 'preset')} (given)")
+        return args
+    import torch
+
+    preset = "reference" if torch.cuda.is_available() else "cpu"
+    why = "CUDA is available" if preset == "reference" else "no CUDA device: the CPU-sized schedule and world model"
+    print(f"[train] preset={preset} ({why}; override with preset=reference|cpu)")
+    return args + [f"preset={preset}"]
+
+
+def resolve_resume(args: list[str]) -> list[str]:
+    """``resume=<run dir>`` -> that dir; ``resume=true`` -> the latest run of the same task, world
+    model and seed under runs/ (when ``hydra.run.dir`` is not given)."""
+    resume = _get(args, "resume")
+    if resume in (None, "false", "False") or _get(args, "hydra.run.dir") is not None:
+        return args
+    rest = [a for a in args if not a.startswith("resume=")]
+    if resume not in ("true", "True"):
+        if not Path(resume).is_dir():
+            raise SystemExit(f"[train] resume={resume}: no such run directory")
+        return rest + ["resume=true", f"hydra.run.dir={resume}"]
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose("config", overrides=[a for a in rest if not a.startswith("hydra.")],
+                      return_hydra_config=True)
+    parent = RUNS_DIR / cfg.hydra.runtime.choices.task / cfg.world_model.name
+    runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if (p / "checkpoints" / "last.pt").exists())
+    if not runs:
+        print(f"[train] resume=true: no earlier run with a checkpoint under {parent}; starting a new run")
+        return rest + ["resume=true"]
+    print(f"[train] resume=true: continuing {runs[-1]}")
+    return rest + ["resume=true", f"hydra.run.dir={runs[-1]}"]
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mbrl.checkpoint import CheckpointError
+    from mbrl.envs import MissingSimulatorError, UnknownTaskError
+    from mbrl.utils import ConfigValueError
+    from worldmodel.episodes import EpisodeFormatError
+    from worldmodel.interface import WorldModelConfigError
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        from mbrl.trainer import Trainer
+
+        print(f"[train] run dir: {run_dir}")
+        result = Trainer(cfg, run_dir).train()
+    except (MissingSimulatorError, UnknownTaskError, CheckpointError, EpisodeFormatError,
+            WorldModelConfigError, ConfigValueError, FileNotFoundError) as e:
+        print(f"[train] error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if result:
+        print(f"[train] done: final eval success {result['success']:.2f}, return {result['episode_reward']:.1f}")
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0]] + resolve_resume(choose_preset(sys.argv[1:]))
+    main()

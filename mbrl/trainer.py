@@ -1,0 +1,255 @@
+"""The training loop: DrQ-v2 in the real env, plus MBPO when a world model is configured.
+
+Counters: ``step`` counts agent steps, ``frame`` = step x action_repeat counts env frames (as in
+DrQ-v2), ``episode`` counts finished training episodes. Finished episodes are written to
+``episodes/`` as soon as they end; that folder *is* the persistent real replay buffer. A checkpoint
+(agent, optimisers, world model, counters, RNG) is written atomically at episode ends. A resumed
+run reloads the checkpoint and then every episode on disk, including those finished after the
+checkpoint, so no finished episode is lost.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mbrl.agent import DrQV2Agent
+from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mbrl.envs import make_env
+from mbrl.logger import Logger
+from mbrl.mbpo import MBPO
+from mbrl.replay.real_buffer import RealReplayBuffer
+from mbrl.utils import SectionTimer, resolve_device, set_seed_everywhere
+from mbrl.video import chw_to_hwc, write_video
+from mbrl.world_models import build_world_model
+from worldmodel.episodes import Episode, iter_episodes, save_episode
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 10_000  # the eval env's seed = seed + this, so eval never replays train starts
+EPISODES_DIR = "episodes"
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        set_seed_everywhere(cfg.seed)
+        self.train_env = make_env(cfg.task, seed=cfg.seed)
+        self.eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
+        self.action_repeat = int(cfg.task.action_repeat)
+        self.frame_stack = int(cfg.task.frame_stack)
+        obs_shape = tuple(self.train_env.observation_space.shape)  # [3*fs, H, W]
+        self.image_size = obs_shape[-1]
+        self.action_dim = int(self.train_env.action_space.shape[0])
+        a = cfg.agent
+        self.agent = DrQV2Agent.from_config(a, obs_shape, self.action_dim, self.device)
+        self.replay = RealReplayBuffer(
+            cfg.replay.capacity, self.image_size, self.action_dim, self.frame_stack, a.nstep, a.discount,
+            memmap_dir=str(self.run_dir / "replay_memmap") if cfg.replay.memmap else None)
+        self.rng = np.random.default_rng(cfg.seed)
+        world_model = build_world_model(cfg.world_model, self.image_size, self.action_dim, self.device)
+        self.mbpo = None if world_model is None else MBPO(
+            cfg.mbpo, cfg.world_model, world_model, self.agent, self.replay, self.frame_stack, a.nstep,
+            a.discount, self.device, cfg.seed)
+        self.logger = Logger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb_mode=cfg.log.wandb,
+                             wandb_project=cfg.log.wandb_project,
+                             config=OmegaConf.to_container(cfg, resolve=True))
+        self.timer = SectionTimer()
+        self.step = self.episode = 0
+        self.last_save_frame = 0
+        self.last_eval_frame = -(10**12)  # none yet: evaluate at frame 0 too, for the curve's start
+        self.wall_offset = 0.0  # wall time of earlier sessions of this run (resume)
+        self.start_time = time.time()
+
+    @property
+    def frame(self) -> int:
+        return self.step * self.action_repeat
+
+    # ----- episodes on disk (the persistent replay) -----
+    def episode_path(self, index: int, length: int) -> Path:
+        return self.run_dir / EPISODES_DIR / f"episode_{index:06d}_{length}.npz"
+
+    def store_episode(self, episode: Episode) -> None:
+        save_episode(self.episode_path(self.episode, len(episode)), episode)
+        self.replay.add_episode(episode)
+
+    def load_demos(self) -> None:
+        from mbrl.demos import load_demos
+
+        demos = load_demos(self.cfg.task, self.image_size, self.action_dim)
+        for demo in demos:
+            self.replay.add_episode(demo)
+        print(f"[train] seeded the replay buffer with {len(demos)} demonstrations "
+              f"({sum(len(d) for d in demos)} transitions)")
+
+    # ----- acting -----
+    def act(self, obs: np.ndarray, eval_mode: bool) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+        return self.agent.act(obs_t, self.step, eval_mode=eval_mode)[0].cpu().numpy()
+
+    def run_episode(self, env, eval_mode: bool, seed: int | None = None,
+                    record: bool = False) -> tuple[Episode, list[np.ndarray]]:
+        """Play one episode; returns it (single frames) and, if ``record``, its frames for video."""
+        obs, info = env.reset(seed=seed)
+        frames, actions, rewards, successes, terminals = [obs[-3:]], [], [], [], []
+        while True:
+            with self.timer("agent_act"):
+                action = self.act(obs, eval_mode)
+            with self.timer("env"):
+                obs, reward, terminated, truncated, info = env.step(action)
+            frames.append(obs[-3:])
+            actions.append(action)
+            rewards.append(reward)
+            successes.append(bool(info["success"]))
+            terminals.append(bool(terminated))
+            if not eval_mode:
+                self.after_train_step()
+            if terminated or truncated:
+                break
+        episode = Episode(obs=np.stack(frames).astype(np.uint8), action=np.asarray(actions, np.float32),
+                          reward=np.asarray(rewards, np.float32), success=np.asarray(successes),
+                          terminal=np.asarray(terminals),
+                          meta={"task": str(self.cfg.task.name), "suite": str(self.cfg.task.suite),
+                                "source": "eval" if eval_mode else "train",
+                                "action_repeat": self.action_repeat})
+        return episode, (frames if record else [])
+
+    def after_train_step(self) -> None:
+        """Called after each training env step: agent and world-model updates."""
+        prev_frame = self.frame
+        self.step += 1
+        if self.mbpo is not None:
+            wm_metrics = self.mbpo.on_step(prev_frame, self.frame, self.step, self.timer)
+            if wm_metrics:
+                self.last_wm_metrics = wm_metrics
+        a = self.cfg.agent
+        if self.frame < self.cfg.num_seed_frames or len(self.replay) == 0 or self.step % a.update_every_steps:
+            return
+        times = self.cfg.mbpo.agent_update_times if self.mbpo is not None and self.mbpo.started else 1
+        with self.timer("agent_update"):
+            for _ in range(times):
+                batch = (self.mbpo.agent_batch(a.batch_size) if self.mbpo is not None
+                         else self.replay.sample(a.batch_size, self.rng))
+                self.last_agent_metrics = self.agent.update(batch.to(self.device), self.step)
+
+    # ----- evaluation -----
+    def evaluate(self) -> dict[str, Any]:
+        returns, successes, video = [], [], []
+        for i in range(self.cfg.num_eval_episodes):
+            record = i == 0 and self.cfg.log.video
+            episode, frames = self.run_episode(self.eval_env, eval_mode=True,
+                                               seed=self.cfg.seed + EVAL_SEED_OFFSET + i, record=record)
+            returns.append(float(episode.reward.sum()))
+            successes.append(float(episode.success.any()))
+            video = frames or video
+        if video:
+            write_video(self.run_dir / "videos" / f"eval_{self.frame:08d}.mp4", chw_to_hwc(np.stack(video)),
+                        fps=10, scale=self.cfg.log.video_scale)
+        row = {"frame": self.frame, "step": self.step, "episode": self.episode,
+               "episode_reward": float(np.mean(returns)), "success": float(np.mean(successes)),
+               "fps": self.fps(), "wall_time": self.wall_time()}
+        self.logger.log("eval", row)
+        self.last_eval_frame = self.frame
+        return row
+
+    def wall_time(self) -> float:
+        return self.wall_offset + time.time() - self.start_time
+
+    def fps(self) -> float:
+        return self.frame / max(self.wall_time(), 1e-6)
+
+    # ----- checkpoints -----
+    def save(self) -> None:
+        state = {"step": self.step, "episode": self.episode, "last_eval_frame": self.last_eval_frame,
+                 "wall_time": self.wall_time(), "agent": self.agent.state_dict(),
+                 "rng": rng_state(), "replay_rng": self.rng.bit_generator.state,
+                 "mbpo": self.mbpo.state_dict() if self.mbpo is not None else None,
+                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        save_checkpoint(self.run_dir / "checkpoints", state)
+        self.last_save_frame = self.frame
+
+    def restore(self) -> bool:
+        """Continue from the run dir's checkpoint and episodes; False if there is nothing to resume."""
+        state = load_checkpoint(self.run_dir / "checkpoints")
+        if state is None:
+            return False
+        self.agent.load_state_dict(state["agent"])
+        set_rng_state(state["rng"])
+        self.rng.bit_generator.state = state["replay_rng"]
+        if self.mbpo is not None and state["mbpo"] is not None:
+            self.mbpo.load_state_dict(state["mbpo"])
+        self.wall_offset = state["wall_time"]
+        self.step = self.episode = 0
+        for path, episode in iter_episodes(self.run_dir / EPISODES_DIR, self.image_size, self.action_dim):
+            self.replay.add_episode(episode)
+            self.step += len(episode)
+            self.episode += 1
+        self.last_save_frame = self.frame
+        kept = self.logger.csv_log("eval").truncate_after(self.frame)
+        self.last_eval_frame = max([int(float(r["frame"])) for r in kept], default=self.last_eval_frame)
+        self.logger.csv_log("train").truncate_after(self.frame)
+        print(f"[train] resumed {self.run_dir} at frame {self.frame} (episode {self.episode}; "
+              f"checkpoint at frame {state['step'] * self.action_repeat})")
+        return True
+
+    # ----- the loop -----
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.demo:  # demos live in demonstrations/, not in the run's episodes/
+            self.load_demos()
+        if cfg.resume and self.restore() and self.frame >= cfg.num_train_frames:
+            print(f"[train] {self.run_dir} already finished ({self.frame} frames); nothing to do")
+            self.close()
+            return {}
+        bar = None
+        if cfg.log.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.num_train_frames, initial=self.frame, unit="frame", dynamic_ncols=True)
+        last_eval: dict[str, Any] = {}
+        while self.frame < cfg.num_train_frames:
+            if cfg.eval_every_frames and self.frame - self.last_eval_frame >= cfg.eval_every_frames:
+                last_eval = self.evaluate()
+            start_frame, start_time = self.frame, time.time()
+            episode, _ = self.run_episode(self.train_env, eval_mode=False)
+            self.store_episode(episode)
+            self.episode += 1
+            row = {"frame": self.frame, "step": self.step, "episode": self.episode,
+                   "episode_reward": float(episode.reward.sum()), "success": float(episode.success.any()),
+                   "fps": (self.frame - start_frame) / max(time.time() - start_time, 1e-6),
+                   "wall_time": self.wall_time(), "buffer_size": len(self.replay)}
+            row.update({f"time_{k}": v for k, v in self.timer.pop().items()})
+            row.update({f"agent_{k}": v for k, v in getattr(self, "last_agent_metrics", {}).items()})
+            if self.mbpo is not None:
+                row.update({f"wm_{k}": v for k, v in getattr(self, "last_wm_metrics", {}).items()})
+                row["imagined_size"] = len(self.mbpo.imagined)
+                every = cfg.mbpo.validate_every_episodes
+                if self.mbpo.started and every and self.episode % every == 0:
+                    video = self.run_dir / "videos" / f"imagination_{self.frame:08d}.mp4" if cfg.log.video else None
+                    self.logger.log("validation", {"frame": self.frame, "episode": self.episode,
+                                                   **self.mbpo.validate(video, cfg.log.video_scale)})
+            self.logger.log("train", row)
+            if self.frame - self.last_save_frame >= cfg.save_every_frames:
+                self.save()
+            if bar is not None:
+                bar.update(self.frame - bar.n)
+                bar.set_postfix(fps=f"{row['fps']:.0f}", episode=self.episode,
+                                eval_success=last_eval.get("success", "-"))
+        if self.last_eval_frame != self.frame or self.frame == 0:
+            last_eval = self.evaluate()
+        self.save()
+        if bar is not None:
+            bar.close()
+        self.close()
+        return last_eval
+
+    def close(self) -> None:
+        self.logger.close()
+        self.train_env.close()
+        self.eval_env.close()

@@ -1,0 +1,17 @@
+"""Shared test set-up: headless rendering, few threads (CI has 2 cores), deterministic seeds."""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,124 @@
+"""The training entry point end to end (DrQ-v2 path) through its real command line."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EPISODE_STEPS, ACTION_REPEAT = 10, 2
+FRAMES_PER_EPISODE = EPISODE_STEPS * ACTION_REPEAT
+# A tiny but complete DrQ-v2 run on Meta-World: short episodes, a small agent, few eval episodes.
+TINY = [
+    "world_model=none", "preset=cpu", f"task.episode_length={EPISODE_STEPS}", "num_seed_frames=40",
+    "eval_every_frames=80", "num_eval_episodes=1", "save_every_frames=40", "agent.batch_size=16",
+    "agent.hidden_dim=64", "agent.num_expl_steps=10", "replay.capacity=5000", "log.wandb=disabled",
+    "log.progress_bar=false",
+]
+
+
+def train(run_dir: Path, *overrides: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**(env or os.environ), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    cmd = [sys.executable, str(REPO / "mbrl" / "train_mbpo.py"), *TINY, *overrides, f"hydra.run.dir={run_dir}"]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_drqv2_run_writes_logs_videos_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = train(run, "num_train_frames=160", "log.wandb=offline")
+    assert "preset=cpu (given)" in result.stdout
+    train_rows, eval_rows = rows(run / "train.csv"), rows(run / "eval.csv")
+    assert [int(r["frame"]) for r in train_rows] == list(range(20, 161, 20))
+    assert [int(r["frame"]) for r in eval_rows] == [0, 80, 160]
+    for column in ("frame", "step", "episode", "episode_reward", "success", "fps", "wall_time"):
+        assert column in train_rows[0] and column in eval_rows[0]
+    assert float(train_rows[-1]["agent_critic_loss"]) == float(train_rows[-1]["agent_critic_loss"])  # logged, not NaN
+    assert len(list((run / "episodes").glob("*.npz"))) == 8
+    assert sorted(p.name for p in (run / "videos").glob("*.mp4")) == [
+        "eval_00000000.mp4", "eval_00000080.mp4", "eval_00000160.mp4"]
+    assert (run / "checkpoints" / "last.pt").stat().st_size > 0
+    assert list((run / "tb").iterdir()) and (run / "wandb").is_dir()
+    assert (run / ".hydra" / "config.yaml").exists()
+
+
+def test_resume_after_kill_loses_no_episode(tmp_path):
+    frames = 240
+    straight = tmp_path / "straight"
+    train(straight, f"num_train_frames={frames}")
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    cmd = [sys.executable, str(REPO / "mbrl" / "train_mbpo.py"), *TINY, f"num_train_frames={frames}",
+           f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        episodes = list((run / "episodes").glob("*.npz")) if (run / "episodes").exists() else []
+        if (run / "checkpoints" / "last.pt").exists() and len(episodes) >= 5:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name for p in (run / "episodes").glob("*.npz")}
+    assert 5 <= len(before) < frames // FRAMES_PER_EPISODE
+
+    result = train(run, f"num_train_frames={frames}", "resume=true")
+    assert "resumed" in result.stdout
+    after = {p.name for p in (run / "episodes").glob("*.npz")}
+    assert before <= after, "a finished episode was lost"
+    assert len(after) == len(list((straight / "episodes").glob("*.npz"))) == frames // FRAMES_PER_EPISODE
+    train_frames = [int(r["frame"]) for r in rows(run / "train.csv")]
+    assert train_frames == [int(r["frame"]) for r in rows(straight / "train.csv")]
+    assert [int(r["frame"]) for r in rows(run / "eval.csv")] == [int(r["frame"]) for r in rows(straight / "eval.csv")]
+
+    # Resuming a finished run does nothing more.
+    again = train(run, f"num_train_frames={frames}", "resume=true")
+    assert "already finished" in again.stdout
+    assert len(list((run / "episodes").glob("*.npz"))) == len(after)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task=metaworld/plate_slidee", "plate_slidee"),
+    ("agent.not_a_key=1", "not_a_key"),
+    ("device=cuda:7", "CUDA"),
+])
+def test_bad_input_gives_a_clear_message(tmp_path, override, message):
+    result = train(tmp_path / "run", override, "num_train_frames=20", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_gives_a_clear_message(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    result = train(run, "num_train_frames=20", "resume=true", check=False)
+    assert result.returncode == 1
+    assert "corrupt" in result.stderr and "last.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_simulator_names_the_extra(tmp_path):
+    """With Meta-World made unimportable, the run stops with one line naming the extra."""
+    fake = tmp_path / "shadow" / "metaworld"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named metaworld (hidden by the test)')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+    result = train(tmp_path / "run", "num_train_frames=20", check=False, env=env)
+    assert result.returncode == 1
+    assert "metaworld" in result.stderr and "pip install" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,172 @@
+"""Episode files: the one on-disk format for replay, demonstrations and pretraining corpora.
+
+One episode = one ``.npz`` holding
+
+    obs      uint8   [T+1, 3, H, W]   single frames (never stacked copies)
+    action   float32 [T, A]           action[t] takes obs[t] to obs[t+1]
+    reward   float32 [T]              reward[t] is what the env returned for that step
+    success  bool    [T]              the env's success flag after each step
+    terminal bool    [T]              optional; true where the env ended the episode (not a
+                                      time limit). Missing means no terminal step.
+    meta     JSON string              task, source, fps and anything else (e.g. action layout)
+
+Files are written atomically (temp file + rename) and validated on read: a bad file is refused
+with a message naming the file and the fault.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("obs", "action", "reward", "success")
+EPISODE_SUFFIX = ".npz"
+
+
+class EpisodeFormatError(ValueError):
+    """An episode file is missing, corrupt or does not fit the run."""
+
+    def __init__(self, path: str | os.PathLike, fault: str):
+        self.path, self.fault = str(path), fault
+        super().__init__(f"episode file {path}: {fault}")
+
+
+@dataclass
+class Episode:
+    obs: np.ndarray  # uint8 [T+1, 3, H, W]
+    action: np.ndarray  # float32 [T, A]
+    reward: np.ndarray  # float32 [T]
+    success: np.ndarray  # bool [T]
+    terminal: np.ndarray | None = None  # bool [T]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.terminal is None:
+            self.terminal = np.zeros(len(self.reward), dtype=bool)
+
+    def __len__(self) -> int:
+        """Number of transitions T."""
+        return len(self.action)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.obs.shape[-1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action.shape[-1])
+
+    def validate(self, path: str | os.PathLike = "<memory>", image_size: int | None = None,
+                 action_dim: int | None = None) -> "Episode":
+        """Check dtypes, shapes and lengths (and the run's frame size / action dim if given)."""
+        def fault(msg: str) -> EpisodeFormatError:
+            return EpisodeFormatError(path, msg)
+
+        expected = {"obs": np.uint8, "action": np.float32, "reward": np.float32,
+                    "success": np.bool_, "terminal": np.bool_}
+        for key, dtype in expected.items():
+            value = getattr(self, key)
+            if value.dtype != dtype:
+                raise fault(f"'{key}' has dtype {value.dtype}, expected {np.dtype(dtype)}")
+        if self.obs.ndim != 4 or self.obs.shape[1] != 3 or self.obs.shape[2] != self.obs.shape[3]:
+            raise fault(f"'obs' has shape {self.obs.shape}, expected [T+1, 3, H, H]")
+        if self.action.ndim != 2:
+            raise fault(f"'action' has shape {self.action.shape}, expected [T, A]")
+        steps = len(self.action)
+        if steps < 1:
+            raise fault("episode has no transitions")
+        if len(self.obs) != steps + 1:
+            raise fault(f"'obs' has {len(self.obs)} frames but 'action' has {steps} steps "
+                        "(expected T+1 frames for T steps)")
+        for key in ("reward", "success", "terminal"):
+            value = getattr(self, key)
+            if value.shape != (steps,):
+                raise fault(f"'{key}' has shape {value.shape}, expected ({steps},)")
+        if not (np.isfinite(self.action).all() and np.isfinite(self.reward).all()):
+            raise fault("'action' or 'reward' holds NaN or inf")
+        if image_size is not None and self.image_size != image_size:
+            raise fault(f"frames are {self.image_size}x{self.image_size} but the run uses "
+                        f"{image_size}x{image_size}; re-collect or convert at that size")
+        if action_dim is not None and self.action_dim != action_dim:
+            raise fault(f"actions have {self.action_dim} dims but the run's env has {action_dim}")
+        return self
+
+
+def save_episode(path: str | os.PathLike, episode: Episode, compress: bool = True) -> Path:
+    """Validate and write ``episode`` atomically; returns the final path."""
+    path = Path(path)
+    if path.suffix != EPISODE_SUFFIX:
+        path = path.with_suffix(EPISODE_SUFFIX)
+    episode.validate(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    arrays = dict(obs=episode.obs, action=episode.action, reward=episode.reward,
+                  success=episode.success, terminal=episode.terminal,
+                  meta=np.array(json.dumps(episode.meta, sort_keys=True)))
+    with open(tmp, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_episode(path: str | os.PathLike, image_size: int | None = None,
+                 action_dim: int | None = None) -> Episode:
+    """Read and validate one episode file; raises ``EpisodeFormatError`` naming the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise EpisodeFormatError(path, "no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in REQUIRED_KEYS if k not in data.files]
+            if missing:
+                raise EpisodeFormatError(path, f"missing keys {missing} (has {sorted(data.files)})")
+            arrays = {k: data[k] for k in data.files}
+    except EpisodeFormatError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise EpisodeFormatError(path, f"unreadable or truncated file ({type(e).__name__}: {e})") from None
+    meta: dict[str, Any] = {}
+    if "meta" in arrays:
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except json.JSONDecodeError as e:
+            raise EpisodeFormatError(path, f"'meta' is not valid JSON ({e})") from None
+    episode = Episode(obs=arrays["obs"], action=arrays["action"], reward=arrays["reward"],
+                      success=arrays["success"], terminal=arrays.get("terminal"), meta=meta)
+    return episode.validate(path, image_size=image_size, action_dim=action_dim)
+
+
+def episode_paths(directory: str | os.PathLike) -> list[Path]:
+    """Episode files under ``directory`` (recursively), in sorted order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"episode folder {directory} does not exist")
+    return sorted(p for p in directory.rglob(f"*{EPISODE_SUFFIX}") if not p.name.startswith("."))
+
+
+def iter_episodes(directory: str | os.PathLike, image_size: int | None = None,
+                  action_dim: int | None = None, skip_bad: bool = False) -> Iterator[tuple[Path, Episode]]:
+    """Yield (path, episode) for every file in ``directory``. A bad file raises, unless
+    ``skip_bad`` is set: then it is reported in the log and skipped."""
+    for path in episode_paths(directory):
+        try:
+            yield path, load_episode(path, image_size=image_size, action_dim=action_dim)
+        except EpisodeFormatError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s", e)
+
+
+def load_episodes(directory: str | os.PathLike, image_size: int | None = None,
+                  action_dim: int | None = None, skip_bad: bool = False) -> list[Episode]:
+    return [ep for _, ep in iter_episodes(directory, image_size, action_dim, skip_bad)]

@@ -1,0 +1,208 @@
+"""The world-model interface: the one contract between the RL loop and any world model.
+
+Time alignment (the same everywhere in this project, real data and imagination alike):
+
+    obs[t] --action[t]--> obs[t+1], and reward[t] is the reward the env returned for that step.
+
+So a segment holds ``obs`` [B, T, 3, H, W], ``action`` [B, T-1, A] and ``reward`` [B, T-1], and
+``step(state, action_t)`` returns ``(obs_{t+1}, reward_t, state)``: the imagined reward for
+(o_t, a_t) means exactly what the real replay buffer's r_t means. Frames are uint8 in [0, 255]
+at the env's resolution, so a policy sees imagined frames scaled exactly as real ones.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# A policy acting inside the world model: takes every frame so far, uint8 [B, t, 3, H, W]
+# (context then imagined), and returns actions float [B, A] in [-1, 1].
+Policy = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SegmentBatch:
+    """Real training segments: contiguous steps inside one episode."""
+
+    obs: torch.Tensor  # uint8 [B, T, 3, H, W]
+    action: torch.Tensor  # float32 [B, T-1, A]
+    reward: torch.Tensor  # float32 [B, T-1]
+
+    def to(self, device: torch.device | str) -> "SegmentBatch":
+        return SegmentBatch(self.obs.to(device, non_blocking=True),
+                            self.action.to(device, non_blocking=True),
+                            self.reward.to(device, non_blocking=True))
+
+
+@dataclass
+class Rollout:
+    """An imagined rollout of horizon k from a real start."""
+
+    obs: torch.Tensor  # uint8 [B, k+1, 3, H, W]; obs[:, 0] is the last real context frame
+    action: torch.Tensor  # float32 [B, k, A]
+    reward: torch.Tensor  # float32 [B, k]; reward[:, i] for (obs[:, i], action[:, i])
+
+
+class WorldModelConfigError(ValueError):
+    """A world model does not fit the env or the checkpoint it is given."""
+
+
+class WorldModel(nn.Module, abc.ABC):
+    """Base class of every world model. Subclasses implement the abstract methods.
+
+    Attributes every model sets: ``image_size`` (H = W), ``action_dim`` (0 for action-free)
+    and ``context_frames`` (how many real frames ``reset`` wants).
+    """
+
+    model_type: str = ""  # registry name, written into config.json
+    parts: tuple[str, ...] = ()  # separately trained sub-models, e.g. ("tokenizer", "transformer")
+    image_size: int
+    action_dim: int
+    context_frames: int
+    # One optimiser (and optional LR scheduler) per part, created by the subclass.
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+
+    # ----- training -----
+    @abc.abstractmethod
+    def update(self, batch: SegmentBatch, parts: tuple[str, ...] | None = None) -> dict[str, float]:
+        """One optimiser step on real segments; ``parts`` names the sub-models to train
+        (None: all). Returns scalar metrics. A non-finite loss skips the step and is counted."""
+
+    def training_state(self) -> dict[str, Any]:
+        """Optimiser / scheduler states and counters, for checkpoints (weights excluded)."""
+        return {
+            "optimizers": {k: o.state_dict() for k, o in getattr(self, "optimizers", {}).items()},
+            "schedulers": {k: s.state_dict() for k, s in getattr(self, "schedulers", {}).items()},
+            "counters": dict(getattr(self, "counters", {})),
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        for k, o in getattr(self, "optimizers", {}).items():
+            if k in state.get("optimizers", {}):
+                o.load_state_dict(state["optimizers"][k])
+        for k, s in getattr(self, "schedulers", {}).items():
+            if k in state.get("schedulers", {}):
+                s.load_state_dict(state["schedulers"][k])
+        if "counters" in state and hasattr(self, "counters"):
+            self.counters.update(state["counters"])
+
+    # ----- step-level imagination -----
+    @abc.abstractmethod
+    def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None) -> Any:
+        """Start imagination from real frames uint8 [B, T0, 3, H, W]; returns an opaque state."""
+
+    @abc.abstractmethod
+    def step(self, state: Any, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Imagine one step: action [B, A] -> (next frame uint8 [B, 3, H, W], reward [B], state)."""
+
+    @torch.no_grad()
+    def rollout(self, context_obs: torch.Tensor, policy: Policy, horizon: int,
+                generator: torch.Generator | None = None) -> Rollout:
+        """Batched k-step imagination built on ``reset``/``step``; the policy acts on the
+        frames so far. Models may override it with a faster path with the same result."""
+        was_training = self.training
+        self.eval()
+        try:
+            state = self.reset(context_obs, generator=generator)
+            frames = [context_obs[:, i] for i in range(context_obs.shape[1])]
+            actions, rewards = [], []
+            for _ in range(horizon):
+                action = policy(torch.stack(frames, 1)).to(torch.float32)  # [B, A]
+                frame, reward, state = self.step(state, action)
+                frames.append(frame)
+                actions.append(action)
+                rewards.append(reward)
+        finally:
+            self.train(was_training)
+        start = context_obs.shape[1] - 1
+        return Rollout(obs=torch.stack(frames[start:], 1), action=torch.stack(actions, 1),
+                       reward=torch.stack(rewards, 1))
+
+    # ----- persistence -----
+    @abc.abstractmethod
+    def get_config(self) -> dict:
+        """The JSON-serialisable config that rebuilds this model (``model_type`` excluded)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: dict) -> "WorldModel":
+        """Build a fresh model from ``get_config()``'s output."""
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        config = {"model_type": self.model_type, **self.get_config()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = os.path.join(directory, WEIGHTS_NAME + ".tmp")
+        save_file(state, tmp)
+        os.replace(tmp, os.path.join(directory, WEIGHTS_NAME))
+        tmp = os.path.join(directory, CONFIG_NAME + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(directory, CONFIG_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "WorldModel":
+        """Rebuild from ``save_pretrained`` output; ``overrides`` replace config entries.
+        Weights whose shapes disagree with the config fail naming the key and both shapes."""
+        config = read_config(directory)
+        model_type = config.pop("model_type")
+        if cls.model_type and model_type != cls.model_type:
+            raise WorldModelConfigError(
+                f"{directory} holds a '{model_type}' world model, not '{cls.model_type}'.")
+        config.update(overrides)
+        model = cls.from_config(config)
+        load_weights_checked(model, os.path.join(directory, WEIGHTS_NAME))
+        return model
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise WorldModelConfigError(
+            f"{directory} is not a world-model checkpoint: {CONFIG_NAME} is missing "
+            "(expected the output of save_pretrained or scripts/pretrain.py).")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise WorldModelConfigError(f"{path} is not valid JSON ({e}).") from None
+    if "model_type" not in config:
+        raise WorldModelConfigError(f"{path} has no 'model_type' entry.")
+    return config
+
+
+def load_weights_checked(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
+    """Load safetensors weights, failing with the key and both shapes on any mismatch."""
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise WorldModelConfigError(f"weights file {path} is missing.")
+    try:
+        state = load_file(path)
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise WorldModelConfigError(f"{path} is not a readable safetensors file ({e}).") from None
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise WorldModelConfigError(
+                f"weight '{key}' in {path} has shape {tuple(value.shape)} but the config builds "
+                f"{tuple(own[key].shape)}: the checkpoint was made with a different config "
+                "(action dim, vocabulary or size).")
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if strict and (missing or unexpected):
+        raise WorldModelConfigError(
+            f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    model.load_state_dict(state, strict=strict)

@@ -1,0 +1,26 @@
+"""Names of world models -> classes, imported lazily so a model's extras load only when used."""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from worldmodel.interface import WorldModel, WorldModelConfigError, read_config
+
+WORLD_MODELS = {
+    "ivideogpt": "worldmodel.ivideogpt.model:IVideoGPT",
+    "vid2world": "worldmodel.vid2world.model:Vid2World",
+}
+
+
+def world_model_class(name: str) -> type[WorldModel]:
+    if name not in WORLD_MODELS:
+        raise WorldModelConfigError(
+            f"unknown world model '{name}'; choose one of {sorted(WORLD_MODELS)} (or 'none').")
+    module, attr = WORLD_MODELS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_pretrained(directory: str | os.PathLike, **overrides: Any) -> WorldModel:
+    """Load any world model saved with ``save_pretrained``, whatever its type."""
+    return world_model_class(read_config(directory)["model_type"]).from_pretrained(directory, **overrides)
