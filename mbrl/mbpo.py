@@ -74,8 +74,8 @@ class MBPO:
     def on_step(self, prev_frame: int, frame: int, step: int, timer) -> dict[str, float]:
         """Run what the schedule asks for between two frame counts; returns world-model metrics."""
         metrics: dict[str, float] = {}
-        if frame < self.cfg["start_frames"]:
-            return metrics
+        if frame < self.cfg["start_frames"] or self.real.num_episodes == 0:
+            return metrics  # (segments come from finished episodes only)
         if not self.started:
             self.started = True
             with timer("world_model"):

@@ -1,0 +1,74 @@
+"""DeepMind Control Suite tasks as DrQ-v2 runs them (pixels from one fixed camera).
+
+Task names are DrQ-v2's ``<domain>_<task>`` (``cup`` stands for ``ball_in_cup``). The suite's own
+1000-step time limit is lifted so that ``PixelEnv`` alone truncates (``episode_length`` agent
+steps); a real termination (discount 0) still ends the episode. DMC has no success notion:
+``success`` is always False.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mbrl.envs.mujoco_render import MujocoRenderer
+
+DOMAIN_ALIASES = {"cup": "ball_in_cup"}
+
+
+def _numpy2_compat() -> None:
+    """dm_control 1.0.28's quadruped calls ``np.in1d``, removed in NumPy 2.4 (``np.isin`` is the
+    same for its 1-D input). Added only where missing; the newer dm_control that fixes it
+    needs a mujoco that Meta-World 3.1.1 does not accept."""
+    if not hasattr(np, "in1d"):
+        np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    domain, _, task = name.partition("_")
+    return DOMAIN_ALIASES.get(domain, domain), task
+
+
+def task_names() -> list[str]:
+    from dm_control import suite
+    inverse = {v: k for k, v in DOMAIN_ALIASES.items()}
+    return sorted(f"{inverse.get(d, d)}_{t}" for d, t in suite.ALL_TASKS)
+
+
+class DMCBackend:
+    def __init__(self, name: str, seed: int, image_size: int, camera: int, fast_render: bool):
+        from dm_control import suite
+
+        _numpy2_compat()
+        domain, task = split_name(name)
+        self.env = suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
+        self.physics = self.env.physics
+        spec = self.env.action_spec()
+        self.action_low = spec.minimum.astype(np.float32)
+        self.action_high = spec.maximum.astype(np.float32)
+        self.renderer = MujocoRenderer(self.physics.model.ptr, image_size, camera, fast_render)
+        self.state_dim = int(sum(np.prod(s.shape) for s in self.env.observation_spec().values()))
+        self._state = np.zeros(self.state_dim, np.float32)
+
+    def reset(self, seed: int | None) -> None:
+        if seed is not None:  # the task draws initial states from its own RandomState
+            self.env.task._random = np.random.RandomState(seed)
+        self._set_state(self.env.reset())
+
+    def step(self, action: np.ndarray) -> tuple[float, bool, bool]:
+        time_step = self.env.step(action)
+        self._set_state(time_step)
+        terminated = time_step.last() and time_step.discount == 0.0
+        return float(time_step.reward or 0.0), bool(terminated), False
+
+    def render(self) -> np.ndarray:
+        return self.renderer.render(self.physics.data.ptr)  # uint8 [H, W, 3]
+
+    def state(self) -> np.ndarray:
+        return self._state
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
+
+    def _set_state(self, time_step) -> None:
+        self._state = np.concatenate(
+            [np.asarray(v, dtype=np.float32).ravel() for v in time_step.observation.values()])

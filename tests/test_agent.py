@@ -1,0 +1,255 @@
+"""DrQ-v2 agent: augmentation, schedules, acting, the critic / actor / target updates."""
+import copy
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from mbrl.agent import DrQV2Agent, RandomShiftsAug, Schedule
+from mbrl.agent.drqv2 import LOOP_KEYS
+from mbrl.replay import TransitionBatch
+
+CFG = Path(__file__).resolve().parents[1] / "cfgs" / "agent" / "drqv2.yaml"
+ACTION_DIM = 3
+SIZE = 24
+OBS_SHAPE = (9, SIZE, SIZE)
+SMALL = dict(lr=1e-3, feature_dim=16, hidden_dim=32, critic_target_tau=0.05,
+             stddev_schedule="linear(1.0,0.1,1000)", stddev_clip=0.3, num_expl_steps=100,
+             aug_pad=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny nets gain nothing from 2 threads, and on a busy 2-core machine the thread
+    hand-offs make them 20x slower; conftest's 2 threads are restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_agent(obs_shape=OBS_SHAPE, **overrides) -> DrQV2Agent:
+    return DrQV2Agent(obs_shape, ACTION_DIM, "cpu", **{**SMALL, **overrides})
+
+
+def random_batch(n=16, obs_shape=OBS_SHAPE, seed=0) -> TransitionBatch:
+    g = torch.Generator().manual_seed(seed)
+
+    def obs():
+        return torch.randint(0, 256, (n, *obs_shape), generator=g, dtype=torch.uint8)
+
+    return TransitionBatch(obs=obs(), action=torch.rand(n, ACTION_DIM, generator=g) * 2 - 1,
+                           reward=torch.rand(n, generator=g), discount=torch.full((n,), 0.97),
+                           next_obs=obs())
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+# ----- augmentation -----
+def test_random_shift_is_an_exact_crop_of_the_replicate_padded_image():
+    pad = 4
+    x = torch.randint(0, 256, (32, 6, 20, 20), dtype=torch.uint8)
+    out = RandomShiftsAug(pad)(x, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = F.pad(x.float(), (pad,) * 4, mode="replicate")
+    found = []
+    for b in range(len(x)):
+        matches = [(dy, dx) for dy in range(-pad - 2, pad + 3) for dx in range(-pad - 2, pad + 3)
+                   if abs(dy) <= pad and abs(dx) <= pad
+                   and torch.equal(padded[b, :, pad + dy:pad + dy + 20, pad + dx:pad + dx + 20],
+                                   out[b].float())]
+        assert len(matches) == 1, f"image {b} is not a crop of its padded original"
+        found.append(matches[0])
+    dys, dxs = zip(*found)
+    assert max(map(abs, dys + dxs)) <= pad
+    assert len(set(found)) > 5  # shifts differ per image
+    assert not torch.equal(out, x)
+
+
+def test_random_shift_covers_all_offsets_and_pad_zero_is_identity():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(400, 1, 1, 1)
+    out = RandomShiftsAug(2)(x, generator=torch.Generator().manual_seed(1))
+    # The top-left pixel of a shift (dy, dx) with dy, dx >= 0 reads x[dy, dx]: all 3x3 appear.
+    assert set(out[:, 0, 0, 0].long().tolist()) == {0, 1, 2, 4, 5, 6, 8, 9, 10}
+    assert torch.equal(RandomShiftsAug(0)(x), x)
+
+
+# ----- schedules -----
+@pytest.mark.parametrize("spec, values", [
+    ("0.2", {0: 0.2, 10**6: 0.2}),
+    ("linear(1.0,0.1,100000)", {0: 1.0, 25000: 0.775, 50000: 0.55, 100000: 0.1, 300000: 0.1}),
+    ("step_linear(1.0, 0.5, 100, 0.1, 200)", {0: 1.0, 50: 0.75, 100: 0.5, 200: 0.3, 300: 0.1,
+                                             5000: 0.1}),
+])
+def test_stddev_schedules(spec, values):
+    schedule = Schedule(spec)
+    for step, value in values.items():
+        assert schedule(step) == pytest.approx(value), (spec, step)
+
+
+@pytest.mark.parametrize("spec", ["linear(1.0,0.1)", "cosine(1,0,10)", "linear(a,b,c)",
+                                  "linear(1.0,0.1,0)"])
+def test_bad_schedule_is_refused_at_construction(spec):
+    with pytest.raises(ValueError, match="schedule"):
+        Schedule(spec)
+    with pytest.raises(ValueError, match="schedule"):
+        make_agent(stddev_schedule=spec)
+
+
+# ----- acting -----
+@pytest.mark.parametrize("size, repr_dim", [(64, 32 * 25 * 25), (84, 32 * 35 * 35)])
+def test_act_shapes_ranges_and_frame_sizes(size, repr_dim):
+    agent = make_agent((9, size, size))
+    assert agent.encoder.repr_dim == repr_dim
+    obs = torch.randint(0, 256, (5, 9, size, size), dtype=torch.uint8)
+    for step, eval_mode in ((0, False), (0, True), (10_000, False)):
+        action = agent.act(obs, step, eval_mode)
+        assert action.shape == (5, ACTION_DIM) and action.dtype == torch.float32
+        assert action.device == agent.device
+        assert (action.abs() <= 1).all()
+
+
+def test_eval_mode_is_the_deterministic_mean_and_training_explores_around_it():
+    agent = make_agent()
+    obs = torch.randint(0, 256, (1, *OBS_SHAPE), dtype=torch.uint8).repeat(2000, 1, 1, 1)
+    step = 1000  # end of the schedule: std 0.1, small enough that the [-1, 1] clip is rare
+    mean = agent.act(obs, step, eval_mode=True)
+    assert torch.equal(mean, agent.act(obs, step, eval_mode=True))
+    expected = torch.tanh(agent.actor.policy(agent.actor.trunk(agent.encoder(obs[:1]))))
+    assert torch.allclose(mean[0], expected[0].detach(), atol=1e-6)
+    # After the exploration phase: truncated normal around the mean with the scheduled std.
+    noisy = agent.act(obs, step, eval_mode=False, generator=torch.Generator().manual_seed(0))
+    std = Schedule(SMALL["stddev_schedule"])(step)
+    assert std == pytest.approx(0.1) and (mean.abs() < 0.6).all()
+    assert (noisy - mean).mean(0).abs().max() < 0.01
+    assert (noisy - mean).std(0).sub(std).abs().max() < 0.01
+    again = agent.act(obs, step, eval_mode=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, again)  # a seeded generator reproduces the actions
+
+
+def test_uniform_random_actions_before_num_expl_steps():
+    agent = make_agent(num_expl_steps=100)
+    obs = torch.zeros(4000, *OBS_SHAPE, dtype=torch.uint8)  # identical observations
+    action = agent.act(obs, 99, eval_mode=False, generator=torch.Generator().manual_seed(0))
+    assert action.min() < -0.99 and action.max() > 0.99
+    assert action.mean().abs() < 0.03 and (action.var() - 1 / 3).abs() < 0.02  # U(-1, 1)
+    histogram = torch.histc(action, bins=4, min=-1, max=1) / action.numel()
+    assert torch.allclose(histogram, torch.full((4,), 0.25), atol=0.02)
+    assert agent.act(obs[:2], 99, eval_mode=True).std(0).max() == 0  # eval ignores exploration
+
+
+def test_policy_for_imagination_stacks_the_newest_frames():
+    agent = make_agent()
+    frames = torch.randint(0, 256, (4, 5, 3, SIZE, SIZE), dtype=torch.uint8)  # [B, t, 3, H, W]
+    policy = agent.policy(step=500, eval_mode=True)
+    assert torch.equal(policy(frames), agent.act(frames[:, 2:].flatten(1, 2), 500, True))
+    first_repeated = torch.cat([frames[:, :1], frames[:, :1], frames[:, 1:2]], 1).flatten(1, 2)
+    assert torch.equal(policy(frames[:, :2]), agent.act(first_repeated, 500, True))
+
+
+def test_act_refuses_bad_observations():
+    agent = make_agent()
+    with pytest.raises(ValueError, match="uint8"):
+        agent.act(torch.zeros(2, *OBS_SHAPE), 0, eval_mode=True)
+    with pytest.raises(ValueError, match=r"expected \[B, 9, 24, 24\]"):
+        agent.act(torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8), 0, eval_mode=True)
+
+
+# ----- learning -----
+def test_critic_target_is_the_nstep_bootstrap_of_the_target_critic():
+    agent = make_agent(aug_pad=0, stddev_clip=0.0)  # no augmentation, next action = mean
+    batch = random_batch()
+    with torch.no_grad():
+        next_feat = agent.encoder(batch.next_obs)
+        next_action = agent.actor(next_feat, 1.0).mean.clamp(-1 + 1e-6, 1 - 1e-6)
+        q1, q2 = agent.critic_target(next_feat, next_action)
+        expected = batch.reward + batch.discount * torch.min(q1, q2).squeeze(1)
+    metrics = agent.update(batch, step=0)
+    assert metrics["critic_target_q"] == pytest.approx(expected.mean().item(), rel=1e-5, abs=1e-6)
+
+
+def test_critic_step_trains_the_encoder_and_actor_step_does_not():
+    agent = make_agent()
+    batch = random_batch()
+    feat = agent.encoder(agent.aug(batch.obs))
+    with torch.no_grad():
+        next_feat = agent.encoder(agent.aug(batch.next_obs))
+    enc, actor, critic = params(agent.encoder), params(agent.actor), params(agent.critic)
+    agent._update_critic(feat, batch.action, batch.reward, batch.discount, next_feat, 0.5)
+    assert changed(enc, agent.encoder) and changed(critic, agent.critic)
+    assert not changed(actor, agent.actor)
+
+    enc, actor, critic = params(agent.encoder), params(agent.actor), params(agent.critic)
+    agent.encoder_opt.zero_grad(set_to_none=True)
+    agent.critic_opt.zero_grad(set_to_none=True)
+    agent._update_actor(agent.encoder(batch.obs).detach(), 0.5)
+    assert changed(actor, agent.actor)
+    assert not changed(enc, agent.encoder) and not changed(critic, agent.critic)
+    assert all(p.grad is None for p in agent.encoder.parameters())
+    assert all(p.grad is None for p in agent.critic.parameters())  # actor loss skips the critic
+
+
+def test_target_critic_moves_exactly_by_tau():
+    tau = SMALL["critic_target_tau"]
+    agent = make_agent()
+    agent.update(random_batch(seed=1), step=0)  # make online and target differ
+    target_before = params(agent.critic_target)
+    metrics = agent.update(random_batch(seed=2), step=0)
+    for old, online, new in zip(target_before, agent.critic.parameters(),
+                                agent.critic_target.parameters()):
+        assert torch.allclose(new, (1 - tau) * old + tau * online, atol=1e-7)
+    for key in ("critic_loss", "actor_loss", "critic_q1", "critic_target_q", "actor_ent",
+                "actor_stddev", "batch_reward"):
+        assert isinstance(metrics[key], float)
+    assert metrics["actor_stddev"] == pytest.approx(1.0)
+
+
+def test_critic_learns_a_fixed_batch():
+    obs_shape = (9, 16, 16)  # smallest frames the encoder takes: keeps this test fast
+    agent = make_agent(obs_shape, aug_pad=0)
+    batch = random_batch(n=32, obs_shape=obs_shape)
+    batch.discount.zero_()  # pure regression onto the rewards
+    first = agent.update(batch, step=0)["critic_loss"]
+    for _ in range(60):
+        last = agent.update(batch, step=0)["critic_loss"]
+    assert last < 0.05 * first
+
+
+def test_state_dict_round_trip_restores_networks_and_optimisers():
+    agent = make_agent()
+    for seed in range(2):
+        agent.update(random_batch(seed=seed), step=0)
+    clone = make_agent()
+    clone.load_state_dict(copy.deepcopy(agent.state_dict()))
+    obs = random_batch(seed=5).obs
+    assert torch.equal(agent.act(obs, 500, True), clone.act(obs, 500, True))
+    assert clone.critic_opt.state_dict()["state"]  # Adam moments came back
+    # Identical next update (same augmentation and noise streams).
+    torch.manual_seed(3)
+    a = agent.update(random_batch(seed=6), step=0)
+    torch.manual_seed(3)
+    b = clone.update(random_batch(seed=6), step=0)
+    assert a == b
+    with pytest.raises(ValueError, match="frame size"):
+        make_agent((9, 32, 32)).load_state_dict(agent.state_dict())
+
+
+def test_config_keys_are_all_used():
+    cfg = OmegaConf.load(CFG)
+    ctor = set(inspect.signature(DrQV2Agent.__init__).parameters) - {"self", "obs_shape",
+                                                                     "action_dim", "device"}
+    assert set(cfg) == ctor | set(LOOP_KEYS)
+    agent = DrQV2Agent.from_config(cfg, OBS_SHAPE, ACTION_DIM, "cpu")
+    assert agent.critic_target_tau == cfg.critic_target_tau
+    assert agent.stddev_schedule(100_000) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="bad agent config"):
+        DrQV2Agent.from_config({**cfg, "hiden_dim": 3}, OBS_SHAPE, ACTION_DIM, "cpu")

@@ -1,0 +1,373 @@
+"""mbrl.envs on the real simulators (tiny frames, short episodes).
+
+Meta-World and DMC run everywhere (CI installs them); ManiSkill and LIBERO tests are skipped
+unless their extras are installed (bash scripts/install_sims.sh maniskill libero).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mbrl.envs import MissingSimulatorError, UnknownTaskError, list_tasks, make_env
+
+CFGS = Path(__file__).resolve().parents[1] / "cfgs"
+SIZE = 32  # frame size for the tests: small, still shows the scene
+SEED = 7
+
+
+def task_cfg(task: str, *overrides: str):
+    """Compose cfg.task exactly as the training scripts do: task=<suite>/<task> plus overrides."""
+    with initialize_config_dir(config_dir=str(CFGS), version_base="1.3"):
+        cfg = compose(overrides=[f"+task={task}", f"task.image_size={SIZE}", *overrides])
+    return cfg.task
+
+
+def run(env, actions):
+    out = [env.reset()]
+    out += [env.step(a) for a in actions]
+    return out
+
+
+def random_actions(env, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (n,) + env.action_space.shape).astype(np.float32)
+
+
+def check_spaces(env, cfg):
+    obs, info = env.reset()
+    stack, size = 3 * cfg.frame_stack, cfg.image_size
+    assert env.observation_space.shape == (stack, size, size) and env.observation_space.dtype == np.uint8
+    assert env.action_space.dtype == np.float32
+    assert np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
+    assert obs.shape == (stack, size, size) and obs.dtype == np.uint8
+    # after reset every slot of the stack holds the first frame
+    for k in range(cfg.frame_stack):
+        np.testing.assert_array_equal(obs[3 * k:3 * k + 3], obs[-3:])
+    assert obs.std() > 0, "blank frame"
+    assert info["success"] is False
+    assert info["state"].dtype == np.float32 and info["state"].ndim == 1
+    obs2, reward, terminated, truncated, info2 = env.step(env.action_space.sample())
+    assert obs2.shape == obs.shape and obs2.dtype == np.uint8
+    assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
+    assert isinstance(info2["success"], bool) and info2["state"].shape == info["state"].shape
+    # the stack shifted by one frame: the old newest frame is now second newest
+    np.testing.assert_array_equal(obs2[-6:-3], obs[-3:])
+    return obs, info
+
+
+def top_vs_bottom(frame_chw):
+    gray = frame_chw.astype(np.float32).mean(0)
+    quarter = gray.shape[0] // 4
+    return gray[:quarter].mean(), gray[-quarter:].mean()
+
+
+# --------------------------------------------------------------------------- Meta-World
+@pytest.fixture(scope="module")
+def mw_cfg():
+    pytest.importorskip("metaworld")
+    return task_cfg("metaworld/plate_slide", "task.episode_length=5")
+
+
+def raw_metaworld(name, seed):
+    """Meta-World's own env set up the way our backend documents (goal observable, resampled)."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[name + "-goal-observable"](seed=seed)
+    env._freeze_rand_vec, env.seeded_rand_vec = False, True
+    return env
+
+
+def test_metaworld_spaces_and_defaults(mw_cfg):
+    assert (mw_cfg.action_repeat, mw_cfg.frame_stack, mw_cfg.success_bonus) == (2, 3, 10.0)
+    assert mw_cfg.camera == "corner" and mw_cfg.flip_rows
+    env = make_env(mw_cfg, seed=SEED)
+    try:
+        _, info = check_spaces(env, mw_cfg)
+        assert env.action_space.shape == (4,)
+        assert info["state"].shape == (39,)  # what Meta-World's scripted policies read
+    finally:
+        env.close()
+
+
+def test_metaworld_action_repeat_matches_raw_simulator(mw_cfg):
+    env = make_env(mw_cfg, seed=SEED)
+    raw = raw_metaworld(mw_cfg.name, SEED)
+    try:
+        _, info = env.reset()
+        raw_obs, _ = raw.reset()
+        np.testing.assert_allclose(info["state"], raw_obs.astype(np.float32))
+        for action in random_actions(env, 4):
+            _, reward, _, _, info = env.step(action)
+            raw_reward, raw_success = 0.0, False
+            for _ in range(mw_cfg.action_repeat):
+                raw_obs, r, _, _, raw_info = raw.step(action)
+                raw_reward += r
+                raw_success |= bool(raw_info["success"])
+            expected = raw_reward + (mw_cfg.success_bonus if raw_success else 0.0)
+            assert reward == pytest.approx(expected, rel=1e-6)
+            assert info["success"] == raw_success
+            np.testing.assert_allclose(info["state"], raw_obs.astype(np.float32), rtol=1e-6)
+    finally:
+        env.close()
+        raw.close()
+
+
+def test_metaworld_expert_success_gets_bonus():
+    """The scripted expert, fed info['state'], solves plate-slide; success steps get +10."""
+    pytest.importorskip("metaworld")
+    from metaworld.policies import SawyerPlateSlideV3Policy
+    cfg = task_cfg("metaworld/plate_slide")
+    env = make_env(cfg, seed=SEED)
+    raw = raw_metaworld(cfg.name, SEED)
+    policy = SawyerPlateSlideV3Policy()
+    try:
+        _, info = env.reset()
+        raw.reset()
+        for _ in range(cfg.episode_length):
+            action = np.clip(policy.get_action(info["state"]), -1, 1)
+            _, reward, _, truncated, info = env.step(action)
+            raw_reward = sum(raw.step(action)[1] for _ in range(cfg.action_repeat))
+            if info["success"]:
+                assert reward == pytest.approx(raw_reward + cfg.success_bonus, rel=1e-6)
+                break
+            assert reward == pytest.approx(raw_reward, rel=1e-6)
+        assert info["success"], "the expert never succeeded: state or action scaling is wrong"
+    finally:
+        env.close()
+        raw.close()
+
+
+def test_metaworld_step_limit(mw_cfg):
+    env = make_env(mw_cfg, seed=SEED)
+    try:
+        env.reset()
+        flags = [env.step(env.action_space.sample())[2:4] for _ in range(mw_cfg.episode_length)]
+        assert flags == [(False, False)] * (mw_cfg.episode_length - 1) + [(False, True)]
+        with pytest.raises(RuntimeError, match="reset"):
+            env.step(env.action_space.sample())
+        env.reset()  # a new episode starts fine
+        assert env.step(env.action_space.sample())[3] is False
+    finally:
+        env.close()
+
+
+def test_metaworld_frames_upright(mw_cfg):
+    """Corner camera is mounted upside down: with flip_rows the table is at the bottom and the
+    (black, fast-render) sky at the top; without the flip it is the other way round."""
+    for flip in (True, False):
+        env = make_env(OmegaConf.merge(mw_cfg, {"flip_rows": flip, "image_size": 64}), seed=SEED)
+        try:
+            obs, _ = env.reset()
+            top, bottom = top_vs_bottom(obs[-3:])
+            assert (top < bottom) == flip, (flip, top, bottom)
+        finally:
+            env.close()
+
+
+def test_metaworld_seeded_determinism(mw_cfg):
+    def episode(seed):
+        env = make_env(mw_cfg, seed=seed)
+        try:
+            steps = run(env, random_actions(env, 3))
+            steps.append(env.reset())  # the next episode's placement is seeded too
+            return np.stack([s[0] for s in steps]), [s[1] for s in steps[1:-1]]
+        finally:
+            env.close()
+    frames_a, rewards_a = episode(SEED)
+    frames_b, rewards_b = episode(SEED)
+    np.testing.assert_array_equal(frames_a, frames_b)
+    assert rewards_a == rewards_b
+    assert not np.array_equal(frames_a[-1], frames_a[0]), "goal not resampled on reset"
+    frames_c, _ = episode(SEED + 1)
+    assert not np.array_equal(frames_a[0], frames_c[0]), "seed does not change the scene"
+
+
+def test_metaworld_reset_with_seed_repeats_scene(mw_cfg):
+    env = make_env(mw_cfg, seed=SEED)
+    try:
+        first, _ = env.reset(seed=3)
+        env.reset()
+        again, _ = env.reset(seed=3)
+        np.testing.assert_array_equal(first, again)
+    finally:
+        env.close()
+
+
+def test_fast_render_only_changes_looks(mw_cfg):
+    """Default settings draw the sky (skybox); fast ones leave it black. Same scene otherwise."""
+    tops = {}
+    for fast in (True, False):
+        env = make_env(OmegaConf.merge(mw_cfg, {"fast_render": fast}), seed=SEED)
+        try:
+            obs, info = env.reset()
+            tops[fast] = top_vs_bottom(obs[-3:])[0]
+        finally:
+            env.close()
+    assert tops[False] > tops[True] + 10
+
+
+def test_all_metaworld_task_files_compose():
+    pytest.importorskip("metaworld")
+    files = sorted((CFGS / "task" / "metaworld").glob("*.yaml"))
+    assert len(files) == 50
+    valid = set(list_tasks("metaworld"))
+    for f in files:
+        cfg = task_cfg(f"metaworld/{f.stem}")
+        assert cfg.name in valid and cfg.name == f.stem.replace("_", "-") + "-v3"
+
+
+# --------------------------------------------------------------------------- DMC
+@pytest.fixture(scope="module")
+def dmc_cfg():
+    pytest.importorskip("dm_control")
+    return task_cfg("dmc/walker_walk", "task.episode_length=4")
+
+
+def test_dmc_spaces_and_defaults(dmc_cfg):
+    full = task_cfg("dmc/walker_walk")
+    assert (full.action_repeat, full.episode_length, full.camera) == (2, 500, 0)
+    assert task_cfg("dmc/quadruped_walk").camera == 2
+    env = make_env(dmc_cfg, seed=SEED)
+    try:
+        _, info = check_spaces(env, dmc_cfg)
+        assert env.action_space.shape == (6,) and info["state"].shape == (24,)
+    finally:
+        env.close()
+
+
+def test_dmc_action_repeat_matches_raw_simulator(dmc_cfg):
+    from dm_control import suite
+    env = make_env(dmc_cfg, seed=SEED)
+    raw = suite.load("walker", "walk", task_kwargs={"random": SEED})
+    try:
+        env.reset()
+        raw.reset()
+        for action in random_actions(env, dmc_cfg.episode_length):
+            _, reward, _, _, info = env.step(action)
+            raw_reward = sum(raw.step(action).reward for _ in range(dmc_cfg.action_repeat))
+            assert reward == pytest.approx(raw_reward, rel=1e-6)
+            assert info["success"] is False
+        state = np.concatenate([np.ravel(v) for v in raw.step(np.zeros(6)).observation.values()])
+        assert state.shape == info["state"].shape
+    finally:
+        env.close()
+
+
+def test_dmc_step_limit_and_determinism(dmc_cfg):
+    def episode():
+        env = make_env(dmc_cfg, seed=SEED)
+        try:
+            steps = run(env, random_actions(env, dmc_cfg.episode_length))
+            return steps
+        finally:
+            env.close()
+    a, b = episode(), episode()
+    assert [s[3] for s in a[1:]] == [False] * (dmc_cfg.episode_length - 1) + [True]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x[0], y[0])
+    assert [s[1] for s in a[1:]] == [s[1] for s in b[1:]]
+
+
+def test_dmc_frames_upright(dmc_cfg):
+    """Walker from camera 0: the floor is in the lower part, the (black) sky above."""
+    env = make_env(OmegaConf.merge(dmc_cfg, {"image_size": 64}), seed=SEED)
+    try:
+        obs, _ = env.reset()
+        top, bottom = top_vs_bottom(obs[-3:])
+        assert top < bottom
+    finally:
+        env.close()
+
+
+def test_all_dmc_task_files_compose():
+    pytest.importorskip("dm_control")
+    valid = set(list_tasks("dmc"))
+    files = sorted((CFGS / "task" / "dmc").glob("*.yaml"))
+    assert len(files) >= 20
+    for f in files:
+        assert task_cfg(f"dmc/{f.stem}").name in valid, f.stem
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unknown_task_names_close_matches():
+    pytest.importorskip("metaworld")
+    with pytest.raises(UnknownTaskError, match="plate-slide-v3"):
+        make_env(task_cfg("metaworld/plate_slide", "task.name=plate-slide-v2"), seed=0)
+    with pytest.raises(UnknownTaskError, match="unknown suite 'metawrld'.*metaworld"):
+        make_env({"suite": "metawrld", "name": "x"}, seed=0)
+    with pytest.raises(UnknownTaskError):
+        list_tasks("atari")
+
+
+def test_missing_simulator_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # as if it were not installed
+    with pytest.raises(MissingSimulatorError, match=r"pip install -e '\.\[metaworld\]'.*install_sims\.sh metaworld"):
+        make_env(task_cfg("metaworld/plate_slide"), seed=0)
+    monkeypatch.setitem(sys.modules, "dm_control", None)
+    with pytest.raises(MissingSimulatorError, match=r"\.\[dmc\]"):
+        list_tasks("dmc")
+
+
+def test_bad_config_and_action_are_explained(mw_cfg):
+    with pytest.raises(ValueError, match="missing the key 'frame_stack'"):
+        make_env({k: v for k, v in OmegaConf.to_container(mw_cfg).items() if k != "frame_stack"}, seed=0)
+    with pytest.raises(ValueError, match="camera 'nope' is not in this scene"):
+        make_env(OmegaConf.merge(mw_cfg, {"camera": "nope"}), seed=0)
+    env = make_env(mw_cfg, seed=SEED)
+    try:
+        with pytest.raises(RuntimeError, match="reset"):
+            env.step(np.zeros(4))
+        env.reset()
+        with pytest.raises(ValueError, match=r"shape \(4,\)"):
+            env.step(np.zeros(3))
+        with pytest.raises(ValueError, match="NaN"):
+            env.step(np.full(4, np.nan))
+    finally:
+        env.close()
+
+
+# --------------------------------------------------------------------------- ManiSkill, LIBERO
+def _generic_checks(cfg):
+    env = make_env(cfg, seed=SEED)
+    try:
+        check_spaces(env, cfg)
+        actions = random_actions(env, cfg.episode_length)
+        a = run(env, actions)
+        assert [s[3] for s in a[1:]] == [False] * (cfg.episode_length - 1) + [True]
+        b = run(env, actions[:0])  # next episode: fine after truncation
+        assert b[0][0].shape == a[0][0].shape
+        first, _ = env.reset(seed=SEED)
+        again, _ = env.reset(seed=SEED)
+        np.testing.assert_array_equal(first, again)
+    finally:
+        env.close()
+
+
+@pytest.mark.maniskill
+def test_maniskill_pick_cube():
+    from mbrl.envs.maniskill_env import prepare_vulkan
+    prepare_vulkan()
+    pytest.importorskip("mani_skill", reason="ManiSkill not installed (bash scripts/install_sims.sh maniskill)")
+    cfg = task_cfg("maniskill/pick_cube", "task.episode_length=3")
+    assert cfg.control_mode == "pd_ee_delta_pose"
+    _generic_checks(cfg)
+
+
+@pytest.mark.libero
+def test_libero_spatial_task():
+    from mbrl.envs.libero_env import prepare_libero
+    prepare_libero()
+    pytest.importorskip("libero.libero", reason="LIBERO not installed (bash scripts/install_sims.sh libero)")
+    cfg = task_cfg("libero/libero_spatial", "task.episode_length=3", "task.image_size=64")
+    _generic_checks(cfg)
+    env = make_env(cfg, seed=SEED)  # rotate_180 turns the upright frame around
+    rotated = make_env(OmegaConf.merge(cfg, {"rotate_180": True}), seed=SEED)
+    try:
+        np.testing.assert_array_equal(env.reset()[0][-3:], rotated.reset()[0][-3:, ::-1, ::-1])
+    finally:
+        env.close()
+        rotated.close()

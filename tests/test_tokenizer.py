@@ -1,0 +1,264 @@
+"""Tests of iVideoGPT's compressive tokenizer (tiny config on CPU; paper sizes on the meta device)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel.ivideogpt.losses import PerceptualLoss
+from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer, ContextCache, TokenizerInputError
+from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
+
+T0 = 2  # context frames of every preset
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core machine two threads run ~10x slower here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**overrides) -> CompressiveTokenizer:
+    return CompressiveTokenizer(tokenizer_config("tiny", **overrides))
+
+
+def random_frames(b: int, t: int) -> torch.Tensor:
+    return torch.rand(b, t, 3, 64, 64) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def metaworld_frames() -> torch.Tensor:
+    """Real Meta-World frames (reach-v3, corner camera, random actions): [3 segments, 3, 3, 64, 64]."""
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World envs)
+
+    env = gym.make("Meta-World/MT1", env_name="reach-v3", render_mode="rgb_array",
+                   camera_name="corner", width=64, height=64)
+    rng = np.random.default_rng(0)
+    segments = []
+    try:
+        for seed in range(3):
+            env.reset(seed=seed)
+            frames = [env.render().copy()]
+            for _ in range(2):
+                env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+                frames.append(env.render().copy())
+            segments.append(np.stack(frames))
+    finally:
+        env.close()
+    x = torch.from_numpy(np.stack(segments)).permute(0, 1, 4, 2, 3).float()  # [3, 3, 3, 64, 64]
+    return x / 127.5 - 1
+
+
+def test_token_shapes_and_paper_sizes():
+    tok = tiny()
+    assert tok.context_token_shape == (16, 16) and tok.future_token_shape == (4, 4)
+    assert tok.context_frames == T0 and tok.image_size == 64
+    with torch.device("meta"):
+        p64 = CompressiveTokenizer(tokenizer_config("paper64"))
+        p256 = CompressiveTokenizer(tokenizer_config("paper256"))
+    assert p64.context_token_shape == (16, 16) and p64.future_token_shape == (4, 4)
+    assert p64.context_vocab_size == p64.future_vocab_size == 8192
+    n64 = sum(p.numel() for p in p64.parameters())
+    n256 = sum(p.numel() for p in p256.parameters())
+    assert n64 == 114_159_174  # the paper's "114M"
+    assert n256 == 310_472_774  # the paper's "310M" at 256x256
+    assert p256.context_token_shape == (16, 16) and p256.future_token_shape == (4, 4)
+    # a few official key names / shapes (the checkpoint importer relies on them)
+    sd = {k: tuple(v.shape) for k, v in p64.state_dict().items()}
+    assert sd["quantize.embedding.weight"] == (8192, 64)
+    assert sd["dynamics_quantize.embedding.weight"] == (8192, 64)
+    assert sd["quant_linear.weight"] == (64, 1024) and sd["post_quant_linear.weight"] == (1024, 64)
+    assert sd["cond_encoder.cross_att_blocks.0.kv_pos_emb"] == (2 * 256, 256)
+    assert sd["cond_encoder.cross_att_blocks.1.att.in_proj_weight"] == (3 * 512, 512)
+    assert sd["cond_decoder.cross_att_blocks.0.q_pos_emb"] == (256, 512)
+    assert sd["cond_decoder.mid_block.attentions.0.to_q.weight"] == (512, 512)
+    assert "decoder.mid_block.attentions.0.to_q.weight" not in sd  # no mid attention in the plain AE
+    assert sd["decoder.up_blocks.0.resnets.2.conv1.weight"] == (512, 512, 3, 3)
+    assert not any(k.startswith("discriminator.") for k in sd)
+    json.dumps(tok.config)  # plain, JSON-serialisable
+
+
+def test_encode_decode_shapes_and_cache_ops():
+    tok = tiny().eval()
+    x = random_frames(2, T0 + 3)
+    with torch.no_grad():
+        ctx_codes, cache = tok.encode_context(x[:, :T0])
+        fut_codes = tok.encode_future(x[:, T0:], cache)
+        assert ctx_codes.shape == (2, T0, 16, 16) and ctx_codes.dtype == torch.long
+        assert fut_codes.shape == (2, 3, 4, 4) and fut_codes.dtype == torch.long
+        assert 0 <= int(ctx_codes.min()) and int(ctx_codes.max()) < tok.context_vocab_size
+        assert 0 <= int(fut_codes.min()) and int(fut_codes.max()) < tok.future_vocab_size
+        ctx = tok.decode_context(ctx_codes)
+        fut = tok.decode_future(fut_codes, cache)
+        assert ctx.shape == (2, T0, 3, 64, 64) and fut.shape == (2, 3, 3, 64, 64)
+        assert ctx.abs().max() <= 1 and fut.abs().max() <= 1
+        # batched imagination: repeated cache = decoding each entry with its own cache
+        rep = cache.repeat_interleave(3)
+        assert isinstance(rep, ContextCache) and rep.batch_size == 6
+        fut_rep = tok.decode_future(fut_codes.repeat_interleave(3, 0), rep)
+        torch.testing.assert_close(fut_rep[3:6], fut[1:2].expand(3, -1, -1, -1, -1), atol=1e-5, rtol=0)
+        one = cache.index_select(torch.tensor([1]))
+        torch.testing.assert_close(tok.decode_future(fut_codes[1:], one), fut[1:], atol=1e-5, rtol=0)
+        # the decoder-side cache rebuilt from codes alone decodes the same frames
+        from_codes = tok.context_cache_from_codes(ctx_codes)
+        torch.testing.assert_close(tok.decode_future(fut_codes, from_codes), fut, atol=1e-5, rtol=0)
+        with pytest.raises(TokenizerInputError, match="encode_context"):
+            tok.encode_future(x[:, T0:], from_codes)
+
+
+def test_one_future_frame_equals_many_and_context_independence():
+    tok = tiny().eval()
+    x = random_frames(2, T0 + 4)
+    with torch.no_grad():
+        ctx_codes, cache = tok.encode_context(x[:, :T0])
+        many = tok.encode_future(x[:, T0:], cache)
+        for j in range(4):
+            assert torch.equal(tok.encode_future(x[:, T0 + j:T0 + j + 1], cache)[:, 0], many[:, j])
+        frames = tok.decode_future(many, cache)
+        for j in range(4):
+            torch.testing.assert_close(tok.decode_future(many[:, j:j + 1], cache)[:, 0], frames[:, j],
+                                       atol=1e-5, rtol=0)
+        # changing future frame 0 leaves the codes of frames 1..3 unchanged
+        x2 = x.clone()
+        x2[:, T0] = random_frames(2, 1)[:, 0]
+        assert torch.equal(tok.encode_future(x2[:, T0:], cache)[:, 1:], many[:, 1:])
+        # changing the codes of future frame 0 leaves the decoded frames 1..3 unchanged ...
+        codes2 = many.clone()
+        codes2[:, 0] = (codes2[:, 0] + 1) % tok.future_vocab_size
+        dec2 = tok.decode_future(codes2, cache)
+        torch.testing.assert_close(dec2[:, 1:], frames[:, 1:], atol=1e-5, rtol=0)
+        assert (dec2[:, 0] - frames[:, 0]).abs().max() > 1e-4
+        # ... while the context does condition them (the cross-attention is effective)
+        other = tok.context_cache_from_codes((ctx_codes + 1) % tok.context_vocab_size)
+        assert (tok.decode_future(many, other) - frames).abs().max() > 1e-4
+
+
+def test_reconstruction_loss_falls_on_metaworld(metaworld_frames):
+    tok = tiny()
+    opt = torch.optim.AdamW(tok.generator_parameters(), lr=2e-3)
+
+    def eval_loss() -> float:
+        tok.eval()
+        with torch.no_grad():
+            return tok(metaworld_frames)[1]["rec_loss"].item()
+
+    start = eval_loss()
+    tok.train()
+    for step in range(20):
+        loss, metrics = tok(metaworld_frames, global_step=step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
+        opt.step()
+        assert torch.isfinite(loss)
+    end = eval_loss()
+    for key in ("rec_loss", "commit_loss", "perplexity", "codes_used", "dead_codes_reset"):
+        assert metrics[key].dim() == 0 and torch.isfinite(metrics[key])
+    assert tok.last_recon.shape == metaworld_frames.shape
+    assert end < 0.5 * start, (start, end)
+
+
+def test_dead_codes_are_revived():
+    x = random_frames(2, T0 + 2)
+    alive = 4
+
+    def kill_codes(tok) -> None:
+        """Move all context codes but the first few far away, so no encoder output picks them."""
+        with torch.no_grad():
+            tok.quantize.embedding.weight[alive:] = 100.0
+
+    def distinct_ctx_codes(tok) -> int:
+        with torch.no_grad():
+            return tok.encode_context(x[:, :T0])[0].unique().numel()
+
+    tok = tiny(dead_code_steps=2).train()
+    kill_codes(tok)
+    assert distinct_ctx_codes(tok) <= alive
+    resets = []
+    with torch.no_grad():
+        for step in range(3):
+            resets.append(tok(x, global_step=step)[1]["ctx_dead_codes_reset"].item())
+    assert resets[0] == 0 and resets[1] >= tok.context_vocab_size - alive  # revived after 2 unused steps
+    assert tok.quantize.embedding.weight.abs().max() < 100.0
+    assert distinct_ctx_codes(tok) > 4 * alive  # the revived codes are used
+    # control: with re-init off the dead codes stay dead
+    off = tiny(dead_code_steps=2, dead_code_reset=False).train()
+    kill_codes(off)
+    with torch.no_grad():
+        for step in range(3):
+            assert off(x, global_step=step)[1]["dead_codes_reset"].item() == 0
+    assert distinct_ctx_codes(off) <= alive
+
+
+def test_gan_adaptive_weight_only_after_disc_start():
+    tok = tiny(gan=True, disc_start=2).train()
+    x = random_frames(2, T0 + 2)
+    gen_ids = {id(p) for p in tok.generator_parameters()}
+    disc = list(tok.discriminator_parameters())
+    assert disc and not any(id(p) in gen_ids for p in disc)
+    loss, m = tok(x, global_step=1)
+    assert "adaptive_weight" not in m and "gan_loss" not in m
+    d_loss, _ = tok.discriminator_loss(x, tok.last_recon, global_step=1)
+    assert d_loss.item() == 0.0
+    loss, m = tok(x, global_step=2)
+    assert "adaptive_weight" in m and torch.isfinite(m["adaptive_weight"]) and m["adaptive_weight"] > 0
+    loss.backward()
+    assert tok.cond_decoder.conv_out.weight.grad is not None
+    assert all(p.grad is None for p in disc)  # the generator loss does not train the discriminator
+    d_loss, dm = tok.discriminator_loss(x, tok.last_recon, global_step=2)
+    assert d_loss.item() > 0 and "logits_real" in dm
+    d_loss.backward()
+    assert all(p.grad is not None for p in disc)
+    with pytest.raises(RuntimeError, match="gan=True"):
+        tiny().discriminator_loss(x, x, global_step=0)
+
+
+def test_perceptual_loss_from_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    stages = tokenizer_config("tiny")["perceptual_channels"]
+    path = tmp_path / "lpips_tiny.safetensors"
+    with pytest.raises(FileNotFoundError, match="perceptual_weights_path"):
+        PerceptualLoss(stages, path)
+    # a weights file for the LPIPS-style net (random here: no weights can be downloaded)
+    state = {"net.slice1.0.weight": torch.randn(8, 3, 3, 3) * 0.3, "net.slice1.0.bias": torch.zeros(8),
+             "net.slice2.3.weight": torch.randn(16, 8, 3, 3) * 0.3, "net.slice2.3.bias": torch.zeros(16),
+             "lin0.model.1.weight": torch.rand(1, 8, 1, 1), "lin1.model.1.weight": torch.rand(1, 16, 1, 1)}
+    save_file(state, str(path))
+    net = PerceptualLoss(stages, path)
+    a, b = random_frames(3, 1)[:, 0], random_frames(3, 1)[:, 0]
+    assert net(a, a).abs().max() < 1e-6 and (net(a, b) > 0).all()
+    tok = tiny(perceptual_weights_path=str(path)).train()
+    loss, m = tok(random_frames(2, T0 + 1))
+    assert m["perceptual_loss"] > 0
+    loss.backward()
+    assert not any(k.startswith("_perceptual") or "lin0" in k for k in tok.state_dict())
+
+
+def test_bf16_autocast_and_clear_errors():
+    tok = tiny().train()
+    x = random_frames(2, T0 + 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = tok(x)
+        codes, cache = tok.encode_context(x[:, :T0])
+        frames = tok.decode_future(tok.encode_future(x[:, T0:], cache), cache)
+    assert torch.isfinite(loss) and frames.shape == (2, 1, 3, 64, 64)
+    loss.backward()
+    with pytest.raises(TokenizerInputError, match="context_frames"):
+        tok.encode_context(x[:, :1])
+    with pytest.raises(TokenizerInputError, match="uint8"):
+        tok.encode_context(((x[:, :T0] + 1) * 127.5).to(torch.uint8))
+    with pytest.raises(TokenizerInputError, match=r"\[-1, 1\]"):
+        tok.encode_context((x[:, :T0] + 1) * 127.5)
+    with pytest.raises(TokenizerInputError, match=r"\[B, T, 3, 64, 64\]"):
+        tok(torch.rand(2, 3, 3, 32, 32))
+    with pytest.raises(TokenizerInputError, match="lie in"):
+        tok.decode_context(torch.full((1, T0, 16, 16), tok.context_vocab_size))
+    with pytest.raises(TokenizerInputError, match="repeat_interleave"):
+        tok.decode_future(torch.zeros(3, 1, 4, 4, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="unknown tokenizer config keys"):
+        tokenizer_config("tiny", channels=3)

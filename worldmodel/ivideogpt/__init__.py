@@ -1,0 +1,1 @@
+"""iVideoGPT: compressive tokenizer + LLaMA transformer world model."""

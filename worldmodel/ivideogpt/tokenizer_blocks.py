@@ -1,0 +1,204 @@
+"""Encoder / decoder stacks of the compressive tokenizer, built from diffusers blocks.
+
+Module names and parameter shapes follow the official iVideoGPT code
+(``ivideogpt/vq_model/vae.py`` and ``conditional_vae.py``), so official checkpoints map onto
+these modules key for key:
+
+    Encoder            <- vae.Encoder             conv_in, down_blocks.*, mid_block, conv_norm_out, conv_out
+    Decoder            <- vae.Decoder             conv_in, mid_block, up_blocks.*, conv_norm_out, conv_out
+    CrossAttentionBlock <- conditional_vae.CrossAttentionBlock   att (nn.MultiheadAttention), kv_norm,
+                                                  q_norm, kv_pos_emb, q_pos_emb
+    ConditionalEncoder <- conditional_vae.ConditionalEncoder     Encoder + cross_att_blocks.*
+    ConditionalDecoder <- conditional_vae.ConditionalDecoder     Decoder + cross_att_blocks.*
+
+Context features are passed batch-first as ``[B, t, C, h, w]`` (t context frames) while the
+frames being encoded / decoded come as ``[B*T, C, H, W]`` (T frames per batch entry). The
+cross-attention folds the T frames into the query sequence instead of copying the context T
+times (the official repeats it): queries never attend to each other, so the result is the same
+and every frame depends on the context only.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers.models.activations import get_activation
+from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
+from torch import Tensor, nn
+
+RESNET_EPS = 1e-6  # diffusers' VAE value, used by the official
+
+
+def _mid_block(channels: int, groups: int, act_fn: str, attention: bool) -> UNetMidBlock2D:
+    return UNetMidBlock2D(in_channels=channels, temb_channels=None, resnet_eps=RESNET_EPS,
+                          resnet_act_fn=act_fn, output_scale_factor=1, resnet_time_scale_shift="default",
+                          attention_head_dim=channels, resnet_groups=groups, add_attention=attention)
+
+
+class Encoder(nn.Module):
+    """Image [N, 3, H, W] -> latent [N, latent, H/2^(L-1), W/2^(L-1)] (+ every level's features)."""
+
+    def __init__(self, in_channels: int, out_channels: int, block_out_channels: list[int],
+                 layers_per_block: int, norm_num_groups: int, act_fn: str, mid_block_add_attention: bool):
+        super().__init__()
+        chans = block_out_channels
+        self.conv_in = nn.Conv2d(in_channels, chans[0], kernel_size=3, stride=1, padding=1)
+        self.down_blocks = nn.ModuleList()
+        for i, c_out in enumerate(chans):
+            c_in = chans[max(i - 1, 0)]
+            self.down_blocks.append(get_down_block(
+                "DownEncoderBlock2D", num_layers=layers_per_block, in_channels=c_in, out_channels=c_out,
+                add_downsample=i < len(chans) - 1, resnet_eps=RESNET_EPS, downsample_padding=0,
+                resnet_act_fn=act_fn, resnet_groups=norm_num_groups, attention_head_dim=c_out,
+                temb_channels=None))
+        self.mid_block = _mid_block(chans[-1], norm_num_groups, act_fn, mid_block_add_attention)
+        self.conv_norm_out = nn.GroupNorm(num_channels=chans[-1], num_groups=norm_num_groups, eps=RESNET_EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Returns (latent, features); features = [conv_in, down_0, ..., down_{L-1}, mid] outputs,
+        the official ``return_features`` list."""
+        h = self.conv_in(x)
+        features = [h]
+        for block in self.down_blocks:
+            h = block(h)
+            features.append(h)
+        h = self.mid_block(h)
+        features.append(h)
+        return self.conv_out(self.conv_act(self.conv_norm_out(h))), features
+
+
+class Decoder(nn.Module):
+    """Latent [N, latent, h, w] -> image [N, 3, H, W] (+ every level's features)."""
+
+    def __init__(self, in_channels: int, out_channels: int, block_out_channels: list[int],
+                 layers_per_block: int, norm_num_groups: int, act_fn: str, mid_block_add_attention: bool):
+        super().__init__()
+        chans = list(reversed(block_out_channels))
+        self.conv_in = nn.Conv2d(in_channels, chans[0], kernel_size=3, stride=1, padding=1)
+        self.mid_block = _mid_block(chans[0], norm_num_groups, act_fn, mid_block_add_attention)
+        self.up_blocks = nn.ModuleList()
+        for i, c_out in enumerate(chans):
+            c_in = chans[max(i - 1, 0)]
+            self.up_blocks.append(get_up_block(
+                "UpDecoderBlock2D", num_layers=layers_per_block + 1, in_channels=c_in, out_channels=c_out,
+                prev_output_channel=None, add_upsample=i < len(chans) - 1, resnet_eps=RESNET_EPS,
+                resnet_act_fn=act_fn, resnet_groups=norm_num_groups, attention_head_dim=c_out,
+                temb_channels=None, resnet_time_scale_shift="default"))
+        self.conv_norm_out = nn.GroupNorm(num_channels=chans[-1], num_groups=norm_num_groups, eps=RESNET_EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Returns (image, features); features = [conv_in, mid, up_0, ..., up_{L-1}] outputs."""
+        h = self.conv_in(z)
+        features = [h]
+        h = self.mid_block(h, None)
+        features.append(h)
+        for block in self.up_blocks:
+            h = block(h, None)
+            features.append(h)
+        return self.conv_out(self.conv_act(self.conv_norm_out(h))), features
+
+
+class CrossAttentionBlock(nn.Module):
+    """z <- act(z + Attn(q = norm(z) + pos, kv = norm(context features) + pos)).
+
+    The key/value GroupNorm normalises the t context frames jointly, as the official does
+    (it stacks them along the height axis before the norm)."""
+
+    def __init__(self, channels: int, resolution: int, kv_frames: int, norm_groups: int,
+                 act_fn: str, num_heads: int, dropout: float):
+        super().__init__()
+        self.att = nn.MultiheadAttention(channels, num_heads, dropout=dropout, batch_first=True)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.kv_norm = nn.GroupNorm(norm_groups, channels)
+        self.q_norm = nn.GroupNorm(norm_groups, channels)
+        self.kv_frames = kv_frames
+        self.kv_pos_emb = nn.Parameter(torch.zeros(kv_frames * resolution * resolution, channels))
+        self.q_pos_emb = nn.Parameter(torch.zeros(resolution * resolution, channels))
+        self.act = get_activation(act_fn)
+
+    def forward(self, z: Tensor, context: Tensor) -> Tensor:
+        """z [B*T, C, h, w] (T frames per batch entry), context [B, t, C, h, w] -> [B*T, C, h, w]."""
+        B, t, C, h, w = context.shape
+        T = z.shape[0] // B
+        kv = self.kv_norm(context.transpose(1, 2).reshape(B, C, t * h, w))  # [B, C, t*h, w]
+        kv = kv.flatten(2).transpose(1, 2) + self.kv_pos_emb  # [B, t*h*w, C]
+        q = self.q_norm(z).flatten(2).transpose(1, 2) + self.q_pos_emb  # [B*T, h*w, C]
+        q = q.reshape(B, T * h * w, C)  # each frame's queries side by side: attention is per query
+        out, _ = self.att(q, kv, kv, need_weights=False)  # [B, T*h*w, C]
+        out = self.resid_dropout(out).reshape(B * T, h * w, C).transpose(1, 2).reshape(z.shape)
+        return self.act(z + out.to(z.dtype))
+
+
+def _cross_blocks(chans: list[int], resolutions: list[int], max_res: int, **kw) -> tuple[nn.ModuleList, list[int]]:
+    """Cross-attention blocks for the levels whose resolution is <= max_res; returns (blocks, level ids)."""
+    levels = [i for i, r in enumerate(resolutions) if r <= max_res]
+    return nn.ModuleList(CrossAttentionBlock(chans[i], resolutions[i], **kw) for i in levels), levels
+
+
+class ConditionalEncoder(Encoder):
+    """Encoder of a future frame with cross-attention, after each down block of resolution
+    <= max_att_resolution, to the context encoder's output of the same block."""
+
+    def __init__(self, in_channels: int, out_channels: int, block_out_channels: list[int],
+                 layers_per_block: int, norm_num_groups: int, act_fn: str, mid_block_add_attention: bool,
+                 image_size: int, max_att_resolution: int, context_frames: int, num_heads: int, dropout: float,
+                 norm_groups: int):
+        super().__init__(in_channels, out_channels, block_out_channels, layers_per_block, norm_num_groups,
+                         act_fn, mid_block_add_attention)
+        n = len(block_out_channels)
+        resolutions = [image_size // 2 ** min(i + 1, n - 1) for i in range(n)]  # output side of down block i
+        self.cross_att_blocks, self.att_levels = _cross_blocks(
+            block_out_channels, resolutions, max_att_resolution, kv_frames=context_frames,
+            norm_groups=norm_groups, act_fn=act_fn, num_heads=num_heads, dropout=dropout)
+
+    def context_feature_ids(self) -> list[int]:
+        """Which entries of ``Encoder.forward``'s feature list the cross-attention reads."""
+        return [i + 1 for i in self.att_levels]
+
+    def forward(self, x: Tensor, context: list[Tensor]) -> Tensor:  # type: ignore[override]
+        """x [B*T, 3, H, W], context: one [B, t, C, h, w] per cross-attention block -> latent."""
+        h = self.conv_in(x)
+        att = dict(zip(self.att_levels, zip(self.cross_att_blocks, context)))
+        for i, block in enumerate(self.down_blocks):
+            h = block(h)
+            if i in att:
+                h = att[i][0](h, att[i][1])
+        h = self.mid_block(h)
+        return self.conv_out(self.conv_act(self.conv_norm_out(h)))
+
+
+class ConditionalDecoder(Decoder):
+    """Decoder of a future frame with cross-attention after the mid block and after each up
+    block of resolution <= max_att_resolution, to the context decoder's matching features."""
+
+    def __init__(self, in_channels: int, out_channels: int, block_out_channels: list[int],
+                 layers_per_block: int, norm_num_groups: int, act_fn: str, mid_block_add_attention: bool,
+                 latent_size: int, max_att_resolution: int, context_frames: int, num_heads: int, dropout: float,
+                 norm_groups: int):
+        super().__init__(in_channels, out_channels, block_out_channels, layers_per_block, norm_num_groups,
+                         act_fn, mid_block_add_attention)
+        n = len(block_out_channels)
+        chans = list(reversed(block_out_channels))
+        # level 0 = after the mid block, level i + 1 = after up block i
+        resolutions = [latent_size] + [latent_size * 2 ** min(i + 1, n - 1) for i in range(n)]
+        self.cross_att_blocks, self.att_levels = _cross_blocks(
+            [chans[0]] + chans, resolutions, max_att_resolution, kv_frames=context_frames,
+            norm_groups=norm_groups, act_fn=act_fn, num_heads=num_heads, dropout=dropout)
+
+    def context_feature_ids(self) -> list[int]:
+        """Which entries of ``Decoder.forward``'s feature list the cross-attention reads."""
+        return [i + 1 for i in self.att_levels]
+
+    def forward(self, z: Tensor, context: list[Tensor]) -> Tensor:  # type: ignore[override]
+        """z [B*T, latent, h, w], context: one [B, t, C, h', w'] per cross-attention block -> image."""
+        att = dict(zip(self.att_levels, zip(self.cross_att_blocks, context)))
+        h = self.mid_block(self.conv_in(z), None)
+        if 0 in att:
+            h = att[0][0](h, att[0][1])
+        for i, block in enumerate(self.up_blocks):
+            h = block(h, None)
+            if i + 1 in att:
+                h = att[i + 1][0](h, att[i + 1][1])
+        return self.conv_out(self.conv_act(self.conv_norm_out(h)))
