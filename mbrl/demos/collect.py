@@ -10,7 +10,6 @@ episode (the processes are spawned, so no GL context or simulator state is ever 
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from worldmodel.episodes import Episode, save_episode
-
-log = logging.getLogger(__name__)
 
 Policy = Callable[[np.ndarray], np.ndarray]  # state float32 [S] -> action float32 [A] in [-1, 1]
 RGB = 3

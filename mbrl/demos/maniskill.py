@@ -34,7 +34,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from worldmodel.episodes import Episode, save_episode
+from worldmodel.episodes import Episode, load_episode, save_episode
 
 RGB = 3
 MOTION_PLANNING_CONTROL_MODE = "pd_joint_pos"  # what ManiSkill's panda solutions drive
@@ -205,7 +205,12 @@ def replay_episode(env, traj: Trajectory, action_repeat: int, max_steps: int | N
     return Episode(obs=np.stack(frames), action=np.stack(actions), reward=np.asarray(rewards, np.float32),
                    success=np.asarray(successes, bool), terminal=np.asarray(terminals, bool),
                    meta={"source": source, "episode_id": traj.episode_id, "seed": traj.seed,
-                         "recorded_steps": len(traj.actions)})
+                         "recorded_steps": len(traj.actions), "fps": _fps(base, action_repeat)})
+
+
+def _fps(base, action_repeat: int) -> float | None:
+    freq = getattr(base, "control_freq", None)
+    return None if freq is None else float(freq) / action_repeat
 
 
 def convert_maniskill(h5_path: str | Path, task_cfg: Mapping[str, Any], out_dir: str | Path,
@@ -305,11 +310,15 @@ def collect_motionplanning(task_cfg: Mapping[str, Any], episodes: int, out_dir: 
         converted = [p for p in Path(tmp).glob("motionplanning.*.h5") if p != raw]
         if not converted:
             raise RuntimeError(f"ManiSkill's replay tool wrote no converted trajectory in {tmp}")
-        paths = convert_maniskill(converted[0], task_cfg, out_dir, success_only=True,
-                                  source="maniskill_motionplanning")[:episodes]
+        replayed = convert_maniskill(converted[0], task_cfg, Path(tmp) / "replayed", success_only=True,
+                                     source="maniskill_motionplanning")[:episodes]
+        paths = []
+        for i, path in enumerate(replayed):  # same names as the other collectors
+            episode = load_episode(path)
+            paths.append(save_episode(Path(out_dir) / f"ep_{i:04d}_seed{episode.meta['seed']}.npz", episode))
     if len(paths) < episodes:
         raise RuntimeError(f"only {len(paths)} of {episodes} motion-planned episodes of {env_id} "
                            f"succeeded when replayed in our env ({planned} planned successfully in "
                            f"{s - seed + 1} attempts); raise max_attempts.")
-    frames = sum(len(np.load(p)["action"]) + 1 for p in paths)
+    frames = sum(len(load_episode(p)) + 1 for p in paths)
     return MotionPlanningResult(paths, s - seed + 1, planned, time.perf_counter() - start, frames)

@@ -1,0 +1,49 @@
+"""Collect demonstrations in the simulator at the task's env settings.
+
+    python scripts/collect_demos.py task=metaworld/plate_slide episodes=5
+    python scripts/collect_demos.py task=metaworld/hammer episodes=200 noise=0.1 workers=2 out=corpus/hammer
+    python scripts/collect_demos.py task=maniskill/pick_cube episodes=10     # ManiSkill motion planner
+
+Meta-World uses its scripted expert policies; ManiSkill its motion-planning solutions (needs
+the maniskill extra and mplib). Episodes go to demonstrations/<suite>/<task>/ unless out=...
+Config: cfgs/collect_demos.yaml.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mbrl.demos import demo_dir  # noqa: E402
+from worldmodel.episodes import episode_paths  # noqa: E402
+
+
+@hydra.main(config_path="../cfgs", config_name="collect_demos", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    out = Path(cfg.out) if cfg.out else demo_dir(cfg.task)
+    if out.is_dir() and episode_paths(out) and not cfg.overwrite:
+        sys.exit(f"{out} already holds episodes; pass overwrite=true to add to / replace them, "
+                 "or out=<another folder>.")
+    if cfg.task.suite == "maniskill" and cfg.policy == "expert":
+        from mbrl.demos.maniskill import collect_motionplanning
+        result = collect_motionplanning(cfg.task, cfg.episodes, out, seed=cfg.seed,
+                                        max_attempts=cfg.max_attempts)
+    else:
+        from mbrl.demos.collect import collect
+        result = collect(cfg.task, cfg.episodes, out, seed=cfg.seed, noise=cfg.noise,
+                         workers=cfg.workers, policy=cfg.policy, success_only=cfg.success_only,
+                         max_attempts=cfg.max_attempts)
+    hours = result.seconds / 3600
+    print(f"wrote {len(result.paths)} episodes to {out}: {result.successes}/{result.attempts} "
+          f"attempts succeeded; {result.seconds:.1f} s, {len(result.paths) / hours:.0f} episodes/h, "
+          f"{result.frames / hours:.0f} frames/h")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Convert downloaded demonstrations into episode files at the task's env settings.
+
+    python scripts/convert_demos.py format=libero input=<LIBERO demo .hdf5> task=libero/libero_spatial task.task_index=0
+    python scripts/convert_demos.py format=maniskill input=<trajectory .h5> task=maniskill/pick_cube
+
+LIBERO: frames resized to the task's image size (rotated upright unless task.rotate_180);
+ManiSkill: each trajectory replayed in our env from its recorded states (needs the maniskill
+extra). Episodes go to demonstrations/<suite>/<task>/ unless out=... Config: cfgs/convert_demos.yaml.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mbrl.demos import demo_dir  # noqa: E402
+
+
+@hydra.main(config_path="../cfgs", config_name="convert_demos", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    out = Path(cfg.out) if cfg.out else demo_dir(cfg.task)
+    if not Path(cfg.input).is_file():
+        sys.exit(f"input={cfg.input} is not a file")
+    if cfg.format == "libero":
+        from mbrl.demos.libero import convert_libero
+        rotate = (not cfg.task.get("rotate_180", False)) if cfg.rotate_180 is None else bool(cfg.rotate_180)
+        paths = convert_libero(cfg.input, out, int(cfg.task.image_size),
+                               task=f"{cfg.task.suite}/{cfg.task.name}", rotate_180=rotate,
+                               camera=cfg.camera, success_bonus=float(cfg.task.success_bonus),
+                               max_demos=cfg.max_episodes)
+    elif cfg.format == "maniskill":
+        from mbrl.demos.maniskill import convert_maniskill
+        paths = convert_maniskill(cfg.input, cfg.task, out, success_only=cfg.success_only,
+                                  max_episodes=cfg.max_episodes)
+    else:
+        sys.exit(f"format={cfg.format} is not one of: libero, maniskill")
+    print(f"wrote {len(paths)} episodes to {out}")
+
+
+if __name__ == "__main__":
+    main()

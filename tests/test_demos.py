@@ -1,0 +1,318 @@
+"""Demonstrations: Meta-World scripted experts in our env, the shipped demos, load_demos, the
+collection script, and the LIBERO / ManiSkill converters on files with the real schemas."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mbrl.demos import demo_dir, load_demos, task_slug
+from mbrl.demos.collect import collect
+from worldmodel.episodes import EpisodeFormatError, load_episode
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_TASKS = ("plate_slide", "hammer", "coffee_push", "door_lock", "handle_pull_side",
+                   "button_press_topdown_wall")
+SHIPPED_PER_TASK = 5
+METAWORLD_ACTION_DIM = 4
+
+
+def task_cfg(task: str):
+    return task_cfgs([task])[0]
+
+
+def task_cfgs(tasks: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base="1.3"):
+        return [compose("collect_demos", overrides=[f"task={t}"]).task for t in tasks]
+
+
+# ----- Meta-World experts -----
+def test_every_metaworld_task_has_an_expert():
+    from mbrl.demos.metaworld_expert import MetaWorldExpert, expert_policy_classes
+
+    classes = expert_policy_classes()
+    assert len(classes) == 50
+    yamls = sorted((REPO / "cfgs/task/metaworld").glob("*.yaml"))
+    assert len(yamls) == 50
+    for yaml, cfg in zip(yamls, task_cfgs([f"metaworld/{y.stem}" for y in yamls])):
+        name = cfg.name
+        assert name in classes, f"{yaml.name}: no scripted policy for {name}"
+        assert task_slug(name) == yaml.stem  # demo folders are named after the task files
+    with pytest.raises(ValueError, match="39-dim state"):
+        MetaWorldExpert("plate_slide")(np.zeros(4))
+
+
+@pytest.mark.parametrize("task", REFERENCE_TASKS)
+def test_shipped_demos_load_and_succeed(task):
+    cfg = task_cfg(f"metaworld/{task}")
+    episodes = load_demos(cfg, image_size=cfg.image_size, action_dim=METAWORLD_ACTION_DIM)
+    assert len(episodes) == SHIPPED_PER_TASK
+    for ep in episodes:
+        assert len(ep) == cfg.episode_length and ep.image_size == cfg.image_size
+        assert ep.success.any(), f"{task}: a shipped demo never succeeds"
+        # the env's +10 success bonus is in the stored rewards exactly on success steps
+        assert (ep.reward[ep.success] >= cfg.success_bonus).all()
+        assert ep.meta["noise"] == 0.0 and ep.meta["task"] == f"metaworld/{cfg.name}"
+        assert ep.obs.std() > 10, "frames look blank"
+
+
+def test_live_expert_reproduces_a_shipped_demo(tmp_path):
+    """Collect seed 0 of plate_slide again in-process: a success, and the same trajectory."""
+    cfg = task_cfg("metaworld/plate_slide")
+    result = collect(cfg, 1, tmp_path, seed=0, workers=1, progress=False)
+    live = load_episode(result.paths[0], image_size=64, action_dim=METAWORLD_ACTION_DIM)
+    shipped = load_episode(sorted(demo_dir(cfg).glob("ep_0000_seed0.npz"))[0])
+    assert live.success.any() and result.attempts == 1
+    np.testing.assert_allclose(live.action, shipped.action, atol=1e-5)
+    np.testing.assert_array_equal(live.success, shipped.success)
+    assert np.abs(live.obs.astype(int) - shipped.obs.astype(int)).mean() < 2.0
+
+
+def test_max_attempts_guard(tmp_path):
+    cfg = task_cfg("metaworld/plate_slide")
+    with pytest.raises(RuntimeError, match=r"only 0 of 1 episodes succeeded in 1 attempts"):
+        collect(cfg, 1, tmp_path, policy="random", max_attempts=1, workers=1, progress=False)
+
+
+def test_collect_script_parallel_with_noise(tmp_path):
+    out = tmp_path / "demos"
+    cmd = [sys.executable, str(REPO / "scripts/collect_demos.py"), "task=metaworld/door_lock",
+           "episodes=2", "noise=0.1", "workers=2", "seed=10", f"out={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "wrote 2 episodes" in run.stdout
+    files = sorted(out.glob("*.npz"))
+    assert [f.name.split("_seed")[0] for f in files] == ["ep_0000", "ep_0001"]
+    for f in files:
+        ep = load_episode(f, image_size=64, action_dim=METAWORLD_ACTION_DIM)
+        assert ep.success.any() and ep.meta["noise"] == 0.1 and ep.meta["seed"] >= 10
+        assert ep.meta["source"] == "metaworld_scripted_expert" and ep.meta["fps"] > 0
+    # a second run refuses to mix into a folder that holds episodes
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert again.returncode != 0 and "already holds episodes" in again.stderr
+
+
+# ----- demo=true -----
+def test_load_demos_errors_name_the_fix(tmp_path):
+    cfg = task_cfg("metaworld/hammer")
+    with pytest.raises(FileNotFoundError, match=r"is missing.*collect_demos.py task=metaworld/hammer episodes=5"):
+        load_demos(cfg, 64, METAWORLD_ACTION_DIM, root=tmp_path)
+    (tmp_path / "metaworld/hammer").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no .npz episodes"):
+        load_demos(cfg, 64, METAWORLD_ACTION_DIM, root=tmp_path)
+    with pytest.raises(EpisodeFormatError, match="but the run uses 32x32"):
+        load_demos(cfg, 32, METAWORLD_ACTION_DIM)
+
+
+def test_shipped_demos_seed_the_real_replay_buffer():
+    real_buffer = pytest.importorskip("mbrl.replay.real_buffer")
+    cfg = task_cfg("metaworld/plate_slide")
+    episodes = load_demos(cfg, cfg.image_size, METAWORLD_ACTION_DIM)
+    buffer = real_buffer.RealReplayBuffer(capacity=10_000, image_size=cfg.image_size,
+                                          action_dim=METAWORLD_ACTION_DIM, frame_stack=cfg.frame_stack,
+                                          nstep=3, discount=0.99)
+    for ep in episodes:
+        buffer.add_episode(ep)
+    assert buffer.num_episodes == SHIPPED_PER_TASK
+    assert len(buffer) == SHIPPED_PER_TASK * cfg.episode_length
+
+
+# ----- LIBERO converter -----
+def write_libero_file(path: Path, lengths=(6, 9), size: int = 32):
+    """A file with the schema of LIBERO's create_dataset.py. Image j of a demo has intensity
+    10*j in its top-left quadrant (and 0 elsewhere), so alignment and rotation are visible."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_name"] = "Libero_Tabletop_Manipulation"
+        data.attrs["problem_info"] = json.dumps({"problem_name": "libero_tabletop_manipulation",
+                                                 "language_instruction": "put the bowl on the plate"})
+        data.attrs["bddl_file_name"] = "libero_spatial/put_the_bowl_on_the_plate.bddl"
+        for i, n in enumerate(lengths):
+            demo = data.create_group(f"demo_{i}")
+            images = np.zeros((n, size, size, 3), np.uint8)
+            for j in range(n):
+                images[j, : size // 2, : size // 2] = 10 * j
+            demo.create_group("obs").create_dataset("agentview_rgb", data=images)
+            demo["obs"].create_dataset("eye_in_hand_rgb", data=images)
+            actions = np.stack([np.full(7, j / 100) for j in range(n)]).astype(np.float64)
+            demo.create_dataset("actions", data=actions)
+            rewards = np.zeros(n, np.uint8)
+            rewards[-1] = 1
+            demo.create_dataset("rewards", data=rewards)
+            demo.create_dataset("dones", data=rewards.copy())
+            demo.create_dataset("states", data=np.zeros((n, 10)))
+            demo.attrs["num_samples"] = n
+
+
+def test_libero_converter(tmp_path):
+    from mbrl.demos.libero import LiberoFormatError, convert_libero
+
+    src = tmp_path / "put_the_bowl_on_the_plate_demo.hdf5"
+    write_libero_file(src)
+    paths = convert_libero(src, tmp_path / "out", image_size=16, task="libero/libero_spatial",
+                           rotate_180=True, success_bonus=10.0)
+    assert [p.name for p in paths] == ["put_the_bowl_on_the_plate_demo_demo_0.npz",
+                                       "put_the_bowl_on_the_plate_demo_demo_1.npz"]
+    ep = load_episode(paths[1], image_size=16, action_dim=7)
+    assert len(ep) == 8  # 9 recorded images and actions -> 8 transitions
+    # obs[t] is image t; action[t] is recorded action t+1 (the one that produced image t+1)
+    np.testing.assert_allclose(ep.action[:, 0], np.arange(1, 9) / 100, atol=1e-6)
+    # rotated 180 degrees: the marked quadrant is now bottom-right
+    assert ep.obs[5, :, 12, 12].tolist() == [50, 50, 50] and ep.obs[5, :, 3, 3].tolist() == [0, 0, 0]
+    assert ep.success.tolist() == [False] * 7 + [True] and ep.terminal[-1]
+    assert ep.reward[-1] == 11.0 and ep.reward[:-1].sum() == 0
+    assert ep.meta["language"] == "put the bowl on the plate" and ep.meta["task"] == "libero/libero_spatial"
+    upright = convert_libero(src, tmp_path / "raw", image_size=32, rotate_180=False, max_demos=1)
+    raw = load_episode(upright[0])
+    assert len(upright) == 1 and raw.obs[2, 0, 3, 3] == 20 and raw.obs[2, 0, 28, 28] == 0
+
+    bad = tmp_path / "bad.hdf5"
+    import h5py
+    with h5py.File(bad, "w") as f:
+        f.create_group("other")
+    with pytest.raises(LiberoFormatError, match="no 'data' group"):
+        convert_libero(bad, tmp_path / "x", 16)
+    (tmp_path / "text.hdf5").write_text("not hdf5")
+    with pytest.raises(LiberoFormatError, match="not a readable hdf5"):
+        convert_libero(tmp_path / "text.hdf5", tmp_path / "x", 16)
+
+
+# ----- ManiSkill trajectory files -----
+def write_maniskill_pair(stem: Path, steps=(4, 6), action_dim: int = 7, broken: str = ""):
+    """A trajectory pair with the schema of ManiSkill 3's RecordEpisode / download_demo."""
+    import h5py
+
+    episodes = []
+    with h5py.File(stem.with_suffix(".h5"), "w") as f:
+        for i, n in enumerate(steps):
+            g = f.create_group(f"traj_{i}")
+            g.create_dataset("actions", data=np.full((n, action_dim), i, np.float32))
+            g.create_dataset("terminated", data=np.zeros(n, bool))
+            g.create_dataset("truncated", data=np.zeros(n, bool))
+            g.create_dataset("success", data=np.arange(n) == n - 1)
+            states = g.create_group("env_states")
+            states.create_group("actors").create_dataset("cube", data=np.arange((n + 1) * 13,
+                                                         dtype=np.float32).reshape(n + 1, 13))
+            m = n if broken == "states" else n + 1
+            states.create_group("articulations").create_dataset("panda", data=np.zeros((m, 31), np.float32))
+            episodes.append({"episode_id": i, "episode_seed": 100 + i, "reset_kwargs": {"seed": 100 + i},
+                             "control_mode": "pd_ee_delta_pose", "elapsed_steps": n,
+                             "info": {"success": True}})
+    meta = {"env_info": {"env_id": "PickCube-v1", "max_episode_steps": 50,
+                         "env_kwargs": {"obs_mode": "none", "control_mode": "pd_ee_delta_pose"}},
+            "source_type": "motionplanning", "episodes": episodes}
+    if broken != "json":
+        stem.with_suffix(".json").write_text(json.dumps(meta))
+    return stem.with_suffix(".h5")
+
+
+def test_maniskill_trajectory_reader(tmp_path):
+    from mbrl.demos.maniskill import ManiSkillFormatError, read_env_info, read_trajectories, state_at
+
+    h5 = write_maniskill_pair(tmp_path / "trajectory")
+    env_info, episodes = read_env_info(h5)
+    assert env_info["env_id"] == "PickCube-v1" and len(episodes) == 2
+    trajs = list(read_trajectories(h5))
+    assert [t.seed for t in trajs] == [100, 101] and trajs[1].actions.shape == (6, 7)
+    assert trajs[1].control_mode == "pd_ee_delta_pose" and trajs[1].success[-1]
+    state = state_at(trajs[0].env_states, 2)
+    assert set(state) == {"actors", "articulations"}
+    np.testing.assert_array_equal(state["actors"]["cube"], np.arange(26, 39))
+    assert len(list(read_trajectories(h5, max_episodes=1))) == 1
+
+    with pytest.raises(ManiSkillFormatError, match=r"short.h5: traj_0: env_states entries have different lengths"):
+        list(read_trajectories(write_maniskill_pair(tmp_path / "short", broken="states")))
+    with pytest.raises(ManiSkillFormatError, match="come as a pair"):
+        read_env_info(write_maniskill_pair(tmp_path / "nojson", broken="json"))
+
+
+def test_maniskill_replay_in_our_env(tmp_path):
+    """Record a short random trajectory in our ManiSkill env in ManiSkill's schema, replay it
+    with the converter, and get the same frames back (needs the maniskill extra)."""
+    pytest.importorskip("mani_skill")
+    import h5py
+
+    from mbrl.demos.maniskill import convert_maniskill, maniskill_base_env
+    from mbrl.envs import make_env
+
+    cfg = task_cfg("maniskill/pick_cube")
+    env = make_env(cfg, seed=0)
+    base = maniskill_base_env(env)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=5)
+
+    def flat_state():
+        import torch
+        def squeeze(x):
+            return {k: squeeze(v) for k, v in x.items()} if isinstance(x, dict) else \
+                (x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x))[0]
+        return squeeze(base.get_state_dict())
+
+    states, actions, frames = [flat_state()], [], [obs[-3:]]
+    for _ in range(4):
+        a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        obs, *_ = env.step(a)
+        actions.append(a)
+        states.append(flat_state())
+        frames.append(obs[-3:])
+    env.close()
+
+    def stack(items):
+        first = items[0]
+        return {k: stack([it[k] for it in items]) for k in first} if isinstance(first, dict) else np.stack(items)
+
+    def write(group, tree):
+        for k, v in tree.items():
+            write(group.create_group(k), v) if isinstance(v, dict) else group.create_dataset(k, data=v)
+
+    h5 = tmp_path / "traj.h5"
+    with h5py.File(h5, "w") as f:
+        g = f.create_group("traj_0")
+        g.create_dataset("actions", data=np.stack(actions))
+        write(g.create_group("env_states"), stack(states))
+    (tmp_path / "traj.json").write_text(json.dumps({
+        "env_info": {"env_id": cfg.name, "env_kwargs": {}},
+        "episodes": [{"episode_id": 0, "episode_seed": 5, "control_mode": cfg.control_mode,
+                      "elapsed_steps": 4}]}))
+    paths = convert_maniskill(h5, cfg, tmp_path / "out", success_only=False)
+    ep = load_episode(paths[0], image_size=cfg.image_size)
+    assert len(ep) == 4
+    np.testing.assert_allclose(ep.action, np.stack(actions))
+    assert np.abs(ep.obs.astype(int) - np.stack(frames).astype(int)).mean() < 2.0
+
+
+def test_convert_script_libero(tmp_path):
+    src = tmp_path / "task_demo.hdf5"
+    write_libero_file(src, lengths=(5,))
+    out = tmp_path / "converted"
+    run = subprocess.run([sys.executable, str(REPO / "scripts/convert_demos.py"), "format=libero",
+                          f"input={src}", "task=libero/libero_spatial", "task.task_index=3", f"out={out}"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    ep = load_episode(out / "task_demo_demo_0.npz", image_size=64, action_dim=7)
+    assert len(ep) == 4 and ep.meta["rotate_180"] is True  # upright, since task.rotate_180=false
+    cfg = task_cfg("libero/libero_spatial")
+    assert demo_dir(cfg).parts[-3:] == ("libero", "libero_spatial", "task_0")
+
+
+def test_maniskill_motion_planning_collection(tmp_path):
+    """ManiSkill's own motion planner -> ManiSkill's control-mode conversion -> replay in our env."""
+    pytest.importorskip("mani_skill")
+    pytest.importorskip("mplib")
+    if int(np.__version__.split(".")[0]) >= 2:
+        pytest.skip("mplib 0.1.1 (ManiSkill's motion planner) crashes with numpy >= 2")
+    from mbrl.demos.maniskill import collect_motionplanning
+
+    cfg = task_cfg("maniskill/pick_cube")
+    result = collect_motionplanning(cfg, 1, tmp_path, seed=0)
+    ep = load_episode(result.paths[0], image_size=cfg.image_size, action_dim=7)
+    assert result.paths[0].name == "ep_0000_seed0.npz"
+    assert ep.success.any() and ep.meta["source"] == "maniskill_motionplanning"

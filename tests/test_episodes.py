@@ -1,0 +1,131 @@
+"""Episode file format: round trip and one clear message per kind of corrupt file."""
+import json
+import logging
+import zipfile
+
+import numpy as np
+import pytest
+
+from worldmodel.episodes import (Episode, EpisodeFormatError, iter_episodes, load_episode,
+                                 load_episodes, save_episode)
+
+STEPS, SIZE, ACTION_DIM = 6, 8, 4
+
+
+def make_episode(steps: int = STEPS, size: int = SIZE, action_dim: int = ACTION_DIM,
+                 seed: int = 0) -> Episode:
+    rng = np.random.default_rng(seed)
+    return Episode(
+        obs=rng.integers(0, 256, (steps + 1, 3, size, size), dtype=np.uint8),
+        action=rng.uniform(-1, 1, (steps, action_dim)).astype(np.float32),
+        reward=rng.normal(size=steps).astype(np.float32),
+        success=rng.random(steps) > 0.5,
+        terminal=np.eye(1, steps, steps - 1, dtype=bool)[0],
+        meta={"task": "plate_slide", "source": "test", "fps": 80},
+    )
+
+
+def write_raw(path, **arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def raw_arrays(ep: Episode) -> dict:
+    return dict(obs=ep.obs, action=ep.action, reward=ep.reward, success=ep.success,
+                terminal=ep.terminal, meta=np.array(json.dumps(ep.meta)))
+
+
+def test_round_trip_is_exact(tmp_path):
+    ep = make_episode()
+    path = save_episode(tmp_path / "ep_000", ep)
+    assert path.suffix == ".npz" and path.is_file()
+    assert not list(tmp_path.glob(".*tmp")), "temporary file left behind"
+    back = load_episode(path, image_size=SIZE, action_dim=ACTION_DIM)
+    for key in ("obs", "action", "reward", "success", "terminal"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(ep, key))
+        assert getattr(back, key).dtype == getattr(ep, key).dtype
+    assert back.meta == ep.meta
+    assert len(back) == STEPS and back.image_size == SIZE and back.action_dim == ACTION_DIM
+
+
+def test_missing_terminal_means_no_terminal(tmp_path):
+    arrays = raw_arrays(make_episode())
+    del arrays["terminal"]
+    write_raw(tmp_path / "ep.npz", **arrays)
+    assert not load_episode(tmp_path / "ep.npz").terminal.any()
+
+
+def corrupt_cases(ep: Episode):
+    arrays = raw_arrays(ep)
+    yield "missing_key", {k: v for k, v in arrays.items() if k != "reward"}, "missing keys ['reward']"
+    yield "obs_dtype", {**arrays, "obs": ep.obs.astype(np.float32)}, "'obs' has dtype float32"
+    yield "action_dtype", {**arrays, "action": ep.action.astype(np.float64)}, "'action' has dtype float64"
+    yield "success_dtype", {**arrays, "success": ep.success.astype(np.int64)}, "'success' has dtype int64"
+    yield "obs_length", {**arrays, "obs": ep.obs[:-1]}, "'obs' has 6 frames but 'action' has 6 steps"
+    yield "reward_length", {**arrays, "reward": ep.reward[:-2]}, "'reward' has shape (4,), expected (6,)"
+    yield "obs_layout", {**arrays, "obs": ep.obs.transpose(0, 2, 3, 1).copy()}, "expected [T+1, 3, H, H]"
+    yield "nan_action", {**arrays, "action": np.full_like(ep.action, np.nan)}, "NaN or inf"
+    yield "bad_meta", {**arrays, "meta": np.array("{not json")}, "'meta' is not valid JSON"
+
+
+@pytest.mark.parametrize("case", [c[0] for c in corrupt_cases(make_episode())])
+def test_each_corrupt_file_names_file_and_fault(tmp_path, case):
+    _, arrays, expected = next(c for c in corrupt_cases(make_episode()) if c[0] == case)
+    path = tmp_path / f"{case}.npz"
+    write_raw(path, **arrays)
+    with pytest.raises(EpisodeFormatError) as err:
+        load_episode(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+    assert err.value.path == str(path)
+
+
+def test_run_mismatch_messages(tmp_path):
+    path = save_episode(tmp_path / "ep.npz", make_episode())
+    with pytest.raises(EpisodeFormatError, match=r"frames are 8x8 but the run uses 64x64"):
+        load_episode(path, image_size=64)
+    with pytest.raises(EpisodeFormatError, match=r"actions have 4 dims but the run's env has 7"):
+        load_episode(path, action_dim=7)
+
+
+def test_truncated_bytes(tmp_path):
+    path = save_episode(tmp_path / "ep.npz", make_episode())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(EpisodeFormatError, match="unreadable or truncated") as err:
+        load_episode(path)
+    assert str(path) in str(err.value)
+
+
+def test_not_an_npz(tmp_path):
+    path = tmp_path / "ep.npz"
+    path.write_text("this is a text file, not an episode")
+    with pytest.raises(EpisodeFormatError, match="unreadable or truncated"):
+        load_episode(path)
+    with zipfile.ZipFile(tmp_path / "zip.npz", "w") as z:  # a zip, but no arrays in it
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(EpisodeFormatError, match="missing keys"):
+        load_episode(tmp_path / "zip.npz")
+    with pytest.raises(EpisodeFormatError, match="no such file"):
+        load_episode(tmp_path / "absent.npz")
+
+
+def test_saving_an_invalid_episode_is_refused(tmp_path):
+    ep = make_episode()
+    ep.reward = ep.reward.astype(np.float64)
+    with pytest.raises(EpisodeFormatError, match="'reward' has dtype float64"):
+        save_episode(tmp_path / "ep.npz", ep)
+    assert not list(tmp_path.iterdir()), "nothing may be written for a refused episode"
+
+
+def test_one_bad_file_among_many(tmp_path, caplog):
+    for i in range(4):
+        save_episode(tmp_path / f"ep_{i:03d}.npz", make_episode(seed=i))
+    bad = tmp_path / "ep_002.npz"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(EpisodeFormatError, match="ep_002"):
+        load_episodes(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="worldmodel.episodes"):
+        loaded = list(iter_episodes(tmp_path, skip_bad=True))
+    assert [p.name for p, _ in loaded] == ["ep_000.npz", "ep_001.npz", "ep_003.npz"]
+    reports = [r.getMessage() for r in caplog.records]
+    assert len(reports) == 1 and "ep_002.npz" in reports[0]

@@ -1,0 +1,89 @@
+"""MBPO end to end on Meta-World with tiny world models, in-process so the buffers can be inspected."""
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from mbrl.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+HORIZON = 3
+TINY_MBPO = [
+    "preset=cpu", "task.episode_length=15", "num_train_frames=150", "num_seed_frames=60",
+    "eval_every_frames=0", "num_eval_episodes=1", "save_every_frames=60", "agent.batch_size=16",
+    "agent.hidden_dim=64", "agent.num_expl_steps=10", "replay.capacity=5000", "log.wandb=disabled",
+    "log.progress_bar=false", "log.tensorboard=false", "mbpo.start_frames=60", "mbpo.init_wm_updates=2",
+    "mbpo.init_rollout_batches=1", "mbpo.gen_every_frames=30", "mbpo.gen_batch=4",
+    f"mbpo.gen_horizon={HORIZON}", "mbpo.validate_every_episodes=2", "mbpo.validate_batch=2",
+    "world_model.batch_size=2", "world_model.segment_length=6",
+]
+
+
+def make_trainer(run_dir: Path, *overrides: str) -> Trainer:
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+        cfg = compose("config", overrides=[*TINY_MBPO, *overrides])
+    return Trainer(cfg, run_dir)
+
+
+def frame_keys(frames: np.ndarray) -> set[bytes]:
+    return {f.tobytes() for f in frames.reshape(-1, *frames.shape[-3:])}
+
+
+@pytest.mark.parametrize("world_model", ["ivideogpt", "vid2world"])
+def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
+    trainer = make_trainer(tmp_path / "run", f"world_model={world_model}")
+    trainer.train()
+    mbpo = trainer.mbpo
+    assert mbpo.started and mbpo.wm_updates > 2
+    # rollouts: the initial batch plus one every gen_every_frames after the start
+    assert mbpo.imagined.total_added >= 4 * 2
+    assert len(mbpo.imagined) == mbpo.imagined.size * HORIZON
+
+    # An agent batch: the first real_ratio part from the real buffer, the rest imagined.
+    batch = mbpo.agent_batch(16)
+    n_real = 8
+    imagined_frames = frame_keys(mbpo.imagined.frames[:mbpo.imagined.size, 3:])  # imagined steps only
+    newest = batch.obs[:, -3:].numpy()
+    from_imagination = [f.tobytes() in imagined_frames for f in newest]
+    assert not any(from_imagination[:n_real])
+    assert sum(from_imagination[n_real:]) >= 1  # step-0 samples start from a real frame
+
+    run = tmp_path / "run"
+    with open(run / "validation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(np.isfinite(float(r["psnr"])) for r in rows)
+    assert list((run / "videos").glob("imagination_*.mp4"))
+    with open(run / "train.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert int(last["imagined_size"]) == len(mbpo.imagined)
+
+
+def test_mbpo_resume_restores_world_model(tmp_path):
+    run = tmp_path / "run"
+    first = make_trainer(run, "world_model=ivideogpt", "num_train_frames=90")
+    first.train()
+    weights = {k: v.clone() for k, v in first.mbpo.world_model.state_dict().items()}
+    updates = first.mbpo.wm_updates
+    resumed = make_trainer(run, "world_model=ivideogpt", "num_train_frames=120", "resume=true")
+    assert resumed.restore()
+    assert resumed.frame == 90 and resumed.mbpo.wm_updates == updates and resumed.mbpo.started
+    for key, value in resumed.mbpo.world_model.state_dict().items():
+        torch.testing.assert_close(value, weights[key])
+    resumed.close()
+    finished = make_trainer(run, "world_model=ivideogpt", "num_train_frames=120", "resume=true")
+    finished.train()
+    assert finished.frame >= 120 and len(finished.mbpo.imagined) > 0
+
+
+def test_world_model_that_does_not_fit_the_env_is_refused(tmp_path):
+    from worldmodel.interface import WorldModelConfigError
+
+    trainer = make_trainer(tmp_path / "a", "world_model=ivideogpt")
+    trainer.mbpo.world_model.save_pretrained(tmp_path / "wm")
+    trainer.close()
+    with pytest.raises(WorldModelConfigError, match="64x64"):
+        make_trainer(tmp_path / "b", "world_model=ivideogpt", f"world_model.pretrained={tmp_path / 'wm'}",
+                     "task.image_size=84")
