@@ -1,0 +1,428 @@
+"""Corpus readers on small files in the real on-disk formats, written here.
+
+TensorFlow is not installed, so the TFRecord files are written by worldmodel.corpora.tfrecord:
+tf.train.Example protobufs (TFDS's flattened ``steps/...`` keys for RLDS, BAIR's ``{t}/...``
+keys) in TFRecord framing with masked CRC-32C checksums. The framing was checked byte for byte
+against the independent PyPI ``tfrecord`` writer; the CRC against the standard test vector.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from worldmodel.corpora import tfrecord as tfr
+from worldmodel.corpora.bair import BairReader
+from worldmodel.corpora.convert import MANIFEST_NAME, ConversionError, convert_corpus
+from worldmodel.corpora.frames import decode_image, resize_frame
+from worldmodel.corpora.mix import frame_step_for, load_mix
+from worldmodel.corpora.rlds import RLDSReader, _step_values, load_features
+from worldmodel.corpora.video_folder import VideoFolderReader
+from worldmodel.episodes import Episode, episode_paths, load_episode, save_episode
+
+REPO = Path(__file__).resolve().parents[1]
+CRC32C_CHECK = 0xE3069283  # CRC-32C of b"123456789" (RFC 3720)
+
+
+# ----- fixtures in the real formats -----
+def tensor(shape, dtype="float32", encoding="none"):
+    return {"pythonClassName": "tensorflow_datasets.core.features.tensor_feature.Tensor",
+            "tensor": {"shape": {"dimensions": [str(d) for d in shape]} if shape else {},
+                       "dtype": dtype, "encoding": encoding}}
+
+
+def image(h, w, fmt):
+    return {"pythonClassName": "tensorflow_datasets.core.features.image_feature.Image",
+            "image": {"shape": {"dimensions": [str(h), str(w), "3"]}, "dtype": "uint8",
+                      "encodingFormat": fmt}}
+
+
+def fdict(features):
+    return {"pythonClassName": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
+            "featuresDict": {"features": features}}
+
+
+def steps_tree(observation, action):
+    step = fdict({"action": action, "observation": fdict(observation),
+                  "reward": tensor([]), "is_first": tensor([], "bool"),
+                  "is_last": tensor([], "bool"), "is_terminal": tensor([], "bool")})
+    return fdict({"steps": {"pythonClassName":
+                            "tensorflow_datasets.core.features.dataset_feature.Dataset",
+                            "sequence": {"feature": step, "length": "-1"}}})
+
+
+FRACTAL_ACTIONS = {"base_displacement_vector": 2, "base_displacement_vertical_rotation": 1,
+                   "gripper_closedness_action": 1, "rotation_delta": 3, "world_vector": 3}
+BRIDGE_ACTIONS = {"open_gripper": 0, "rotation_delta": 3, "terminate_episode": 0, "world_vector": 3}
+H, W = 24, 32  # fractal-like frames (wider than tall, like RT-1's 256x320)
+
+
+def encode(frame, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG" if fmt == "png" else "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def frame_for(episode, step, h=H, w=W):
+    """A frame whose columns carry a ramp (so crops are checkable) and whose level encodes ids."""
+    frame = np.zeros((h, w, 3), dtype=np.uint8)
+    frame[..., 0] = np.arange(w, dtype=np.uint8)[None, :] * 4
+    frame[..., 1] = 10 * step
+    frame[..., 2] = 30 * episode
+    return frame
+
+
+def fractal_record(ep, steps):
+    """One RT-1-like episode serialized the way TFDS does (flattened keys, all steps concatenated)."""
+    feats = {"steps/observation/image": [encode(frame_for(ep, t), "png") for t in range(steps)],
+             "steps/observation/natural_language_instruction": [b"pick coke can"] * steps,
+             "steps/observation/natural_language_embedding": np.zeros(steps * 4, np.float32),
+             "steps/reward": np.eye(1, steps, steps - 1, dtype=np.float32)[0],  # 1 on the last step
+             "steps/is_first": np.eye(1, steps, 0, dtype=bool)[0],
+             "steps/is_last": np.eye(1, steps, steps - 1, dtype=bool)[0],
+             "steps/is_terminal": np.eye(1, steps, steps - 1, dtype=bool)[0],
+             "steps/action/terminate_episode": np.tile([0, 1, 0], steps)}
+    for i, (key, dim) in enumerate(FRACTAL_ACTIONS.items()):
+        feats[f"steps/action/{key}"] = (100 * ep + 10 * np.arange(steps)[:, None] + i
+                                        + np.zeros((steps, dim))).astype(np.float32).ravel()
+    return tfr.make_example(feats)
+
+
+def make_fractal(root: Path, lengths=((5, 6), (4, 7))) -> Path:
+    builder = root / "fractal20220817_data" / "0.1.0"
+    builder.mkdir(parents=True)
+    action = fdict({k: tensor([d]) for k, d in FRACTAL_ACTIONS.items()}
+                   | {"terminate_episode": tensor([3], "int32")})
+    observation = {"image": image(H, W, "png"), "natural_language_embedding": tensor([4]),
+                   "natural_language_instruction": tensor([], "string")}
+    (builder / "features.json").write_text(json.dumps(steps_tree(observation, action)))
+    (builder / "dataset_info.json").write_text(json.dumps({"name": "fractal20220817_data"}))
+    ep = 0
+    for shard, shard_lengths in enumerate(lengths):
+        records = []
+        for steps in shard_lengths:
+            records.append(fractal_record(ep, steps))
+            ep += 1
+        tfr.write_records(builder / f"fractal20220817_data-train.tfrecord-{shard:05d}-of-"
+                                    f"{len(lengths):05d}", records)
+    return builder
+
+
+def make_bridge(root: Path, episodes=3, steps=4) -> Path:
+    builder = root / "bridge" / "0.1.0"
+    builder.mkdir(parents=True)
+    action = fdict({k: tensor([d] if d else [], "bool" if k == "open_gripper" else "float32")
+                    for k, d in BRIDGE_ACTIONS.items()})
+    observation = {"image": image(32, 40, "jpeg"), "state": tensor([7], "float32", "zlib")}
+    (builder / "features.json").write_text(json.dumps(steps_tree(observation, action)))
+    records = []
+    for ep in range(episodes):
+        records.append(tfr.make_example({
+            "steps/observation/image": [encode(np.full((32, 40, 3), 40 * t, np.uint8), "jpeg")
+                                        for t in range(steps)],
+            "steps/observation/state": [zlib.compress(np.full(7, t, np.float32).tobytes())
+                                        for t in range(steps)],
+            "steps/action/open_gripper": np.arange(steps) % 2 == 0,
+            "steps/action/rotation_delta": np.full(steps * 3, 0.5, np.float32),
+            "steps/action/terminate_episode": np.zeros(steps, np.float32),
+            "steps/action/world_vector": np.full(steps * 3, -ep, np.float32),
+            "steps/reward": np.zeros(steps, np.float32),
+            "steps/is_first": np.eye(1, steps, 0, dtype=bool)[0],
+            "steps/is_last": np.eye(1, steps, steps - 1, dtype=bool)[0],
+            "steps/is_terminal": np.zeros(steps, bool)}))
+    for shard in range(2):  # two shards, so that conversion runs in two worker processes
+        tfr.write_records(builder / f"bridge-train.tfrecord-{shard:05d}-of-00002", records[shard::2])
+    return builder
+
+
+# ----- TFRecord -----
+def test_tfrecord_crc_framing_and_example_roundtrip(tmp_path):
+    assert tfr.crc32c(b"123456789") == CRC32C_CHECK
+    assert tfr.crc32c_python(b"123456789") == CRC32C_CHECK
+    example = {"img": [b"\x00\x01", b"xyz"], "act": np.array([0.5, -1.0], np.float32),
+               "flag": np.array([True, False]), "n": 7}
+    path = tfr.write_records(tmp_path / "a.tfrecord", [tfr.make_example(example)] * 3)
+    records = list(tfr.iter_records(path))
+    assert [i for i, _ in records] == [0, 1, 2]
+    parsed = tfr.parse_example(records[0][1])
+    assert parsed["img"] == [b"\x00\x01", b"xyz"]
+    np.testing.assert_array_equal(parsed["act"], [0.5, -1.0])
+    np.testing.assert_array_equal(parsed["flag"], [1, 0])
+    assert parsed["n"].dtype == np.int64 and parsed["n"].tolist() == [7]
+    with pytest.raises(ValueError, match="not a tf.train.Example"):
+        tfr.parse_example(b"\xff\xff\xff")
+
+
+def test_tfrecord_corruption_is_reported_by_file(tmp_path):
+    records = [tfr.make_example({"i": np.array([i])}) for i in range(3)]
+    path = tfr.write_records(tmp_path / "bad.tfrecord", records)
+    data = bytearray(path.read_bytes())
+    first = len(tfr.frame_record(records[0]))
+    data[first + 14] ^= 0xFF  # a data byte of record 1: its checksum fails, framing intact
+    path.write_bytes(bytes(data))
+    errors: list = []
+    kept = [tfr.parse_example(d)["i"][0] for _, d in tfr.iter_records(path, errors=errors)]
+    assert kept == [0, 2]
+    assert len(errors) == 1 and errors[0].record == 1 and not errors[0].fatal
+    assert "bad.tfrecord" in str(errors[0]) and "checksum" in str(errors[0])
+    with pytest.raises(tfr.TFRecordError, match="bad.tfrecord record 1"):
+        list(tfr.iter_records(path))
+    # truncated: the records before the cut are read, the rest is reported as unreadable
+    path.write_bytes(bytes(data[:first + 20]))
+    errors = []
+    assert [i for i, _ in tfr.iter_records(path, errors=errors)] == [0]
+    assert errors[0].fatal and "truncated" in errors[0].fault
+
+
+# ----- RLDS -----
+def test_rlds_features_and_fractal_episode_mapping(tmp_path):
+    builder = make_fractal(tmp_path / "oxe")
+    specs = load_features(builder)
+    assert specs["steps/observation/image"].kind == "image"
+    assert specs["steps/action/world_vector"].shape == (3,) and specs["steps/reward"].per_step
+    out = tmp_path / "episodes"
+    report = convert_corpus(RLDSReader(str(builder), image_size=H), out, progress=False)
+    assert report.written == 4 and not report.bad_records and not report.failed_sources
+    paths = episode_paths(out)
+    assert len(paths) == 4
+    ep = load_episode(paths[1], image_size=H, action_dim=10)  # shard 0, record 1: 6 steps
+    assert ep.obs.shape == (6, 3, H, H) and len(ep) == 5
+    # center crop of a 24x32 frame to 24x24 keeps columns 4..27 exactly (PNG is lossless)
+    np.testing.assert_array_equal(ep.obs[2].transpose(1, 2, 0), frame_for(1, 2)[:, 4:28])
+    layout = ep.meta["action_layout"]
+    assert [k.rsplit("/", 1)[1] for k, _, _ in layout] == [
+        "world_vector", "rotation_delta", "gripper_closedness_action", "base_displacement_vector",
+        "base_displacement_vertical_rotation"]  # the preset's order, terminate_episode left out
+    key_index = {k: i for i, k in enumerate(FRACTAL_ACTIONS)}
+    for key, start, stop in layout:
+        expected = 100 * 1 + 10 * np.arange(5) + key_index[key.rsplit("/", 1)[1]]
+        np.testing.assert_array_equal(ep.action[:, start:stop], np.repeat(expected[:, None], stop - start, 1))
+    # the success reward of the last step goes to the last transition; terminal aligned to it
+    np.testing.assert_array_equal(ep.reward, [0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(ep.terminal, [0, 0, 0, 0, 1])
+    assert ep.meta["task"] == "pick coke can" and ep.meta["fps"] == 3
+    assert ep.meta["dataset"] == "fractal20220817_data" and ep.meta["original_size"] == [H, W]
+
+
+def test_rlds_bridge_like_in_parallel_and_custom_keys(tmp_path):
+    builder = make_bridge(tmp_path / "oxe")
+    out = tmp_path / "bridge_eps"
+    reader = RLDSReader(str(builder), image_size=16, resize="pad")
+    report = convert_corpus(reader, out, workers=2, progress=False)
+    assert report.written == 3
+    ep = load_episode(sorted(episode_paths(out))[1], image_size=16, action_dim=7)  # shard 0, #1
+    assert ep.obs.shape == (4, 3, 16, 16)
+    np.testing.assert_array_equal(ep.action[:, :3], -2.0)  # world_vector of episode 2
+    np.testing.assert_array_equal(ep.action[:, 3:6], 0.5)
+    np.testing.assert_array_equal(ep.action[:, 6], [1, 0, 1])  # open_gripper bools -> 0/1
+    # pad: a 32x40 frame is letterboxed: black rows at the top, the frame's level in the middle
+    assert ep.obs[3, :, 0].max() == 0 and abs(int(ep.obs[3, 0, 8, 8]) - 120) <= 6
+    # any dataset by its keys: a zlib-encoded tensor as the action
+    custom = RLDSReader(str(builder), image_size=16, action_keys=("steps/observation/state",))
+    example = tfr.parse_example(next(tfr.iter_records(custom.sources()[0]))[1])
+    episode = custom.episode(example)
+    np.testing.assert_array_equal(episode.action, np.repeat(np.arange(3.0)[:, None], 7, 1))
+    values = _step_values(custom.specs["steps/observation/state"],
+                          example["steps/observation/state"], 4)
+    assert values.shape == (4, 7)
+    with pytest.raises(KeyError, match="not in features.json"):
+        RLDSReader(str(builder), action_keys=("no_such_key",)).sources()
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("convert_dataset", REPO / "scripts" / "convert_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_rlds_bad_records_resume_and_settings_guard(tmp_path, capsys):
+    cli = load_cli()
+    builder = make_fractal(tmp_path / "oxe", lengths=((5, 6, 4), (4, 7)))
+    shard0, shard1 = sorted(builder.glob("*.tfrecord-*"))
+    data = bytearray(shard0.read_bytes())
+    first = len(tfr.frame_record(fractal_record(0, 5)))
+    data[first + 100] ^= 0xFF  # corrupt record 1 of shard 0
+    shard0.write_bytes(bytes(data))
+    bad_image = tfr.make_example({"steps/observation/image": [b"not a png"] * 3})
+    tfr.write_records(builder / "fractal20220817_data-train.tfrecord-00002-of-00003", [bad_image])
+    shard1.write_bytes(shard1.read_bytes()[:-30])  # truncated: its last record is lost
+    out = tmp_path / "eps"
+
+    # a first run stops after one source; the rerun converts only the rest
+    args = ["rlds", str(builder), "--out", str(out), "--image-size", "16", "--no-progress"]
+    assert cli(args + ["--max-sources", "1"]) == 0
+    assert len(episode_paths(out)) == 2
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 3 sources" not in printed and "2 of 3 sources converted now, 1 finished before" in printed
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    errors = {Path(s).name: e["errors"] for s, e in manifest["sources"].items()}
+    assert any("checksum" in e for e in errors[shard0.name])
+    assert any("truncated" in e for e in errors[shard1.name])
+    assert any("undecodable image" in e for e in errors[builder.glob("*00002-of-00003").__next__().name])
+    assert len(episode_paths(out)) == 3  # 2 of shard 0 and 1 of shard 1
+    assert "bad records skipped" in printed and shard0.name in printed
+
+    # resume: nothing left to do; a deleted episode is rewritten when its source is redone
+    report = convert_corpus(RLDSReader(str(builder), image_size=16), out, progress=False)
+    assert report.resumed == 3 and report.written == 0 and len(report.bad_records) == 3
+    # a different setting into the same folder is refused with a clear message
+    with pytest.raises(ConversionError, match="other settings"):
+        convert_corpus(RLDSReader(str(builder), image_size=32), out, progress=False)
+    assert cli(["rlds", str(builder), "--out", str(out), "--image-size", "32"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert cli(["rlds", str(builder), "--list-features"]) == 0
+    assert "steps/action/world_vector" in capsys.readouterr().out
+
+
+def test_rlds_resume_skips_existing_episodes_without_decoding(tmp_path):
+    builder = make_fractal(tmp_path / "oxe")
+    out = tmp_path / "eps"
+    convert_corpus(RLDSReader(str(builder), image_size=16), out, progress=False)
+    (out / MANIFEST_NAME).unlink()  # as if the run died before writing the manifest
+    victim = episode_paths(out)[0]
+    victim.unlink()
+    report = convert_corpus(RLDSReader(str(builder), image_size=16), out, progress=False)
+    assert report.written == 1 and report.existing == 3 and victim.is_file()
+
+
+# ----- BAIR -----
+def bair_record(traj, frames=5):
+    feats = {}
+    for t in range(frames):
+        for cam, level in (("main", 50), ("aux1", 100)):
+            img = np.full((64, 64, 3), level + t, np.uint8)
+            img[0, 0] = traj
+            feats[f"{t}/image_{cam}/encoded"] = img.tobytes()  # raw RGB bytes, as in the release
+        feats[f"{t}/action"] = np.array([t, -t, traj, 0.5], np.float32)
+        feats[f"{t}/endeffector_pos"] = np.array([0.1, 0.2, t], np.float32)
+    return tfr.make_example(feats)
+
+
+def test_bair_reader(tmp_path):
+    split = tmp_path / "softmotion30_44k" / "train"
+    tfr.write_records(split / "traj_0_to_255.tfrecords", [bair_record(0), bair_record(1)])
+    tfr.write_records(split / "traj_256_to_511.tfrecords",
+                      [bair_record(2), tfr.make_example({"0/action": np.zeros(4, np.float32)})])
+    (split / "traj_512_to_767.tfrecords").mkdir()  # not a file: that source fails as a whole
+    out = tmp_path / "bair"
+    report = convert_corpus(BairReader(str(tmp_path / "softmotion30_44k")), out, progress=False)
+    assert report.written == 3 and len(report.bad_records) == 1
+    assert "traj_256_to_511.tfrecords record 1" in report.bad_records[0]
+    assert len(report.failed_sources) == 1 and "traj_512_to_767" in report.failed_sources[0]
+    again = convert_corpus(BairReader(str(tmp_path / "softmotion30_44k")), out, progress=False)
+    assert again.resumed == 2 and len(again.failed_sources) == 1  # failed sources are retried
+    ep = load_episode(episode_paths(out)[1], image_size=64, action_dim=4)
+    assert ep.obs.shape == (5, 3, 64, 64) and len(ep) == 4
+    assert ep.obs[3, 0, 0, 0] == 1 and ep.obs[3, 1, 5, 5] == 103  # traj id, aux1 level + t
+    np.testing.assert_array_equal(ep.action[:, 0], [0, 1, 2, 3])
+    assert not ep.reward.any() and not ep.success.any()
+    main = BairReader(str(split), camera="main", image_size=32)
+    episode = main.episode(tfr.parse_example(bair_record(0)))
+    assert episode.obs.shape == (5, 3, 32, 32) and episode.obs[2, 1, 10, 10] == 52
+
+
+# ----- videos -----
+def test_video_folder_action_free(tmp_path):
+    import imageio.v3 as iio
+
+    videos = tmp_path / "ssv2"
+    frames = np.zeros((12, 48, 64, 3), np.uint8)
+    frames[..., 1] = (np.arange(12) * 20)[:, None, None]  # green level = frame index * 20
+    (videos / "sub").mkdir(parents=True)
+    iio.imwrite(videos / "sub" / "101.mp4", frames, fps=12, plugin="FFMPEG", codec="libx264",
+                quality=10)
+    (videos / "202.webm").write_bytes(b"\x1a\x45\xdf\xa3 this is not a video")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"id": "101", "template": "Pushing [something] left"}]))
+    out = tmp_path / "eps"
+    reader = VideoFolderReader(str(videos), image_size=32, frame_step=2, labels=str(labels))
+    report = convert_corpus(reader, out, progress=False)
+    assert report.written == 1 and len(report.bad_records) == 1 and "202.webm" in report.bad_records[0]
+    ep = load_episode(out / "sub__101.npz", image_size=32)
+    assert ep.obs.shape == (6, 3, 32, 32) and ep.action.shape == (5, 0) and ep.action_dim == 0
+    green = ep.obs[:, 1, 16, 16].astype(int)
+    assert np.all(np.abs(green - np.arange(0, 12, 2) * 20) <= 8)  # every 2nd frame, in order
+    assert ep.meta["task"] == "Pushing [something] left" and ep.meta["fps"] == 6.0
+
+
+# ----- mixes -----
+def write_folder(folder: Path, action_dim: int, level: int, episodes=3, steps=12):
+    for i in range(episodes):
+        obs = np.full((steps + 1, 3, 8, 8), level, np.uint8)
+        obs[:, 0, 0, 0] = np.arange(steps + 1)  # frame index, to check the frame step
+        save_episode(folder / f"ep{i}.npz", Episode(
+            obs=obs, action=np.ones((steps, action_dim), np.float32),
+            reward=np.ones(steps, np.float32), success=np.zeros(steps, bool)))
+
+
+def test_mix_samples_datasets_at_their_weights(tmp_path):
+    for name, dim, level in (("a", 4, 10), ("b", 7, 20), ("c", 0, 30)):
+        write_folder(tmp_path / name, dim, level)
+    cfg = OmegaConf.create({"root": str(tmp_path), "image_size": 8, "action_free": True,
+                            "datasets": {"a": {"path": "a", "weight": 6, "frame_step": 1},
+                                         "b": {"path": "b", "weight": 3, "frame_step": 2},
+                                         "c": {"path": "c", "weight": 1, "frame_step": 3}}})
+    dataset = load_mix(cfg, segment_length=4, seed=0)
+    rng = np.random.default_rng(0)
+    draws = 6000
+    counts = np.zeros(3)
+    cache = OrderedDict()
+    for _ in range(draws):
+        obs, action, reward, folder = dataset.sample(rng, cache)
+        counts[folder] += 1
+        step = int(obs[1, 0, 0, 0]) - int(obs[0, 0, 0, 0])
+        assert step == (1, 2, 3)[folder] and action.shape == (3, 0)
+        assert reward.tolist() == [float(step)] * 3  # rewards summed over the skipped steps
+    # binomial sd at p=0.6 and n=6000 is 0.0063: 0.03 is > 4.5 sd (and the seed is fixed)
+    np.testing.assert_allclose(counts / draws, [0.6, 0.3, 0.1], atol=0.03)
+    # with actions the action sizes (A x frame_step) differ: refused with a clear message
+    with pytest.raises(ValueError, match="action sizes"):
+        load_mix(OmegaConf.merge(cfg, {"action_free": False}), segment_length=4)
+    assert [frame_step_for(hz) for hz in (3, 5, 10, 15, 1)] == [1, 2, 3, 5, 1]
+
+
+def test_shipped_mix_configs(tmp_path):
+    demos = OmegaConf.load(REPO / "cfgs" / "data" / "metaworld_demos.yaml")
+    dataset = load_mix(demos, segment_length=5, root=REPO / "demonstrations" / "metaworld")
+    obs, action, reward, folder = dataset.sample(np.random.default_rng(0))
+    assert obs.shape == (5, 3, 64, 64) and action.shape == (4, 4) and 0 <= folder < 6
+    for path in sorted((REPO / "cfgs" / "data").glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        assert cfg.datasets and all(float(d.weight) > 0 for d in cfg.datasets.values()), path.name
+        if path.name != "metaworld_demos.yaml":  # corpora not downloaded here: a clear error
+            with pytest.raises(FileNotFoundError, match="convert_dataset.py"):
+                load_mix(cfg, segment_length=4, root=tmp_path)
+
+
+def test_resize_modes():
+    frame = np.zeros((20, 40, 3), np.uint8)
+    frame[:, :10] = 255  # a white band on the left
+    assert resize_frame(frame, 20, "center_crop").max() == 0  # the crop keeps columns 10..29
+    padded = resize_frame(frame, 20, "pad")
+    assert padded[0].max() == 0 and padded[10, 0].min() > 200  # black top border, band kept
+    assert resize_frame(frame, 20, "stretch")[:, 0].min() > 200
+    with pytest.raises(ValueError, match="resize mode"):
+        resize_frame(frame, 20, "zoom")
+
+
+def test_scaled_jpeg_decoding_matches_full_decoding():
+    gradient = np.zeros((256, 320, 3), np.uint8)
+    gradient[..., 0] = np.linspace(0, 255, 320, dtype=np.uint8)[None]
+    gradient[..., 1] = np.linspace(0, 255, 256, dtype=np.uint8)[:, None]
+    data = encode(gradient, "jpeg")
+    fast = decode_image(data, min_side=64)
+    assert fast.shape == (64, 80, 3)  # decoded at 1/4 scale, short side still 64
+    full = resize_frame(decode_image(data), 64)
+    assert np.abs(resize_frame(fast, 64).astype(int) - full).max() <= 4
+    with pytest.raises(ValueError, match="undecodable image"):
+        decode_image(b"\xff\xd8 broken")
