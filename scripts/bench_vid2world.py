@@ -1,0 +1,88 @@
+"""Imagination speed of Vid2World: imagined transitions per second for a batched rollout.
+
+    python scripts/bench_vid2world.py                                   # tiny, CPU, B=8, k=10, 4 and 10 steps
+    python scripts/bench_vid2world.py --size base --batch 32 --steps 4 10 50 --device cuda
+
+Each row times reset + k steps (history encoding, DDIM denoising with guidance, reward head)
+with the cached causal backbone, and, for comparison, the same rollout recomputing the whole
+window at every denoising step (``--no-cache-baseline`` skips it). The last line is a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from worldmodel.vid2world.model import Vid2World  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="tiny", help="backbone preset (tiny | base)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--action-dim", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8, help="rollouts imagined in parallel")
+    p.add_argument("--horizon", type=int, default=10, help="imagined steps per rollout")
+    p.add_argument("--context", type=int, default=2, help="real context frames")
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 10], help="DDIM steps per frame")
+    p.add_argument("--guidance", type=float, default=2.5, help="guidance scale (1: one branch)")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats; the median is reported")
+    p.add_argument("--no-cache-baseline", action="store_true", help="skip the uncached comparison")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p.parse_args()
+
+
+def time_rollout(model: Vid2World, context: torch.Tensor, actions: torch.Tensor) -> float:
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    state = model.reset(context, generator=torch.Generator(model.device).manual_seed(0))
+    for i in range(actions.shape[1]):
+        _, _, state = model.step(state, actions[:, i])
+    sync()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cpu":
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    model = Vid2World(image_size=args.image_size, action_dim=args.action_dim, size=args.size,
+                      guidance_scale=args.guidance).to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    context = torch.randint(0, 256, (args.batch, args.context, 3, args.image_size, args.image_size),
+                            generator=g, dtype=torch.uint8).to(device)
+    actions = (torch.rand(args.batch, args.horizon, args.action_dim, generator=g) * 2 - 1).to(device)
+    n = args.batch * args.horizon
+    params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
+    print(f"Vid2World {args.size} ({params:.2f}M denoiser params), {device}, B={args.batch}, "
+          f"k={args.horizon}, context={args.context}, guidance={args.guidance}")
+    print(f"{'steps':>5} | {'cached s':>9} | {'cached trans/s':>14} | {'uncached s':>10} | {'uncached trans/s':>16}")
+    rates = {}
+    for steps in args.steps:
+        model.config.sampling_steps = steps
+        time_rollout(model, context, actions[:, :1])  # warm-up
+        cached = statistics.median(time_rollout(model, context, actions) for _ in range(args.repeats))
+        rates[steps] = n / cached
+        row = f"{steps:>5} | {cached:>9.2f} | {n / cached:>14.1f} |"
+        if not args.no_cache_baseline:
+            model.use_cache = False  # recompute the whole window at every denoising step
+            full = statistics.median(time_rollout(model, context, actions) for _ in range(args.repeats))
+            model.use_cache = True
+            row += f" {full:>10.2f} | {n / full:>16.1f}"
+        print(row)
+    summary = ", ".join(f"{s} steps {r:.1f}" for s, r in rates.items())
+    print(f"summary: Vid2World {args.size} on {device.type}, B={args.batch} k={args.horizon}: "
+          f"imagined transitions/s {summary}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Vid2World: causality, weight transfer, diffusion forcing, guidance, imagination, persistence."""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from worldmodel.interface import SegmentBatch, WorldModelConfigError  # noqa: E402
+from worldmodel.vid2world import Vid2World, causal_kernel, causalize  # noqa: E402
+from worldmodel.vid2world.backbone import TemporalAttention, TemporalCache, TemporalConv, VideoUNet  # noqa: E402
+from worldmodel.vid2world.causalize import causalize_module  # noqa: E402
+from worldmodel.vid2world.configs import BackboneConfig  # noqa: E402
+
+# Smaller than the "tiny" preset so CPU training in tests stays within seconds.
+MICRO = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
+ACTION_DIM = 2
+
+
+def micro_model(image_size: int = 16, **kw) -> Vid2World:
+    return Vid2World(image_size=image_size, action_dim=ACTION_DIM, backbone=MICRO, **kw)
+
+
+def random_batch(B=2, T=3, size=16, g=None) -> SegmentBatch:
+    g = g or torch.Generator().manual_seed(0)
+    return SegmentBatch(torch.randint(0, 256, (B, T, 3, size, size), generator=g, dtype=torch.uint8),
+                        torch.rand(B, T - 1, ACTION_DIM, generator=g) * 2 - 1,
+                        torch.rand(B, T - 1, generator=g))
+
+
+# ----- causality -----
+@pytest.mark.parametrize("kind", ["conv", "attention"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_temporal_layer_causality(kind, causal):
+    C, T, t = 16, 5, 2
+    layer = TemporalConv(C, 8, causal) if kind == "conv" else TemporalAttention(C, 8, causal, 1e4)
+    x = torch.randn(2, T, C, 3, 3)
+    x2 = x.clone()
+    x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])  # change only frames after t
+    with torch.no_grad():
+        y, y2 = layer(x), layer(x2)
+    if causal:
+        torch.testing.assert_close(y[:, :t + 1], y2[:, :t + 1], rtol=0, atol=1e-6)
+    else:
+        assert (y[:, t] - y2[:, t]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_backbone_causality(causal):
+    net = VideoUNet(BackboneConfig(image_size=16, action_dim=ACTION_DIM, causal=causal, **MICRO)).eval()
+    B, T, t = 2, 4, 1
+    x = torch.randn(B, T, 3, 16, 16)
+    emb = net.embed(torch.randint(0, 1000, (B, T)), torch.randn(B, T, ACTION_DIM), torch.zeros(B, T, dtype=torch.bool))
+    x2, emb2 = x.clone(), emb.clone()
+    x2[:, t + 1:] += 1.0
+    emb2[:, t + 1:] += 1.0  # later noise levels / actions must not leak either
+    with torch.no_grad():
+        y, y2 = net(x, emb), net(x2, emb2)
+    if causal:
+        torch.testing.assert_close(y[:, :t + 1], y2[:, :t + 1], rtol=0, atol=1e-5)
+    else:
+        assert (y[:, t] - y2[:, t]).abs().max() > 1e-3
+    assert (y[:, t + 1] - y2[:, t + 1]).abs().max() > 1e-3
+
+
+def test_temporal_cache_matches_full_forward():
+    """Decoding the new frame from the recorded history equals running the whole window,
+    including a doubled batch (the two guidance branches share one cache)."""
+    net = VideoUNet(BackboneConfig(image_size=16, action_dim=ACTION_DIM, causal=True, **MICRO)).eval()
+    B, T = 2, 4
+    x = torch.randn(B, T, 3, 16, 16)
+    emb = net.embed(torch.randint(0, 1000, (B, T)), torch.randn(B, T, ACTION_DIM), torch.zeros(B, T, dtype=torch.bool))
+    with torch.no_grad():
+        full = net(x, emb)
+        cache = TemporalCache()
+        net(x[:, :-1], emb[:, :-1], cache)
+        new = net(x[:, -1:].repeat(2, 1, 1, 1, 1), emb[:, -1:].repeat(2, 1, 1), cache.extend())
+    torch.testing.assert_close(new[:B, 0], full[:, -1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(new[B:, 0], full[:, -1], rtol=1e-4, atol=1e-5)
+
+
+# ----- weight transfer -----
+def test_causal_kernel_formulas():
+    w = torch.tensor([1.0, 2.0, 3.0])
+    assert causal_kernel(w, "masked").tolist() == [0.0, 1.0, 2.0]
+    assert causal_kernel(w, "extrapolative").tolist() == [0.0, 1.0 - 3.0, 2.0 + 6.0]
+    assert causal_kernel(w, "shift").tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="masked"):
+        causal_kernel(w, "mirror")
+
+
+def _conv(layer: TemporalConv, h: torch.Tensor) -> torch.Tensor:
+    return layer.conv(F.pad(h, layer.padding()))
+
+
+@pytest.mark.parametrize("method", ["masked", "extrapolative", "shift"])
+def test_weight_transfer_on_linear_signal(method):
+    C, T = 4, 8
+    noncausal = TemporalConv(C, 2, causal=False)
+    causal = causalize_module(noncausal, method)
+    assert causal.causal and not noncausal.causal
+    a, b = torch.randn(3, C, 1), torch.randn(3, C, 1)
+    h = a + b * torch.arange(T, dtype=torch.float32)  # [N, C, T], linear in time
+    with torch.no_grad():
+        y_nc, y_c = _conv(noncausal, h), _conv(causal, h)
+    w, bias = noncausal.conv.weight, noncausal.conv.bias[None, :, None]  # w [C, C, 3] on (t-1, t, t+1)
+    tap = lambda k, x: torch.einsum("oi,nit->not", w[:, :, k], x)  # noqa: E731
+    if method == "extrapolative":  # exact away from the boundary (t-1 and t+1 both exist)
+        torch.testing.assert_close(y_c[:, :, 1:T - 1], y_nc[:, :, 1:T - 1], rtol=1e-5, atol=1e-5)
+        assert (y_c[:, :, -1] - y_nc[:, :, -1]).abs().max() > 1e-3  # the non-causal edge sees padding
+    elif method == "masked":  # (0, w0, w1) on (t-2, t-1, t)
+        want = tap(0, h[:, :, :-1]) + tap(1, h[:, :, 1:]) + bias
+        torch.testing.assert_close(y_c[:, :, 1:], want, rtol=1e-5, atol=1e-5)
+        assert (y_c[:, :, 1:T - 1] - y_nc[:, :, 1:T - 1]).abs().max() > 1e-3
+    else:  # shift: the non-causal output delayed by one frame
+        torch.testing.assert_close(y_c[:, :, 1:], y_nc[:, :, :-1], rtol=1e-5, atol=1e-5)
+
+
+def test_causalize_model_and_checkpoint_script(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "causalize_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("causalize_checkpoint", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    main = script.main
+
+    noncausal = micro_model(causal=False)
+    src, dst = tmp_path / "nc", tmp_path / "c"
+    noncausal.save_pretrained(src)
+    assert main([str(src), str(dst), "--method", "masked"]) == 0
+    causal = Vid2World.from_pretrained(dst)
+    assert causal.config.causal and causal.backbone.causal and causal.config.causal_transfer == "masked"
+    w_nc = noncausal.backbone.down[0].temporal_conv.conv.weight
+    torch.testing.assert_close(causal.backbone.down[0].temporal_conv.conv.weight, causal_kernel(w_nc, "masked"))
+    assert main([str(dst), str(tmp_path / "again")]) == 2  # already causal: a clear refusal
+    # loading a non-causal checkpoint as causal transfers weights on the fly
+    loaded = Vid2World.from_pretrained(src, causal=True, causal_transfer="extrapolative")
+    expected = causalize(noncausal, "extrapolative")
+    for (k, v), (k2, v2) in zip(loaded.state_dict().items(), expected.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+# ----- training -----
+def metaworld_segments(T: int = 4, size: int = 32) -> SegmentBatch:
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World envs)
+
+    env = gym.make("Meta-World/MT1", env_name="reach-v3", render_mode="rgb_array", camera_name="corner",
+                   width=size, height=size)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    frames, actions, rewards = [env.render()], [], []
+    for _ in range(3 * T):
+        a = env.action_space.sample()
+        _, r, *_ = env.step(a)
+        frames.append(env.render())
+        actions.append(torch.as_tensor(a[:ACTION_DIM]))  # the test model is 2-D; keep x/y of the arm
+        rewards.append(float(r))
+    env.close()
+    obs = torch.as_tensor(np.stack(frames)).permute(0, 3, 1, 2)  # [N, 3, H, W] uint8
+    starts = range(0, 3 * T - T + 1, T - 1)
+    return SegmentBatch(torch.stack([obs[s:s + T] for s in starts]),
+                        torch.stack([torch.stack(actions[s:s + T - 1]) for s in starts]).float(),
+                        torch.tensor([rewards[s:s + T - 1] for s in starts], dtype=torch.float32))
+
+
+def test_losses_fall_on_metaworld_frames():
+    batch = metaworld_segments()
+    model = micro_model(image_size=32, lr=2e-3, reward_lr=1e-3)
+
+    def eval_losses():
+        with torch.no_grad():
+            obs = batch.obs.float() / 127.5 - 1
+            d = 0.0
+            for seed in range(3):  # the same noise levels and noise before and after
+                torch.manual_seed(seed)
+                d += model.diffusion_loss(obs, batch.action)[0].item() / 3
+            return d, model.reward_loss(obs, batch.action, batch.reward)[0].item()
+
+    d0, r0 = eval_losses()
+    for _ in range(25):
+        metrics = model.update(batch)
+    d1, r1 = eval_losses()
+    assert set(metrics) >= {"diffusion/loss", "reward/loss", "diffusion/grad_norm"}
+    assert d1 < 0.7 * d0, (d0, d1)
+    assert r1 < 0.5 * r0, (r0, r1)
+    assert model.counters["diffusion_updates"] == 25 and model.counters["diffusion_nonfinite_skipped"] == 0
+
+
+def test_nonfinite_loss_is_skipped_and_counted():
+    model = micro_model()
+    batch = random_batch()
+    batch.reward[0, 0] = float("nan")
+    before = [p.clone() for p in model.reward_head.parameters()]
+    metrics = model.update(batch, parts=("reward",))
+    assert metrics["reward/skipped"] == 1.0 and model.counters["reward_nonfinite_skipped"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.reward_head.parameters()))
+    with pytest.raises(WorldModelConfigError, match="unknown parts"):
+        model.update(batch, parts=("tokenizer",))
+
+
+# ----- guidance -----
+def test_guidance_scale_one_is_the_conditional_prediction():
+    model = micro_model().eval()
+    B = 2
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(B, 3, 3, 16, 16, generator=g) * 2 - 1
+    drop = torch.zeros(B, 3, dtype=torch.bool)
+    drop[:, 0] = True
+    torch.nn.init.normal_(model.backbone.null_action)  # make the two branches clearly differ
+    with torch.no_grad():
+        history = model.encode_history(frames, torch.randn(B, 3, ACTION_DIM), drop, g)
+        x = torch.randn(B, 3, 16, 16, generator=g)
+        t_emb = model.backbone.embed_time(torch.tensor([500]))[0]
+        a_emb = model.backbone.embed_action(torch.randn(B, ACTION_DIM), torch.zeros(B, dtype=torch.bool))
+        cond = model._denoise_new(x, t_emb + a_emb, history)
+        uncond = model._denoise_new(x, (t_emb + model.backbone.null_action).expand_as(a_emb), history)
+        assert torch.equal(model.guided_velocity(x, t_emb, a_emb, history, 1.0), cond)
+        guided = model.guided_velocity(x, t_emb, a_emb, history, 2.5)
+    torch.testing.assert_close(guided, uncond + 2.5 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    assert (guided - cond).abs().max() > 1e-3
+
+
+# ----- imagination -----
+SQUARE, MOVE, TOY_SIZE = 4, 4, 16  # a white square that the action moves left or right
+TOY_STEPS = 250
+
+
+def toy_batch(B: int, T: int, g: torch.Generator) -> SegmentBatch:
+    """Frames of a square starting at the centre column, moved by MOVE * action[0] per step."""
+    x = torch.full((B,), (TOY_SIZE - SQUARE) // 2)
+    y = torch.randint(0, TOY_SIZE - SQUARE, (B,), generator=g)
+    direction = torch.randint(0, 2, (B, T - 1), generator=g).float() * 2 - 1
+    obs = torch.zeros(B, T, 3, TOY_SIZE, TOY_SIZE, dtype=torch.uint8)
+    for t in range(T):
+        for b in range(B):
+            xb = int(x[b].clamp(0, TOY_SIZE - SQUARE))
+            obs[b, t, :, y[b]:y[b] + SQUARE, xb:xb + SQUARE] = 255
+        if t < T - 1:
+            x = x + (MOVE * direction[:, t]).long()
+    action = torch.stack([direction, torch.zeros_like(direction)], dim=-1)
+    return SegmentBatch(obs, action, direction.clone())  # reward = direction of motion
+
+
+def center_x(frames: torch.Tensor) -> torch.Tensor:
+    mass = frames.float().mean(1).sum(1)  # [B, W]
+    return (mass * torch.arange(frames.shape[-1])).sum(-1) / mass.sum(-1).clamp(min=1)
+
+
+def test_action_steers_the_imagined_frame_once_trained():
+    g = torch.Generator().manual_seed(0)
+    model = micro_model(lr=2e-3, reward_lr=1e-3, sampling_steps=8, history_noise_level=10)
+    for _ in range(TOY_STEPS):
+        model.update(toy_batch(8, 2, g))
+    start = toy_batch(8, 1, g).obs
+    moved, rewards = {}, {}
+    for direction in (1.0, -1.0):
+        state = model.reset(start, generator=torch.Generator().manual_seed(1))
+        frame, rewards[direction], _ = model.step(state, torch.tensor([[direction, 0.0]]).repeat(8, 1))
+        moved[direction] = center_x(frame) - center_x(start[:, 0])
+    # right minus left is 2 * MOVE for a perfect model; an action-blind one gives 0
+    assert (moved[1.0] - moved[-1.0]).mean() > MOVE / 2, moved
+    assert (moved[1.0] > moved[-1.0]).sum() >= 6, moved
+    assert (rewards[1.0] > rewards[-1.0]).all(), rewards
+
+
+
+def test_rollout_shapes_and_input_errors():
+    model = micro_model(sampling_steps=2, max_context_frames=2)
+    context = random_batch(B=3, T=2).obs
+    policy = lambda frames: torch.zeros(frames.shape[0], ACTION_DIM)  # noqa: E731
+    roll = model.rollout(context, policy, horizon=3, generator=torch.Generator().manual_seed(0))
+    assert roll.obs.shape == (3, 4, 3, 16, 16) and roll.obs.dtype == torch.uint8
+    assert torch.equal(roll.obs[:, 0], context[:, -1])
+    assert roll.action.shape == (3, 3, ACTION_DIM) and roll.reward.shape == (3, 3)
+    assert roll.reward.dtype == torch.float32 and torch.isfinite(roll.reward).all()
+    state = model.reset(context)
+    with pytest.raises(WorldModelConfigError, match="uint8"):
+        model.reset(context.float())
+    with pytest.raises(WorldModelConfigError, match="image_size"):
+        model.reset(torch.zeros(1, 2, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(WorldModelConfigError, match=r"\[B, A\]"):
+        model.step(state, torch.zeros(3, ACTION_DIM + 1))
+    with pytest.raises(WorldModelConfigError, match="T-1"):
+        model.update(SegmentBatch(context, torch.zeros(3, 2, ACTION_DIM), torch.zeros(3, 1)))
+    with pytest.raises(WorldModelConfigError, match="unknown Vid2World config keys"):
+        Vid2World.from_config({"image_size": 16, "action_dim": 2, "channel": 3})
+
+
+def test_save_load_round_trip_gives_the_same_imagination(tmp_path):
+    model = micro_model(sampling_steps=3)
+    model.update(random_batch())
+    model.save_pretrained(tmp_path)
+    loaded = Vid2World.from_pretrained(tmp_path)
+    assert loaded.get_config() == model.get_config()
+    context = random_batch(B=2, T=2).obs
+    policy = lambda frames: torch.ones(frames.shape[0], ACTION_DIM) * 0.5  # noqa: E731
+    a = model.rollout(context, policy, 2, generator=torch.Generator().manual_seed(3))
+    b = loaded.rollout(context, policy, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.reward, b.reward)
+    c = loaded.rollout(context, policy, 2, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(a.obs, c.obs)  # the seed matters
+
+
+def test_hydra_config_builds_the_model():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "cfgs", "world_model", "vid2world.yaml"))
+    assert cfg.name == "vid2world" and cfg.update_every_frames.diffusion == 10
+    assert cfg.segment_length >= cfg.model.max_context_frames + 1
+    model_cfg = {**OmegaConf.to_container(cfg.model), "size": "tiny", "image_size": 32, "action_dim": 4}
+    model = Vid2World.from_config(model_cfg)
+    assert model.config.guidance_scale == 2.5 and model.config.causal_transfer == "extrapolative"
