@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -70,9 +71,11 @@ class Logger:
         if wandb_mode != "disabled":
             import wandb
 
+            # one wandb id per run dir (a resumed run continues its wandb run; sweep runs never share one)
+            run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
             self.wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), mode=wandb_mode,
-                                    config=dict(config or {}), resume="allow",
-                                    id=self.run_dir.name.replace("/", "_")[-64:], reinit=True)
+                                    config=dict(config or {}), resume="allow", id=run_id,
+                                    name="/".join(self.run_dir.parts[-4:]), reinit=True)
 
     def csv_log(self, name: str) -> CSVLog:
         if name not in self.csv:

@@ -48,9 +48,18 @@ def choose_preset(args: list[str]) -> list[str]:
 
 def resolve_resume(args: list[str]) -> list[str]:
     """``resume=<run dir>`` -> that dir; ``resume=true`` -> the latest run of the same task, world
-    model and seed under runs/ (when ``hydra.run.dir`` is not given)."""
+    model and seed under runs/ (when ``hydra.run.dir`` is not given).
+
+    In a multirun (``-m``) nothing is rewritten: each job's run dir is its deterministic sweep
+    subdir, and ``resume=true`` makes the Trainer continue (or skip) whatever that subdir holds
+    (scripts/benchmark.py relies on this)."""
     resume = _get(args, "resume")
     if resume in (None, "false", "False") or _get(args, "hydra.run.dir") is not None:
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        if resume not in ("true", "True"):
+            raise SystemExit("[train] in a multirun, use resume=true (each job resumes its own sweep subdir), "
+                             f"not resume={resume}")
         return args
     rest = [a for a in args if not a.startswith("resume=")]
     if resume not in ("true", "True"):

@@ -1,0 +1,201 @@
+"""Run a grid of tasks x methods (world models; ``none`` = DrQ-v2) x seeds as one Hydra multirun of
+mbrl/train_mbpo.py: local processes (hydra-joblib-launcher) or SLURM (hydra-submitit-launcher).
+
+    python scripts/benchmark.py metaworld6                    # cfgs/benchmark/metaworld6.yaml
+    python scripts/benchmark.py smoke jobs=2                  # the CPU smoke benchmark
+    python scripts/benchmark.py metaworld6 seeds=[1,2,3,4,5] launcher=submitit_slurm slurm.partition=gpu
+    python scripts/benchmark.py smoke -- agent.batch_size=64  # after --: overrides for every run
+    python scripts/benchmark.py smoke dry_run=true            # print the status and the command only
+
+Every run lives in a fixed place, ``<root>/<name>/<suite>/<task>/<method>/seed<seed>``, and is
+launched with ``resume=true``: running the same command again skips finished runs (the trainer
+prints "already finished"), continues unfinished ones from their checkpoint, and starts missing
+ones. Raising ``num_train_frames`` or adding seeds extends a benchmark in place. When every run is
+finished nothing is launched. Then: ``python scripts/plot_curves.py <root>/<name>``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GRID_DIR = REPO_ROOT / "cfgs" / "benchmark"
+TRAIN_SCRIPT = REPO_ROOT / "mbrl" / "train_mbpo.py"
+LAUNCHERS = ("basic", "joblib", "submitit_slurm", "submitit_local")
+# One run's dir inside the sweep dir; the status check below builds the same path.
+SWEEP_SUBDIR = "${hydra:runtime.choices.task}/${world_model.name}/seed${seed}"
+SUBMITIT_LOCAL_KEYS = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")  # the rest are SLURM-only
+
+
+class BenchmarkError(ValueError):
+    """A grid that cannot run (unknown grid, task, method, key); the message says what to change."""
+
+
+@dataclass
+class Cell:
+    """One run of the grid and where it stands."""
+
+    task: str
+    method: str
+    seed: int
+    run_dir: Path
+    target_frames: int
+    frames_done: int  # last eval frame in eval.csv (-1: no eval yet)
+
+    @property
+    def status(self) -> str:
+        if self.frames_done >= self.target_frames:
+            return "finished"
+        return "new" if self.frames_done < 0 else f"partial ({self.frames_done} frames)"
+
+
+def load_grid(name: str, overrides: list[str]) -> DictConfig:
+    """Compose cfgs/benchmark/<name>.yaml with key=value overrides (Hydra syntax)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not (GRID_DIR / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+        raise BenchmarkError(f"no grid {name!r} in {GRID_DIR}; known grids: {known}")
+    try:
+        with initialize_config_dir(config_dir=str(GRID_DIR), version_base=None):
+            grid = compose(name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise BenchmarkError(f"grid {name}: {e}") from None
+    if grid.launcher not in LAUNCHERS:
+        raise BenchmarkError(f"launcher={grid.launcher}: expected one of {LAUNCHERS}")
+    for key in ("tasks", "methods", "seeds"):
+        if not grid[key]:
+            raise BenchmarkError(f"grid {name}: {key} is empty")
+    for task in grid.tasks:
+        if not (REPO_ROOT / "cfgs" / "task" / f"{task}.yaml").is_file():
+            raise BenchmarkError(f"unknown task {task!r}: no cfgs/task/{task}.yaml")
+    for method in grid.methods:
+        if not (REPO_ROOT / "cfgs" / "world_model" / f"{method}.yaml").is_file():
+            known = sorted(p.stem for p in (REPO_ROOT / "cfgs" / "world_model").glob("*.yaml"))
+            raise BenchmarkError(f"unknown method {method!r}: expected a world model of {known}")
+    return grid
+
+
+def run_overrides(grid: DictConfig, extra: list[str]) -> list[str]:
+    """Overrides every run gets: the preset, the grid's own, then the command line's."""
+    return [f"preset={grid.preset}", *map(str, grid.overrides), *extra]
+
+
+def target_frames(task: str, method: str, overrides: list[str]) -> int:
+    """num_train_frames of that run's composed training config (presets and overrides applied)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "cfgs"), version_base=None):
+            cfg = compose("config", overrides=[f"task={task}", f"world_model={method}",
+                                               *[o for o in overrides if not o.startswith("hydra")]])
+    except (HydraException, OmegaConfBaseException) as e:
+        raise BenchmarkError(f"task={task} world_model={method}: {e}") from None
+    return int(cfg.num_train_frames)
+
+
+def last_eval_frame(run_dir: Path) -> int:
+    path = run_dir / "eval.csv"
+    if not path.is_file():
+        return -1
+    with open(path, newline="") as f:
+        frames = [int(float(r["frame"])) for r in csv.DictReader(f) if r.get("frame")]
+    return max(frames, default=-1)
+
+
+def grid_cells(grid: DictConfig, sweep_dir: Path, overrides: list[str]) -> list[Cell]:
+    cells = []
+    for task in grid.tasks:
+        for method in grid.methods:
+            target = target_frames(task, method, overrides)
+            for seed in grid.seeds:
+                run_dir = sweep_dir / task / method / f"seed{seed}"
+                cells.append(Cell(task, method, int(seed), run_dir, target, last_eval_frame(run_dir)))
+    return cells
+
+
+def launcher_overrides(grid: DictConfig) -> list[str]:
+    if grid.launcher == "basic":
+        return []
+    if grid.launcher == "joblib":
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(grid.jobs)}"]
+    keys = [k for k in grid.slurm if grid.launcher == "submitit_slurm" or k in SUBMITIT_LOCAL_KEYS]
+    return [f"hydra/launcher={grid.launcher}"] + [f"hydra.launcher.{k}={grid.slurm[k]}" for k in keys
+                                                   if grid.slurm[k] is not None]
+
+
+def sweep_command(grid: DictConfig, sweep_dir: Path, overrides: list[str]) -> list[str]:
+    """The one `train_mbpo.py -m` command that runs the whole grid."""
+    return [sys.executable, str(TRAIN_SCRIPT), "-m",
+            f"task={','.join(grid.tasks)}", f"world_model={','.join(grid.methods)}",
+            f"seed={','.join(str(s) for s in grid.seeds)}", "resume=true",
+            f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={SWEEP_SUBDIR}",
+            *launcher_overrides(grid), *overrides]
+
+
+def thread_env(grid: DictConfig) -> dict[str, str]:
+    """Parallel local runs share the CPU: give each an equal share of threads unless the user set it."""
+    env = dict(os.environ)
+    if grid.launcher == "joblib" and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, int(grid.jobs))))
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    if not argv or argv[0].startswith("-") or "=" in argv[0]:
+        known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+        print(f"usage: python scripts/benchmark.py <grid> [key=value ...] [-- train overrides]; grids: {known}",
+              file=sys.stderr)
+        return 2
+    name, grid_args = argv[0], argv[1:]
+    dry_run = any(a in ("dry_run=true", "dry_run=True") for a in grid_args)
+    grid_args = [a for a in grid_args if not a.startswith("dry_run=")]
+    try:
+        grid = load_grid(name, grid_args)
+        overrides = run_overrides(grid, extra)
+        sweep_dir = (Path(grid.root) / grid.name).resolve()
+        cells = grid_cells(grid, sweep_dir, overrides)
+    except BenchmarkError as e:
+        print(f"[benchmark] error: {e}", file=sys.stderr)
+        return 1
+    print(f"[benchmark] {grid.name}: {len(grid.tasks)} tasks x {len(grid.methods)} methods x "
+          f"{len(grid.seeds)} seeds = {len(cells)} runs in {sweep_dir}")
+    for cell in cells:
+        print(f"  {cell.task:40s} {cell.method:10s} seed {cell.seed:<3d} {cell.status} "
+              f"(target {cell.target_frames} frames)")
+    todo = [c for c in cells if c.status != "finished"]
+    cmd = sweep_command(grid, sweep_dir, overrides)
+    if not todo:
+        print(f"[benchmark] all {len(cells)} runs already finished; nothing to launch. "
+              f"Plot them: python scripts/plot_curves.py {sweep_dir}")
+        return 0
+    print(f"[benchmark] {len(todo)} of {len(cells)} runs to do; finished runs are skipped by resume=true")
+    print("[benchmark] " + shlex.join(cmd))
+    if dry_run:
+        return 0
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(grid, sweep_dir / "benchmark.yaml")  # what was asked, next to the runs
+    code = subprocess.call(cmd, env=thread_env(grid))
+    if code == 0:
+        print(f"[benchmark] done. Plot: python scripts/plot_curves.py {sweep_dir}")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

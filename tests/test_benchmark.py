@@ -1,0 +1,266 @@
+"""Benchmark analysis (hand-made curves with known answers), plots and table, and the grid runner
+(a real tiny DrQ-v2 grid through Hydra multirun with the joblib launcher)."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mbrl.analysis import curves, reference
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import plot_curves  # noqa: E402
+
+
+def make_run(root: Path, suite: str, task: str, world_model: str, seed: int, frames, scores,
+             num_train_frames: int | None = None, demo: bool = False) -> Path:
+    """A run dir as mbrl/train_mbpo.py writes it (only what the analysis reads)."""
+    run = root / suite / task / world_model / f"seed{seed}"
+    (run / ".hydra").mkdir(parents=True)
+    target = frames[-1] if num_train_frames is None else num_train_frames
+    (run / ".hydra" / "config.yaml").write_text(
+        f"task:\n  suite: {suite}\n  name: {task}\nworld_model:\n  name: {world_model}\n  pretrained: null\n"
+        f"seed: {seed}\nnum_train_frames: {target}\ndemo: {str(demo).lower()}\n")
+    metric = "episode_reward" if suite == "dmc" else "success"
+    other = "success" if suite == "dmc" else "episode_reward"
+    with open(run / "eval.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["frame", "step", "episode", metric, other, "fps", "wall_time"])
+        for frame, score in zip(frames, scores):
+            writer.writerow([frame, frame // 2, 0, score, 0.0, 1.0, 1.0])
+    return run
+
+
+# ----------------------------------------------------------------------------- estimators
+def test_iqm_trims_a_quarter_at_each_end():
+    assert curves.iqm(np.arange(1, 9)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert curves.iqm(np.array([100.0, 0.0, 1.0, 2.0, 3.0, -100.0, 4.0, 5.0])) == pytest.approx(2.5)
+    assert curves.iqm(np.array([[1.0, 2, 3, 4], [10, 20, 30, 40]])) == pytest.approx([2.5, 25])  # along the last axis
+    assert curves.iqm(np.array([7.0, 9.0, 11.0])) == pytest.approx(9.0)  # int(0.75) = 0: nothing cut
+
+
+def test_bootstrap_mean_bands_known_cases():
+    scores = np.array([[0.0, 0.5], [0.0, 0.5], [0.0, 0.5]])  # 3 seeds, identical: the band collapses
+    mean, low, high = curves.bootstrap_mean(scores, reps=500)
+    assert mean == pytest.approx([0.0, 0.5]) and low == pytest.approx(mean) and high == pytest.approx(mean)
+    # Two seeds scoring 0 and 1: resampled means are 0, 0.5, 1 with p = 1/4, 1/2, 1/4, so the 95% interval is [0, 1].
+    mean, low, high = curves.bootstrap_mean(np.array([[0.0], [1.0]]), reps=4000)
+    assert (mean[0], low[0], high[0]) == (0.5, 0.0, 1.0)
+    # Four seeds 0, 0, 1, 1 at 50% confidence: the middle half of Binomial(4, 1/2) / 4 is [0.25, 0.75].
+    _, low, high = curves.bootstrap_mean(np.array([0.0, 0.0, 1.0, 1.0]), reps=20000, confidence=0.5)
+    assert (float(low), float(high)) == (0.25, 0.75)
+
+
+def test_stratified_bootstrap_and_profile():
+    per_task = [np.array([1.0, 1.0]), np.array([0.0, 0.0, 0.0]), np.array([0.5])]
+    point, low, high = curves.stratified_bootstrap(per_task, curves.AGGREGATES["Mean"], reps=300)
+    assert point == pytest.approx(2.5 / 6) and low == pytest.approx(point) and high == pytest.approx(point)
+    gap = curves.stratified_bootstrap(per_task, curves.optimality_gap, reps=50)[0]
+    assert gap == pytest.approx(1 - 2.5 / 6)
+    # Profile: tasks weigh the same. tau = 0.25: task fractions 1, 0, 1 -> 2/3; tau = 0.75: 1, 0, 0 -> 1/3.
+    prof, low, high = curves.performance_profile(per_task, np.array([0.25, 0.75, 1.0]), reps=100)
+    assert prof == pytest.approx([2 / 3, 1 / 3, 0.0]) and low == pytest.approx(prof) and high == pytest.approx(prof)
+    # Frames as a trailing axis: [S_t, F] per task -> [F].
+    point, _, _ = curves.stratified_bootstrap([np.array([[0.0, 1.0], [0.0, 1.0]]), np.array([[1.0, 1.0]])],
+                                              curves.AGGREGATES["Mean"], reps=10)
+    assert point == pytest.approx([1 / 3, 1.0])
+
+
+def test_normalized_auc_and_align():
+    assert curves.normalized_auc(np.array([0, 10, 20]), np.array([0.0, 1.0, 1.0])) == pytest.approx(0.75)
+    a = curves.RunCurve(Path("a"), "metaworld", "metaworld/x", "m", 1, np.array([0, 10, 20]), np.array([0, .5, 1.]), 20)
+    b = curves.RunCurve(Path("b"), "metaworld", "metaworld/x", "m", 2, np.array([0, 10]), np.array([.2, .4]), 20)
+    frame, scores = curves.align([a, b])
+    assert frame.tolist() == [0, 10] and scores.tolist() == [[0, .5], [.2, .4]]
+    assert a.finished and not b.finished
+
+
+def test_task_keys():
+    assert curves.task_key("metaworld", "plate-slide-v3") == "metaworld/plate_slide"
+    assert curves.task_key("maniskill", "PegInsertionSide-v1") == "maniskill/peg_insertion_side"
+    assert curves.task_key("dmc", "walker_walk") == "dmc/walker_walk"
+    assert curves.task_key("libero", "libero_10", 3) == "libero/libero_10/task_3"
+
+
+# ----------------------------------------------------------------------------- run dirs -> table and plots
+@pytest.fixture
+def hand_made_runs(tmp_path):
+    """Two Meta-World tasks x two methods x 2-3 seeds, one DMC task, with answers known by hand."""
+    root = tmp_path / "sweep"
+    frames = [0, 1000, 2000]
+    make_run(root, "metaworld", "plate-slide-v3", "none", 1, frames, [0.0, 0.2, 0.6])
+    make_run(root, "metaworld", "plate-slide-v3", "none", 2, frames, [0.0, 0.4, 1.0])
+    make_run(root, "metaworld", "plate-slide-v3", "ivideogpt", 1, frames, [0.0, 1.0, 1.0])
+    make_run(root, "metaworld", "plate-slide-v3", "ivideogpt", 2, frames, [0.0, 1.0, 1.0])
+    make_run(root, "metaworld", "plate-slide-v3", "ivideogpt", 3, frames[:2], [0.0, 0.5], num_train_frames=2000)
+    make_run(root, "metaworld", "hammer-v3", "none", 1, frames, [0.0, 0.0, 0.0])
+    make_run(root, "metaworld", "hammer-v3", "none", 2, frames, [0.0, 0.0, 0.2])
+    make_run(root, "metaworld", "hammer-v3", "ivideogpt", 1, frames, [0.0, 0.5, 0.8])
+    make_run(root, "metaworld", "hammer-v3", "ivideogpt", 2, frames, [0.0, 0.5, 0.8])
+    make_run(root, "dmc", "walker_walk", "none", 1, [0, 500000], [30.0, 700.0])
+    make_run(root, "dmc", "walker_walk", "none", 2, [0, 500000], [50.0, 900.0])
+    (root / "broken").mkdir()
+    (root / "broken" / "eval.csv").write_text("frame,success\n0,0.0\n")  # no .hydra/config.yaml
+    return root
+
+
+def test_load_group_summarize(hand_made_runs):
+    runs, problems = curves.load_runs([hand_made_runs])
+    assert len(runs) == 11 and len(problems) == 1 and "broken" in problems[0] and ".hydra" in problems[0]
+    groups = curves.group_runs(runs)
+    assert sorted(groups) == [("dmc/walker_walk", "DrQ-v2 (ours)"),
+                              ("metaworld/hammer", "DrQ-v2 (ours)"), ("metaworld/hammer", "MBPO + iVideoGPT (ours)"),
+                              ("metaworld/plate_slide", "DrQ-v2 (ours)"),
+                              ("metaworld/plate_slide", "MBPO + iVideoGPT (ours)")]
+    by_key = {(s.task, s.method): s for s in curves.summarize(groups, reps=500)}
+    drq = by_key["metaworld/plate_slide", "DrQ-v2 (ours)"]
+    assert drq.mean.tolist() == pytest.approx([0.0, 0.3, 0.8])
+    assert (drq.low[-1], drq.high[-1]) == (0.6, 1.0)  # two seeds: the band spans them
+    assert drq.final == pytest.approx((0.8, 0.6, 1.0))
+    assert drq.auc[0] == pytest.approx(np.mean([(0.1 + 0.4) / 2, (0.2 + 0.7) / 2]))  # 0.35
+    # An unfinished seed cuts the group's curve to the frames all seeds reached, and is reported.
+    mb = by_key["metaworld/plate_slide", "MBPO + iVideoGPT (ours)"]
+    assert mb.seeds == [1, 2, 3] and mb.unfinished == [3] and mb.frame.tolist() == [0, 1000]
+    assert mb.mean.tolist() == pytest.approx([0.0, 2.5 / 3])
+    walker = by_key["dmc/walker_walk", "DrQ-v2 (ours)"]
+    assert walker.final[0] == pytest.approx(800.0) and walker.normalized_final.tolist() == pytest.approx([0.7, 0.9])
+
+    aggs = {a.method: a for a in curves.aggregate_methods(list(by_key.values()), reps=500)}
+    drq_agg = aggs["DrQ-v2 (ours)"]
+    assert drq_agg.tasks == ["dmc/walker_walk", "metaworld/hammer", "metaworld/plate_slide"] and drq_agg.runs == 6
+    pooled = np.array([0.7, 0.9, 0.0, 0.2, 0.6, 1.0])  # normalized finals: walker /1000, hammer, plate_slide
+    assert drq_agg.metrics["Mean"][0] == pytest.approx(pooled.mean())
+    assert drq_agg.metrics["IQM"][0] == pytest.approx(0.6)  # sorted 0 .2 .6 .7 .9 1: cut int(1.5) = 1 each end
+    assert drq_agg.metrics["IQM"][1] <= drq_agg.metrics["IQM"][0] <= drq_agg.metrics["IQM"][2]
+
+
+def test_group_rejects_duplicate_seeds(tmp_path):
+    make_run(tmp_path / "a", "metaworld", "hammer-v3", "none", 1, [0, 10], [0, 1])
+    make_run(tmp_path / "b", "metaworld", "hammer-v3", "none", 1, [0, 10], [0, 1])
+    runs, _ = curves.load_runs([tmp_path])
+    with pytest.raises(curves.RunDirError, match=r"seed\(s\) \[1\]"):
+        curves.group_runs(runs)
+
+
+def test_plot_curves_writes_figures_and_a_matching_table(hand_made_runs, tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert plot_curves.main([str(hand_made_runs), "--out", str(out), "--reps", "500"]) == 0
+    for name in ("curves_metaworld.png", "curves_dmc.png", "aggregate.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    table = (out / "summary.md").read_text()
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("| metaworld/") or line.startswith("| dmc/")}
+    drq = rows["metaworld/plate_slide", "DrQ-v2 (ours)"]
+    assert drq[2:6] == ["success", "2", "2000", "0.80 [0.60, 1.00]"] and drq[6].startswith("0.35 [")
+    assert rows["metaworld/plate_slide", "MBPO + iVideoGPT (ours)"][3] == "3 (1 unfinished)"
+    assert rows["dmc/walker_walk", "DrQ-v2 (ours)"][5] == "800.0 [700.0, 900.0]"
+    # The aggregate rows and the published references (labelled as a guide) are in the summary.
+    assert "| DrQ-v2 (ours) | 3 | 6 | 0.60 [" in table
+    assert reference.GUIDE_NOTE in table and "| metaworld/hammer | TD-MPC2 (published, state) | state | 3 |" in table
+    assert "DrQ-v2 (published, pixels 84px) | pixels | 10 | 722.30 (frame 500000)" in table
+    assert "Unfinished" in table and "skipped" in capsys.readouterr().err
+
+
+def test_plot_curves_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert plot_curves.main([str(tmp_path / "nowhere")]) == 1
+    assert "no such run directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert plot_curves.main([str(tmp_path / "empty")]) == 1
+    assert "no readable run" in capsys.readouterr().err
+
+
+def test_reference_data():
+    walker = {c.method: c for c in reference.reference_curves("dmc/walker_walk")}["drqv2"]
+    assert walker.seeds == 10 and reference.value_at(walker, 500000) == pytest.approx(722.3, abs=0.1)
+    assert reference.value_at(walker, 1_000_000) == pytest.approx(766.9, abs=0.1)  # DESIGN.md: 722 / 767
+    methods = {(c.method, c.obs) for c in reference.reference_curves("metaworld/plate_slide")}
+    assert {("mwm", "pixels"), ("dreamerv2", "pixels"), ("tdmpc2", "state"), ("sac", "state")} <= methods
+    aggregate = {p.method: p.value for p in reference.read_off_points("metaworld/aggregate")}
+    assert aggregate == {"ivideogpt_pretrained": 0.97, "ivideogpt_scratch": 0.80,
+                         "dreamerv3_ivideogpt": 0.92, "drqv2_ivideogpt": 0.80}
+    assert reference.reference_curves("metaworld/not_a_task") == []
+
+
+# ----------------------------------------------------------------------------- the grid runner
+import benchmark  # noqa: E402  (scripts/benchmark.py)
+
+# The tiny DrQ-v2 settings of tests/test_train.py: a full run on Meta-World in seconds.
+TINY = ["task.episode_length=10", "num_seed_frames=40", "eval_every_frames=80", "num_eval_episodes=1",
+        "save_every_frames=40", "agent.batch_size=16", "agent.hidden_dim=64", "agent.num_expl_steps=10",
+        "replay.capacity=5000", "log.wandb=disabled", "log.tensorboard=false"]
+
+
+def run_benchmark(root: Path, seeds: str, frames: int, *grid_args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "smoke", "tasks=[metaworld/plate_slide]",
+           "methods=[none]", f"seeds={seeds}", "jobs=2", f"root={root}", "name=tiny", *grid_args,
+           "--", *TINY, f"num_train_frames={frames}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def eval_frames(run: Path) -> list[int]:
+    with open(run / "eval.csv", newline="") as f:
+        return [int(r["frame"]) for r in csv.DictReader(f)]
+
+
+def test_grid_runs_skips_finished_and_resumes(tmp_path):
+    runs = tmp_path / "tiny" / "metaworld" / "plate_slide" / "none"
+    first = run_benchmark(tmp_path, "[1,2]", 80)
+    assert "2 of 2 runs to do" in first.stdout and "hydra/launcher=joblib" in first.stdout
+    assert sorted(p.name for p in runs.iterdir()) == ["seed1", "seed2"]
+    for seed in (1, 2):
+        assert eval_frames(runs / f"seed{seed}") == [0, 80]
+        assert (runs / f"seed{seed}" / "checkpoints" / "last.pt").is_file()
+    before = {p: p.read_text() for p in runs.rglob("*.csv")}
+    episodes = sorted(p.name for p in runs.rglob("*.npz"))
+
+    again = run_benchmark(tmp_path, "[1,2]", 80)  # everything finished: nothing is launched
+    assert "all 2 runs already finished; nothing to launch" in again.stdout
+    # One more seed: the finished runs are skipped inside the multirun, the new one runs.
+    more = run_benchmark(tmp_path, "[1,2,3]", 80)
+    assert "1 of 3 runs to do" in more.stdout
+    assert more.stdout.count("already finished (80 frames)") == 2, more.stdout[-3000:]
+    assert eval_frames(runs / "seed3") == [0, 80]
+    assert {p: p.read_text() for p in before} == before  # finished runs: no new rows, no new episodes
+    assert sorted(p.name for p in runs.glob("seed[12]/episodes/*.npz")) == episodes
+
+    # A longer schedule: the run continues from its checkpoint in its own sweep subdir.
+    longer = run_benchmark(tmp_path, "[1]", 120)
+    assert f"resumed {runs / 'seed1'} at frame 80" in longer.stdout
+    assert eval_frames(runs / "seed1") == [0, 80, 120]
+
+    # The run dirs plot: three seeds at 80 frames (seed 1 is cut to the frames all reached).
+    out = tmp_path / "plots"
+    assert plot_curves.main([str(tmp_path / "tiny"), "--out", str(out), "--reps", "200"]) == 0
+    table = (out / "summary.md").read_text()
+    assert "| metaworld/plate_slide | DrQ-v2 (ours) + demos | success | 3 | 80 |" in table
+    assert (out / "curves_metaworld.png").stat().st_size > 10_000
+
+
+def test_benchmark_dry_run_and_bad_input(tmp_path, capsys):
+    assert benchmark.main(["metaworld6", f"root={tmp_path}", "dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    assert "6 tasks x 2 methods x 3 seeds = 36 runs" in out and "target 260000 frames" in out
+    assert "task=metaworld/plate_slide,metaworld/hammer," in out and "preset=reference" in out
+    assert not (tmp_path / "metaworld6").exists()
+    assert benchmark.main(["metaworld6", "launcher=submitit_slurm", "slurm.partition=gpu", f"root={tmp_path}",
+                           "dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    assert "hydra/launcher=submitit_slurm" in out and "hydra.launcher.partition=gpu" in out
+    assert "hydra.launcher.max_num_timeout=3" in out
+
+    assert benchmark.main(["nope"]) == 1
+    assert "no grid 'nope'" in capsys.readouterr().err
+    assert benchmark.main(["smoke", "tasks=[metaworld/plate_slidee]"]) == 1
+    assert "unknown task 'metaworld/plate_slidee'" in capsys.readouterr().err
+    assert benchmark.main(["smoke", "methods=[dreamer]"]) == 1
+    assert "unknown method 'dreamer'" in capsys.readouterr().err
+    assert benchmark.main(["smoke", "--", "agent.not_a_key=1"]) == 1
+    assert "not_a_key" in capsys.readouterr().err
