@@ -1,0 +1,206 @@
+"""The player's web layer: a FastAPI app over ``Player`` and a static page (plain JS, no build).
+
+JSON in, JSON out; frames travel as PNG data URLs at the model's resolution and the page
+upscales them (pixelated). Every error is ``{"error": message}`` with a 4xx status (5xx only for
+a bug), and the server keeps serving. Endpoints (``sid``: the id ``POST /api/sessions`` returns):
+
+    GET  /api/info                         task, model, controls, episodes, simulator
+    POST /api/checkpoint   {pretrained}    switch the shared model (every session re-imagines)
+    POST /api/sessions                     new session -> {"session": sid}
+    GET  /api/sessions/{sid}               the whole trajectory
+    POST /api/sessions/{sid}/start         {source: episode|env, episode, start, seed}
+    POST /api/sessions/{sid}/step          {action: [A floats in -1..1]} -> the new step
+    POST /api/sessions/{sid}/undo | restart | reimagine
+    POST /api/sessions/{sid}/sampling      {settings: {temperature, top_k}, seed}
+    POST /api/sessions/{sid}/save          -> files written (mp4, npz) and their URLs
+    GET  /api/sessions/{sid}/files/{name}  a file of the last save
+    POST /api/sessions/{sid}/close
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from mbrl.player.errors import NotFound, PlayerError
+from mbrl.player.player import Player
+from mbrl.player.session import PlaySession, Step
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+# ----- request bodies -----
+class StartBody(BaseModel):
+    source: Literal["episode", "env"]
+    episode: str | None = None
+    start: int | None = None
+    seed: int = 0
+
+
+class StepBody(BaseModel):
+    action: list[float]
+
+
+class SamplingBody(BaseModel):
+    settings: dict[str, float] = {}
+    seed: int | None = None
+
+
+class CheckpointBody(BaseModel):
+    pretrained: str
+
+
+# ----- tensors -> JSON -----
+def png_data_url(frame: torch.Tensor) -> str:
+    """uint8 [3, H, W] -> a PNG data URL."""
+    import imageio.v3 as iio
+
+    data = iio.imwrite("<bytes>", np.ascontiguousarray(frame.permute(1, 2, 0).numpy()), extension=".png")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def step_json(step: Step, index: int) -> dict[str, Any]:
+    return {"index": index, "action": step.action.tolist(), "frame": png_data_url(step.frame),
+            "reward": step.reward, "anchored": step.anchored, "sampling": step.sampling,
+            "real": None if step.real_frame is None else png_data_url(step.real_frame),
+            "real_reward": step.real_reward, "real_success": step.real_success, "psnr": step.psnr}
+
+
+def _demo_action(s: PlaySession) -> list[float] | None:
+    action = s.demo_action()
+    return None if action is None else action.tolist()
+
+
+def session_json(s: PlaySession) -> dict[str, Any]:
+    start = None if s.start is None else {**s.start.__dict__, "describe": s.start.describe()}
+    return {"session": s.sid, "revision": s.revision, "start": start,
+            "context": [] if s.context is None else [png_data_url(f) for f in s.context],
+            "steps": [step_json(st, i + 1) for i, st in enumerate(s.steps)],
+            "sampling": s.sampling, "seed": s.seed, "window": s.window,
+            "demo_action": _demo_action(s) if s.start else None}
+
+
+def create_app(player: Player) -> FastAPI:
+    """The app serving ``player``; closing the app (lifespan end) closes the player."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        player.close()
+
+    app = FastAPI(title="world-model player", lifespan=lifespan)
+    app.state.player = player
+    sessions = player.sessions
+
+    @app.exception_handler(PlayerError)
+    async def player_error(request: Request, e: PlayerError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(ValueError)  # a world model's own check (its message names the fault)
+    async def value_error(request: Request, e: ValueError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in err['loc'] if x != 'body') or 'body'}: {err['msg']}"
+                 for err in e.errors()]
+        return JSONResponse({"error": "bad request: " + "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception) -> JSONResponse:
+        log.exception("player: unexpected error on %s", request.url.path)
+        return JSONResponse({"error": f"internal error ({type(e).__name__}: {e}); see the server log"},
+                            status_code=500)
+
+    @app.get("/")
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return player.host.call(player.info)
+
+    @app.post("/api/checkpoint")
+    def checkpoint(body: CheckpointBody) -> dict[str, Any]:
+        player.host.switch(body.pretrained)
+        return player.host.call(player.info)
+
+    @app.post("/api/sessions")
+    def new_session() -> dict[str, Any]:
+        return {"session": sessions.create()}
+
+    @app.get("/api/sessions/{sid}")
+    def get_session(sid: str) -> dict[str, Any]:
+        return sessions.call(sid, lambda s: (s.sync(), session_json(s))[1])
+
+    @app.post("/api/sessions/{sid}/start")
+    def start(sid: str, body: StartBody) -> dict[str, Any]:
+        def run(s: PlaySession) -> dict[str, Any]:
+            if body.source == "env":
+                if not player.simulator[0]:
+                    raise PlayerError(f"an env reset needs the simulator: {player.simulator[1]}")
+                s.start_from_env(body.seed)
+            else:
+                if not body.episode:
+                    raise PlayerError("source=episode needs an 'episode' name (see /api/info).")
+                s.start_from_episode(body.episode, body.start)
+            return session_json(s)
+        return sessions.call(sid, run)
+
+    @app.post("/api/sessions/{sid}/step")
+    def step(sid: str, body: StepBody) -> dict[str, Any]:
+        def run(s: PlaySession) -> dict[str, Any]:
+            st = s.step(torch.tensor(body.action, dtype=torch.float32))
+            return {"step": step_json(st, len(s.steps)), "revision": s.revision, "n_steps": len(s.steps),
+                    "demo_action": _demo_action(s)}
+        return sessions.call(sid, run)
+
+    def action_route(name: str):
+        def run(sid: str) -> dict[str, Any]:
+            return sessions.call(sid, lambda s: (getattr(s, name)(), session_json(s))[1])
+        app.post(f"/api/sessions/{{sid}}/{name}", name=name)(run)
+
+    for name in ("undo", "restart", "reimagine"):
+        action_route(name)
+
+    @app.post("/api/sessions/{sid}/sampling")
+    def sampling(sid: str, body: SamplingBody) -> dict[str, Any]:
+        def run(s: PlaySession) -> dict[str, Any]:
+            s.set_sampling(body.settings, body.seed)
+            return {"sampling": s.sampling, "seed": s.seed}
+        return sessions.call(sid, run)
+
+    @app.post("/api/sessions/{sid}/save")
+    def save(sid: str) -> dict[str, Any]:
+        def run(s: PlaySession) -> dict[str, Any]:
+            paths = s.save(player.out_dir, fps=player.video_fps, scale=player.video_scale)
+            return {"dir": str(s.saved_dir.resolve()),
+                    "files": {kind: f"/api/sessions/{sid}/files/{p.name}" for kind, p in paths.items()}}
+        return sessions.call(sid, run)
+
+    @app.get("/api/sessions/{sid}/files/{name}")
+    def saved_file(sid: str, name: str) -> FileResponse:
+        folder = sessions.call(sid, lambda s: s.saved_dir)
+        files = {p.name: p for p in folder.iterdir()} if folder is not None else {}
+        if name not in files:  # only files of the session's last save, never a path
+            raise NotFound(f"no saved file '{name}' in this session; press save first.")
+        return FileResponse(files[name], filename=name)
+
+    @app.post("/api/sessions/{sid}/close")
+    def close(sid: str) -> dict[str, Any]:
+        sessions.close(sid)
+        return {"closed": sid}
+
+    return app

@@ -1,0 +1,413 @@
+"""World-model player (mbrl/player): sessions on a real tiny iVideoGPT, and the HTTP API.
+
+The model is the real IVideoGPT with the tiny tokenizer and transformer at 64x64 (random weights,
+action and reward heads randomised so actions matter), saved with save_pretrained and loaded by
+the player exactly as a user's checkpoint. ``max_future_frames=4`` makes the player re-anchor
+within a few steps, so undo and replay cross an anchor."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the player needs fastapi (pip install fastapi uvicorn)")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from mbrl.player import Conflict, EpisodeCatalog, PlayerError, SessionManager, WorldModelHost, psnr  # noqa: E402
+from mbrl.player.player import Player  # noqa: E402
+from mbrl.player.server import create_app  # noqa: E402
+from worldmodel.episodes import load_episode  # noqa: E402
+from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "metaworld/plate_slide"
+DEMOS = REPO / "demonstrations" / TASK
+IMG, ACT, HORIZON = 64, 4, 4
+EPISODE_LENGTH = 12  # real env steps per episode in the ground-truth tests
+
+
+def make_checkpoint(directory: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = IVideoGPT(image_size=IMG, action_dim=ACT, context_frames=2, tokenizer="tiny", transformer="tiny",
+                      max_future_frames=HORIZON)
+    with torch.no_grad():  # zero-initialised heads would hide action / reward bugs
+        model.transformer.action_linear.weight.normal_(std=0.5)
+        model.transformer.reward_linear.weight.normal_(std=0.5)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("player_ckpt")
+    return make_checkpoint(root / "a", 0), make_checkpoint(root / "b", 1)
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory) -> Path:
+    """Two shipped plate_slide demos, copied so tests can add files beside them."""
+    if not DEMOS.is_dir():
+        pytest.skip(f"{DEMOS} is missing (shipped demos)")
+    root = tmp_path_factory.mktemp("player_eps")
+    for path in sorted(DEMOS.glob("*.npz"))[:2]:
+        shutil.copy(path, root / path.name)
+    return root
+
+
+def play_config(checkpoint: Path, episodes: Path, tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+        return compose("play", overrides=[f"task={TASK}", f"world_model.pretrained={checkpoint}",
+                                          f"episodes={episodes}", f"out_dir={tmp_path / 'out'}",
+                                          f"task.episode_length={EPISODE_LENGTH}", "device=cpu", *overrides])
+
+
+@pytest.fixture
+def player(checkpoints, episodes, tmp_path):
+    p = Player.from_config(play_config(checkpoints[0], episodes, tmp_path), TASK)
+    yield p
+    p.close()
+
+
+def first_episode(player: Player) -> str:
+    return player.catalog.names()[0]
+
+
+def actions(n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(ACT, generator=g) * 2 - 1 for _ in range(n)]
+
+
+# ----------------------------------------------------------------- sessions (no web layer)
+def test_steps_give_frames_rewards_and_reanchor_at_the_horizon(player):
+    sessions = player.sessions
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    steps = [sessions.call(sid, lambda s, a=a: s.step(a)) for a in actions(HORIZON + 2)]
+    for st in steps:
+        assert st.frame.dtype == torch.uint8 and st.frame.shape == (3, IMG, IMG)
+        assert math.isfinite(st.reward)
+    assert [st.anchored for st in steps] == [True, False, False, False, True, False]
+    frames = sessions.call(sid, lambda s: s.frames())
+    assert frames.shape == (HORIZON + 3, 3, IMG, IMG)
+    assert len({f.float().sum().item() for f in frames[1:]}) > 1  # frames actually change
+    # Random actions leave the demo: no ground truth for them.
+    assert all(st.real_frame is None and st.psnr is None for st in steps)
+
+
+def test_following_the_demo_has_the_recorded_frames_as_ground_truth(player):
+    sessions = player.sessions
+    sid = sessions.create()
+    name = first_episode(player)
+    sessions.call(sid, lambda s: s.start_from_episode(name, start=3))
+    episode = load_episode(player.catalog.path(name))
+    for t in range(3):
+        st = sessions.call(sid, lambda s: s.step(s.demo_action()))
+        assert torch.equal(st.real_frame, torch.from_numpy(episode.obs[3 + t + 1]))
+        assert st.real_reward == pytest.approx(float(episode.reward[3 + t]))
+        assert 0 < st.psnr < 100 and st.psnr == pytest.approx(psnr(st.frame, st.real_frame))
+    off = sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))  # leaves the recording
+    assert off.real_frame is None and sessions.call(sid, lambda s: s.demo_action()) is None
+
+
+def test_undo_restores_the_model_state_and_the_generator(player):
+    sessions = player.sessions
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    acts = actions(HORIZON + 2)
+    for a in acts:
+        sessions.call(sid, lambda s, a=a: s.step(a))
+    before = sessions.call(sid, lambda s: s.frames().clone())
+    for _ in range(3):  # back across the re-anchor at step HORIZON
+        sessions.call(sid, lambda s: s.undo())
+    after = sessions.call(sid, lambda s: s.frames())
+    assert torch.equal(after, before[:len(before) - 3])
+    # The same actions again give the same frames: the sampling generator was restored too.
+    for i, a in enumerate(acts[-3:]):
+        st = sessions.call(sid, lambda s, a=a: s.step(a))
+        assert torch.equal(st.frame, before[len(before) - 3 + i])
+    while sessions.call(sid, lambda s: len(s.steps)):
+        sessions.call(sid, lambda s: s.undo())
+    with pytest.raises(Conflict, match="nothing to undo"):
+        sessions.call(sid, lambda s: s.undo())
+
+
+def test_two_sessions_are_independent(player):
+    sessions = player.sessions
+    a, b, c = (sessions.create() for _ in range(3))
+    for sid in (a, b, c):
+        sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    acts_a, acts_b = actions(5, seed=1), actions(5, seed=2)
+    for x, y in zip(acts_a, acts_b):  # interleaved
+        sessions.call(a, lambda s, x=x: s.step(x))
+        sessions.call(b, lambda s, y=y: s.step(y))
+    for x in acts_a:  # alone
+        sessions.call(c, lambda s, x=x: s.step(x))
+    frames_a, frames_b, frames_c = (sessions.call(sid, lambda s: s.frames()) for sid in (a, b, c))
+    assert torch.equal(frames_a, frames_c)
+    assert not torch.equal(frames_a, frames_b)
+    sessions.call(b, lambda s: s.undo())
+    assert sessions.call(a, lambda s: len(s.steps)) == 5 and sessions.call(b, lambda s: len(s.steps)) == 4
+
+
+def test_sampling_settings_seed_and_reimagine(player):
+    sessions = player.sessions
+    model = player.host.model
+    defaults = dict(model.sampling)
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    acts = actions(3)
+
+    def imagine(seed: int, **settings) -> torch.Tensor:
+        def run(s):
+            s.set_sampling(settings, seed=seed)
+            s.restart()
+            for a in acts:
+                s.step(a)
+            return s.frames()
+        return sessions.call(sid, run)
+
+    assert torch.equal(imagine(1, temperature=1.0), imagine(1))  # same seed: same frames
+    assert not torch.equal(imagine(1), imagine(2))
+    assert torch.equal(imagine(1, temperature=0.0), imagine(2, temperature=0.0))  # greedy ignores the seed
+    assert model.sampling == defaults  # a session's settings never stick to the shared model
+    # Re-imagine: the same actions with new settings and seed.
+    sessions.call(sid, lambda s: s.set_sampling({"temperature": 1.0}, seed=7))
+    sessions.call(sid, lambda s: s.reimagine())
+    assert torch.equal(sessions.call(sid, lambda s: s.frames()), imagine(7))
+    for bad, match in (({"beam": 2}, "no sampling setting 'beam'"), ({"temperature": -1.0}, ">= 0"),
+                       ({"top_k": 2.5}, "integer"), ({"temperature": float("nan")}, "finite")):
+        with pytest.raises(PlayerError, match=match):
+            sessions.call(sid, lambda s, bad=bad: s.set_sampling(bad))
+    with pytest.raises(PlayerError, match="seed"):
+        sessions.call(sid, lambda s: s.set_sampling(seed=-1))
+
+
+def test_bad_actions_and_starts_are_refused_with_clear_errors(player, episodes):
+    sessions = player.sessions
+    sid = sessions.create()
+    with pytest.raises(Conflict, match="start context"):
+        sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    for action, match in ((torch.zeros(3), "4 values"), (torch.tensor([0, float("nan"), 0, 0]), "NaN"),
+                          (torch.tensor([0, 0, 2.0, 0]), r"\[-1, 1\]")):
+        with pytest.raises(PlayerError, match=match):
+            sessions.call(sid, lambda s, a=action: s.step(a))
+    with pytest.raises(PlayerError, match="start frame 0 is out of range"):
+        sessions.call(sid, lambda s: s.start_from_episode(first_episode(player), start=0))
+    (episodes / "broken.npz").write_bytes(b"not a zip")
+    try:
+        with pytest.raises(PlayerError, match="broken.npz.*unreadable"):
+            sessions.call(sid, lambda s: s.start_from_episode("broken.npz"))
+    finally:
+        (episodes / "broken.npz").unlink()
+    assert sessions.call(sid, lambda s: len(s.steps)) == 0  # the session still works
+    sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
+
+
+def test_bad_checkpoints_are_refused_and_the_model_stays(checkpoints, tmp_path):
+    with pytest.raises(PlayerError, match="no such directory"):
+        WorldModelHost(tmp_path / "missing", IMG)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PlayerError, match="config.json is missing"):
+        WorldModelHost(tmp_path / "empty", IMG)
+    with pytest.raises(PlayerError, match="32x32"):
+        WorldModelHost(checkpoints[0], 32)
+    host = WorldModelHost(checkpoints[0], IMG)
+    try:
+        broken = tmp_path / "broken"
+        shutil.copytree(checkpoints[0], broken)
+        (broken / "model.safetensors").write_bytes(b"garbage")
+        with pytest.raises(PlayerError, match="safetensors"):
+            host.switch(broken)
+        assert host.checkpoint == str(checkpoints[0]) and host.generation == 1
+    finally:
+        host.close()
+
+
+def test_sessions_are_bounded_least_recently_used_first(checkpoints, episodes):
+    host = WorldModelHost(checkpoints[0], IMG)
+    try:
+        sessions = SessionManager(host, {"suite": "metaworld", "name": "plate-slide-v3"}, EpisodeCatalog(episodes),
+                                  max_sessions=2)
+        a, b = sessions.create(), sessions.create()
+        sessions.call(a, lambda s: None)  # a is now the most recently used
+        c = sessions.create()
+        assert a in sessions and c in sessions and b not in sessions and len(sessions) == 2
+        with pytest.raises(PlayerError, match="unknown session"):
+            sessions.call(b, lambda s: None)
+    finally:
+        host.close()
+
+
+def test_save_writes_valid_mp4_and_npz(player):
+    import imageio.v2 as imageio
+
+    sessions = player.sessions
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player), start=1))
+    sessions.call(sid, lambda s: s.step(s.demo_action()))
+    sessions.call(sid, lambda s: s.step(s.demo_action()))
+    sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))  # off the demo: 2 known real steps
+    paths = sessions.call(sid, lambda s: s.save(player.out_dir, fps=5, scale=2))
+    imagined = load_episode(paths["imagined_npz"], image_size=IMG, action_dim=ACT)
+    assert len(imagined) == 3 and imagined.meta["source"] == "world_model_player/imagined"
+    assert torch.equal(torch.from_numpy(imagined.obs), sessions.call(sid, lambda s: s.frames()))
+    real = load_episode(paths["real_npz"], image_size=IMG, action_dim=ACT)
+    assert len(real) == 2 and np.array_equal(real.action, imagined.action[:2])
+    video = np.stack(imageio.mimread(paths["video"]))
+    assert video.shape == (4, IMG * 2, IMG * 2 * 2, 3)  # n + 1 frames, imagined | real, upscaled 2x
+    with pytest.raises(Conflict, match="nothing to save"):
+        sessions.call(sid, lambda s: (s.restart(), s.save(player.out_dir))[1])
+
+
+# ----------------------------------------------------------------- ground truth from the simulator
+def test_env_start_runs_the_real_env_beside_the_model(player):
+    pytest.importorskip("metaworld", reason="env starts need Meta-World")
+    from mbrl.envs import make_env
+
+    sessions = player.sessions
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_env(seed=5))
+    acts = actions(3)
+    steps = [sessions.call(sid, lambda s, a=a: s.step(a)) for a in acts]
+    # The same seed, the zero-action context step and the same actions in a fresh env.
+    env = make_env(player.task_cfg, seed=5)
+    try:
+        obs, _ = env.reset(seed=5)
+        obs, *_ = env.step(np.zeros(ACT, np.float32))
+        assert torch.equal(sessions.call(sid, lambda s: s.context[-1]), torch.from_numpy(obs[-3:]))
+        for a, st in zip(acts, steps):
+            obs, reward, *_ = env.step(a.numpy())
+            assert torch.equal(st.real_frame, torch.from_numpy(obs[-3:]))
+            assert st.real_reward == pytest.approx(reward) and 0 < st.psnr < 100
+    finally:
+        env.close()
+    sessions.call(sid, lambda s: s.undo())  # the env is replayed to the step before
+    again = sessions.call(sid, lambda s: s.step(acts[-1]))
+    assert torch.equal(again.real_frame, steps[-1].real_frame) and torch.equal(again.frame, steps[-1].frame)
+    # The real episode ends after task.episode_length steps (the context step counts); imagination goes on.
+    for _ in range(EPISODE_LENGTH):
+        last = sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
+    assert last.real_frame is None and last.frame.shape == (3, IMG, IMG)
+
+
+# ----------------------------------------------------------------- HTTP
+@pytest.fixture
+def client(player):
+    with TestClient(create_app(player)) as c:
+        yield c
+
+
+def post(client, path, body=None, status=200):
+    res = client.post(path, json=body) if body is not None else client.post(path)
+    assert res.status_code == status, res.text
+    return res.json()
+
+
+def test_http_play_undo_save_and_download(client, player):
+    assert "World-model player" in client.get("/").text
+    assert client.get("/static/app.js").status_code == 200
+    info = client.get("/api/info").json()
+    assert info["model"]["action_dim"] == ACT and info["model"]["horizon"] == HORIZON
+    assert [d["name"] for d in info["controls"]] == ["x", "y", "z", "gripper"]
+    assert info["episodes"] == player.catalog.names() and info["model"]["sampling"]["top_k"] == 100
+    sid = post(client, "/api/sessions")["session"]
+    view = post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": info["episodes"][0]})
+    assert len(view["context"]) == 2 and view["context"][0].startswith("data:image/png;base64,")
+    assert view["steps"] == [] and view["demo_action"] is not None
+    first = post(client, f"/api/sessions/{sid}/step", {"action": view["demo_action"]})
+    assert first["n_steps"] == 1 and first["step"]["real"] is not None and first["step"]["psnr"] > 0
+    second = post(client, f"/api/sessions/{sid}/step", {"action": [0.5, 0, 0, 1]})
+    assert second["step"]["index"] == 2 and second["step"]["real"] is None
+    view = post(client, f"/api/sessions/{sid}/undo")
+    assert len(view["steps"]) == 1 and view["steps"][0]["frame"] == first["step"]["frame"]
+    saved = post(client, f"/api/sessions/{sid}/save")
+    assert set(saved["files"]) == {"imagined_npz", "real_npz", "video"}
+    res = client.get(saved["files"]["imagined_npz"])
+    assert res.status_code == 200 and res.content[:2] == b"PK"  # an npz is a zip
+    assert client.get(f"/api/sessions/{sid}/files/..%2Fsecret").status_code == 404
+    post(client, f"/api/sessions/{sid}/close")
+    assert client.get(f"/api/sessions/{sid}").status_code == 404
+
+
+def test_http_bad_requests_get_4xx_with_a_message(client, player):
+    sid = post(client, "/api/sessions")["session"]
+    err = post(client, f"/api/sessions/{sid}/step", {"action": [0, 0, 0, 0]}, status=409)["error"]
+    assert "start context" in err
+    assert "unknown episode" in post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": "x.npz"},
+                                     status=404)["error"]
+    assert "source" in post(client, f"/api/sessions/{sid}/start", {"source": "video"}, status=422)["error"]
+    post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": player.catalog.names()[0]})
+    assert "4 values" in post(client, f"/api/sessions/{sid}/step", {"action": [0, 0]}, status=400)["error"]
+    res = client.post(f"/api/sessions/{sid}/step", content='{"action": [NaN, 0, 0, 0]}',
+                      headers={"content-type": "application/json"})
+    assert res.status_code == 400 and "NaN" in res.json()["error"]
+    assert "action" in post(client, f"/api/sessions/{sid}/step", {"action": "left"}, status=422)["error"]
+    assert "unknown session" in post(client, "/api/sessions/nope/step", {"action": [0] * ACT}, status=404)["error"]
+    assert "no sampling setting" in post(client, f"/api/sessions/{sid}/sampling", {"settings": {"beam": 1}},
+                                         status=400)["error"]
+    assert "no such directory" in post(client, "/api/checkpoint", {"pretrained": "/no/such/dir"}, status=400)["error"]
+    # The server still serves the session after all that.
+    assert post(client, f"/api/sessions/{sid}/step", {"action": [0] * ACT})["n_steps"] == 1
+
+
+def test_http_switching_checkpoints_reimagines_sessions(client, checkpoints):
+    sid = post(client, "/api/sessions")["session"]
+    episode = client.get("/api/info").json()["episodes"][0]
+    post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": episode})
+    before = [post(client, f"/api/sessions/{sid}/step", {"action": a.tolist()})["step"] for a in actions(2)]
+    info = post(client, "/api/checkpoint", {"pretrained": str(checkpoints[1])})
+    assert info["model"]["checkpoint"] == str(checkpoints[1])
+    nxt = post(client, f"/api/sessions/{sid}/step", {"action": [0] * ACT})
+    assert nxt["n_steps"] == 3 and nxt["revision"] > 1  # the page sees the revision bump and reloads
+    view = client.get(f"/api/sessions/{sid}").json()
+    assert [s["action"] for s in view["steps"][:2]] == [s["action"] for s in before]
+    assert view["steps"][0]["frame"] != before[0]["frame"]  # imagined again, by the other model
+
+
+def test_play_script_refuses_a_bad_checkpoint_at_startup(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("play_script", REPO / "scripts" / "play.py")
+    play = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(play)
+    with pytest.raises(SystemExit, match="no such directory"):
+        play.main([f"world_model.pretrained={tmp_path / 'nope'}", f"task={TASK}"])
+    with pytest.raises(SystemExit, match="world_model.pretrained=<dir"):
+        play.main([f"task={TASK}"])
+    with pytest.raises(SystemExit, match="bad arguments"):
+        play.main(["task=metaworld/no_such_task"])
+    cfg, key = play.compose_config(["task=metaworld/hammer", "port=8123", "host=0.0.0.0"])
+    assert key == "metaworld/hammer" and cfg.port == 8123 and cfg.task.name == "hammer-v3"
+    assert cfg.world_model.pretrained is None and cfg.seed == 1  # the training config's keys
+
+
+def test_a_model_without_sampling_settings_plays_and_undoes(episodes, tmp_path):
+    """Vid2World (diffusion) has no temperature / top-k and no trained horizon: the player offers
+    no sampling settings and re-anchors every ``replay_window`` steps."""
+    from worldmodel.vid2world import Vid2World
+
+    micro = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
+    Vid2World(image_size=IMG, action_dim=ACT, backbone=micro, sampling_steps=2).save_pretrained(tmp_path / "v2w")
+    host = WorldModelHost(tmp_path / "v2w", IMG)
+    try:
+        assert host.info()["sampling"] == {} and host.horizon is None
+        sessions = SessionManager(host, {"suite": "metaworld", "name": "plate-slide-v3"}, EpisodeCatalog(episodes),
+                                  replay_window=2)
+        sid = sessions.create()
+        sessions.call(sid, lambda s: s.start_from_episode(sorted(p.name for p in episodes.glob("*.npz"))[0]))
+        steps = [sessions.call(sid, lambda s: s.step(s.demo_action())) for _ in range(3)]
+        assert [st.anchored for st in steps] == [True, False, True] and steps[-1].psnr is not None
+        sessions.call(sid, lambda s: s.undo())
+        again = sessions.call(sid, lambda s: s.step(s.demo_action()))
+        assert torch.equal(again.frame, steps[-1].frame)
+        with pytest.raises(PlayerError, match="no sampling setting 'temperature'"):
+            sessions.call(sid, lambda s: s.set_sampling({"temperature": 0.5}))
+    finally:
+        host.close()

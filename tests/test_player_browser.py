@@ -1,0 +1,112 @@
+"""The player page in a real headless browser: Debian's chromium driven by Playwright.
+
+Playwright never downloads a browser here: it launches /usr/bin/chromium. Install with
+``apt-get install -y chromium`` and ``pip install playwright==1.65.2``; without either the test
+is skipped with that reason."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = os.environ.get("PLAYER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 30_000
+MIN_PIXEL_STD = 10.0  # a blank or single-colour page has a standard deviation near 0
+
+pytest.importorskip("fastapi", reason="the player needs fastapi and uvicorn")
+pytest.importorskip("uvicorn", reason="the player needs fastapi and uvicorn")
+pytest.importorskip("playwright.sync_api", reason="needs Playwright: pip install playwright==1.65.2")
+if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(f"needs a chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
+
+import uvicorn  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from mbrl.player.player import Player  # noqa: E402
+from mbrl.player.server import create_app  # noqa: E402
+from test_player import DEMOS, TASK, make_checkpoint, play_config  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server_url(tmp_path):
+    if not DEMOS.is_dir():
+        pytest.skip(f"{DEMOS} is missing (shipped demos)")
+    episodes = tmp_path / "episodes"
+    episodes.mkdir()
+    shutil.copy(sorted(DEMOS.glob("*.npz"))[0], episodes)
+    checkpoint = make_checkpoint(tmp_path / "ckpt", 0)
+    player = Player.from_config(play_config(checkpoint, episodes, tmp_path), TASK, check_simulator=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(player), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the player server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=TIMEOUT_MS / 1000)
+    player.close()
+
+
+def step_count(page) -> int:
+    return page.locator("#filmstrip .cell.step").count()
+
+
+def test_page_answers_a_key_with_a_new_frame(server_url, tmp_path):
+    import imageio.v3 as iio
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server_url)
+            page.wait_for_selector("#filmstrip .cell.context")  # started from the first episode
+            page.wait_for_selector("body[data-state=ready]")
+            assert step_count(page) == 0 and page.locator("#error").is_hidden()
+
+            page.keyboard.press("ArrowRight")  # x + step size
+            page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 1")
+            assert page.get_attribute("#imagined", "src").startswith("data:image/png;base64,")
+            assert "step 1" in page.inner_text("#imaginedCaption")
+            page.wait_for_selector("body[data-state=ready]")
+            page.keyboard.press("w")  # z + step size
+            page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 2")
+            page.wait_for_selector("body[data-state=ready]")
+            page.keyboard.press("z")  # undo
+            page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 1")
+            page.wait_for_selector("body[data-state=ready]")
+
+            shot = page.screenshot(path=str(tmp_path / "player.png"), full_page=True)
+            pixels = iio.imread(io.BytesIO(shot), extension=".png").astype(np.float32)
+            assert pixels.ndim == 3 and pixels.std() > MIN_PIXEL_STD, "the screenshot is blank"
+
+            # A bad request is shown on the page, and the page keeps working.
+            page.fill("#ckptInput", "/no/such/checkpoint")
+            page.click("#ckptForm button")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "no such directory" in page.inner_text("#error")
+            page.wait_for_selector("body[data-state=ready]")
+            page.keyboard.press("ArrowUp")
+            page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 2")
+            assert page.locator("#error").is_hidden()
+        finally:
+            browser.close()
