@@ -27,7 +27,7 @@ from mbrl.replay.real_buffer import RealReplayBuffer
 from mbrl.utils import SectionTimer, resolve_device, set_seed_everywhere
 from mbrl.video import chw_to_hwc, write_video
 from mbrl.world_models import build_world_model
-from worldmodel.episodes import Episode, iter_episodes, save_episode
+from worldmodel.episodes import Episode, EpisodeRecorder, iter_episodes, save_episode
 
 log = logging.getLogger(__name__)
 
@@ -97,28 +97,21 @@ class Trainer:
                     record: bool = False) -> tuple[Episode, list[np.ndarray]]:
         """Play one episode; returns it (single frames) and, if ``record``, its frames for video."""
         obs, info = env.reset(seed=seed)
-        frames, actions, rewards, successes, terminals = [obs[-3:]], [], [], [], []
+        recorder = EpisodeRecorder(obs[-3:])
         while True:
             with self.timer("agent_act"):
                 action = self.act(obs, eval_mode)
             with self.timer("env"):
                 obs, reward, terminated, truncated, info = env.step(action)
-            frames.append(obs[-3:])
-            actions.append(action)
-            rewards.append(reward)
-            successes.append(bool(info["success"]))
-            terminals.append(bool(terminated))
+            recorder.add(obs[-3:], action, reward, info["success"], terminated)
             if not eval_mode:
                 self.after_train_step()
             if terminated or truncated:
                 break
-        episode = Episode(obs=np.stack(frames).astype(np.uint8), action=np.asarray(actions, np.float32),
-                          reward=np.asarray(rewards, np.float32), success=np.asarray(successes),
-                          terminal=np.asarray(terminals),
-                          meta={"task": str(self.cfg.task.name), "suite": str(self.cfg.task.suite),
-                                "source": "eval" if eval_mode else "train",
-                                "action_repeat": self.action_repeat})
-        return episode, (frames if record else [])
+        episode = recorder.episode({"task": str(self.cfg.task.name), "suite": str(self.cfg.task.suite),
+                                    "source": "eval" if eval_mode else "train",
+                                    "action_repeat": self.action_repeat})
+        return episode, (recorder.frames if record else [])
 
     def after_train_step(self) -> None:
         """Called after each training env step: agent and world-model updates."""

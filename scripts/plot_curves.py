@@ -193,7 +193,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
 def reference_table(summaries: list[GroupSummary]) -> str:
     """Published values at each task's final frame, for the summary (a guide only)."""
-    lines = [f"| task | reference | obs | seeds | value at our last frame |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| task | reference | obs | seeds | value at our last frame |", "| --- | --- | --- | --- | --- |"]
     for task in sorted({s.task for s in summaries}):
         frame = max(int(s.frame[-1]) for s in summaries if s.task == task)
         for curve in ref.reference_curves(task):

@@ -170,3 +170,29 @@ def iter_episodes(directory: str | os.PathLike, image_size: int | None = None,
 def load_episodes(directory: str | os.PathLike, image_size: int | None = None,
                   action_dim: int | None = None, skip_bad: bool = False) -> list[Episode]:
     return [ep for _, ep in iter_episodes(directory, image_size, action_dim, skip_bad)]
+
+
+class EpisodeRecorder:
+    """Builds an ``Episode`` step by step, as an env produces it (single frames, uint8 CHW)."""
+
+    def __init__(self, first_frame: np.ndarray) -> None:
+        self.frames = [first_frame]
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.successes: list[bool] = []
+        self.terminals: list[bool] = []
+
+    def add(self, frame: np.ndarray, action: np.ndarray, reward: float, success: bool,
+            terminal: bool) -> None:
+        """Record one step: ``action`` taken in the last frame led to ``frame`` and ``reward``."""
+        self.frames.append(frame)
+        self.actions.append(action)
+        self.rewards.append(float(reward))
+        self.successes.append(bool(success))
+        self.terminals.append(bool(terminal))
+
+    def episode(self, meta: dict[str, Any] | None = None) -> Episode:
+        return Episode(obs=np.stack(self.frames).astype(np.uint8),
+                       action=np.asarray(self.actions, np.float32).reshape(len(self.actions), -1),
+                       reward=np.asarray(self.rewards, np.float32), success=np.asarray(self.successes, bool),
+                       terminal=np.asarray(self.terminals, bool), meta=dict(meta or {}))

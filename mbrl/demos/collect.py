@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from worldmodel.episodes import Episode, save_episode
+from worldmodel.episodes import Episode, EpisodeRecorder, save_episode
 
 Policy = Callable[[np.ndarray], np.ndarray]  # state float32 [S] -> action float32 [A] in [-1, 1]
 RGB = 3
@@ -54,7 +54,7 @@ def run_episode(env, policy: Policy | None, seed: int, noise: float = 0.0) -> Ep
     """One episode in ``env`` (a ``make_env`` env) as an ``Episode`` of single frames."""
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
-    frames, actions, rewards, successes, terminals = [obs[-RGB:]], [], [], [], []
+    recorder = EpisodeRecorder(obs[-RGB:])
     action_shape = env.action_space.shape
     while True:
         if policy is None:
@@ -64,16 +64,10 @@ def run_episode(env, policy: Policy | None, seed: int, noise: float = 0.0) -> Ep
         if noise > 0:
             action = np.clip(action + rng.normal(0.0, noise, action_shape), -1.0, 1.0).astype(np.float32)
         obs, reward, terminated, truncated, info = env.step(action)
-        frames.append(obs[-RGB:])
-        actions.append(action)
-        rewards.append(reward)
-        successes.append(info["success"])
-        terminals.append(terminated)
+        recorder.add(obs[-RGB:], action, reward, info["success"], terminated)
         if terminated or truncated:
             break
-    return Episode(obs=np.stack(frames), action=np.stack(actions).astype(np.float32),
-                   reward=np.asarray(rewards, dtype=np.float32), success=np.asarray(successes, bool),
-                   terminal=np.asarray(terminals, bool))
+    return recorder.episode()
 
 
 def env_fps(env, task_cfg: Mapping[str, Any]) -> float | None:

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from worldmodel.episodes import Episode, load_episode, save_episode
+from worldmodel.episodes import Episode, EpisodeRecorder, load_episode, save_episode
 
 RGB = 3
 MOTION_PLANNING_CONTROL_MODE = "pd_joint_pos"  # what ManiSkill's panda solutions drive
@@ -187,25 +187,18 @@ def replay_episode(env, traj: Trajectory, action_repeat: int, max_steps: int | N
     env.reset(seed=traj.seed)
     set_state(0)
     _refresh_observation(env.unwrapped.backend, base)
-    frames = [np.ascontiguousarray(env.unwrapped.backend.render().transpose(2, 0, 1))]  # [3, H, W]
-    actions, rewards, successes, terminals = [], [], [], []
+    recorder = EpisodeRecorder(np.ascontiguousarray(env.unwrapped.backend.render().transpose(2, 0, 1)))
     steps = len(traj.actions) // action_repeat
     steps = steps if max_steps is None else min(steps, max_steps)
     for t in range(steps):
         set_state(t * action_repeat)
         action = np.clip(traj.actions[t * action_repeat], -1.0, 1.0).astype(np.float32)
         obs, reward, terminated, truncated, info = env.step(action)
-        frames.append(obs[-RGB:])
-        actions.append(action)
-        rewards.append(reward)
-        successes.append(info["success"])
-        terminals.append(terminated)
+        recorder.add(obs[-RGB:], action, reward, info["success"], terminated)
         if terminated or truncated:
             break
-    return Episode(obs=np.stack(frames), action=np.stack(actions), reward=np.asarray(rewards, np.float32),
-                   success=np.asarray(successes, bool), terminal=np.asarray(terminals, bool),
-                   meta={"source": source, "episode_id": traj.episode_id, "seed": traj.seed,
-                         "recorded_steps": len(traj.actions), "fps": _fps(base, action_repeat)})
+    return recorder.episode({"source": source, "episode_id": traj.episode_id, "seed": traj.seed,
+                             "recorded_steps": len(traj.actions), "fps": _fps(base, action_repeat)})
 
 
 def _fps(base, action_repeat: int) -> float | None:

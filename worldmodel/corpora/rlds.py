@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from worldmodel.corpora.frames import decode_image, resize_frame, to_chw
-from worldmodel.corpora.tfrecord import RecordError, iter_records, parse_example
+from worldmodel.corpora.tfrecord import iter_example_episodes
 from worldmodel.episodes import Episode
 
 STEPS = "steps"
@@ -261,22 +261,7 @@ class RLDSReader:
 
     def iter_episodes(self, source: Path, exists: Callable[[str], bool],
                       errors: list[str]) -> Iterator[tuple[str, Episode]]:
-        record_errors: list[RecordError] = []
-        stem = source.name.replace(".", "_")
-        try:
-            for index, data in iter_records(source, self.verify_crc, record_errors):
-                name = f"{stem}-{index:05d}"
-                if exists(name):
-                    continue
-                try:
-                    episode = self.episode(parse_example(data))
-                except (ValueError, KeyError) as e:
-                    errors.append(f"{source} record {index}: {e}")
-                    continue
-                episode.meta.update(source_file=source.name, record=index)
-                yield name, episode
-        finally:
-            errors.extend(str(e) for e in record_errors)
+        return iter_example_episodes(source, self.episode, exists, errors, self.verify_crc, digits=5)
 
     def episode(self, example: dict[str, list[bytes] | np.ndarray]) -> Episode:
         """One parsed episode record -> Episode (raises ValueError / KeyError when malformed)."""

@@ -30,7 +30,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -288,3 +288,27 @@ def make_example(features: dict[str, Any]) -> bytes:
         else:
             raise TypeError(f"feature '{key}': cannot store dtype {array.dtype} in a tf.train.Example")
     return example.SerializeToString()
+
+
+def iter_example_episodes(source: Path, to_episode: Callable[[dict], Any], exists: Callable[[str], bool],
+                          errors: list[str], verify_crc: bool = True,
+                          digits: int = 5) -> Iterator[tuple[str, Any]]:
+    """Each tf.train.Example record of one shard as a named episode (RLDS and BAIR store one
+    episode per record). Episodes whose name ``exists`` are skipped before decoding; malformed
+    records and framing errors are appended to ``errors`` by file and record, never raised."""
+    record_errors: list[RecordError] = []
+    stem = source.name.replace(".", "_")
+    try:
+        for index, data in iter_records(source, verify_crc, record_errors):
+            name = f"{stem}-{index:0{digits}d}"
+            if exists(name):
+                continue
+            try:
+                episode = to_episode(parse_example(data))
+            except (ValueError, KeyError) as e:
+                errors.append(f"{source} record {index}: {e}")
+                continue
+            episode.meta.update(source_file=source.name, record=index)
+            yield name, episode
+    finally:
+        errors.extend(str(e) for e in record_errors)
