@@ -1,0 +1,113 @@
+"""Imagination speed of iVideoGPT: KV cache carried across frames vs. the official re-prefill.
+
+    python scripts/bench_worldmodel.py                                  # tiny sizes, CPU defaults
+    python scripts/bench_worldmodel.py --transformer small --tokenizer paper64 --batch 32 --device cuda
+
+Both paths run the same rollouts (same weights, same seed, same policy) and must give the same
+frames; the table shows imagined transitions per second end to end (reset + k steps including
+the tokenizer's decoding) and for the transformer alone. The last line is a one-line summary.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--transformer", default="tiny", help="transformer size preset (tiny | small | medium)")
+    p.add_argument("--tokenizer", default="tiny", help="tokenizer size preset (tiny | paper64 | paper256)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--action-dim", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8, help="rollouts imagined in parallel (MBPO gen_batch is 32)")
+    p.add_argument("--horizon", type=int, default=10, help="imagined steps per rollout (MBPO gen_horizon)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per path; the median is reported")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor, reprefill: bool,
+                 seed: int) -> tuple[float, float, torch.Tensor]:
+    """One rollout; returns (total seconds, seconds spent in the transformer, frames)."""
+    device = model.device
+    tf_time = 0.0
+    original = model.transformer.generate_frame
+
+    def timed_generate(*a, **kw):  # time the transformer's share of each step
+        nonlocal tf_time
+        sync(device)
+        t = time.perf_counter()
+        out = original(*a, **kw)
+        sync(device)
+        tf_time += time.perf_counter() - t
+        return out
+
+    model.transformer.generate_frame = timed_generate
+    try:
+        sync(device)
+        start = time.perf_counter()
+        g = torch.Generator(device=device).manual_seed(seed)
+        state = model.reset(context, g, reprefill=reprefill)
+        frames = []
+        for t in range(actions.shape[1]):
+            frame, _, state = model.step(state, actions[:, t])
+            frames.append(frame)
+        sync(device)
+        total = time.perf_counter() - start
+    finally:
+        del model.transformer.generate_frame
+    return total, tf_time, torch.stack(frames, 1)
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    torch.manual_seed(args.seed)
+    model = IVideoGPT(image_size=args.image_size, action_dim=args.action_dim, context_frames=2,
+                      tokenizer=args.tokenizer, transformer=args.transformer,
+                      max_future_frames=max(args.horizon, 1)).to(device).eval()
+    B, k = args.batch, args.horizon
+    context = torch.randint(0, 256, (B, 2, 3, args.image_size, args.image_size), dtype=torch.uint8, device=device)
+    actions = torch.rand(B, k, args.action_dim, device=device) * 2 - 1
+
+    results = {}
+    for name, reprefill in (("kv-cache", False), ("re-prefill", True)):
+        time_rollout(model, context, actions, reprefill, args.seed)  # warm-up
+        runs = [time_rollout(model, context, actions, reprefill, args.seed) for _ in range(args.repeats)]
+        total = statistics.median(r[0] for r in runs)
+        tf = statistics.median(r[1] for r in runs)
+        results[name] = (total, tf, runs[0][2])
+
+    same = torch.equal(results["kv-cache"][2], results["re-prefill"][2])
+    n = B * k
+    print(f"iVideoGPT imagination: transformer={args.transformer} tokenizer={args.tokenizer} "
+          f"device={device} B={B} k={k} threads={torch.get_num_threads()}")
+    print(f"{'path':<11} {'rollout s':>10} {'transitions/s':>14} {'transformer s':>14} {'tf transitions/s':>17}")
+    for name, (total, tf, _) in results.items():
+        print(f"{name:<11} {total:>10.3f} {n / total:>14.1f} {tf:>14.3f} {n / tf:>17.1f}")
+    ratio = results["re-prefill"][0] / results["kv-cache"][0]
+    tf_ratio = results["re-prefill"][1] / results["kv-cache"][1]
+    print(f"identical frames: {same}")
+    print(f"SUMMARY kv-cache {n / results['kv-cache'][0]:.1f} vs re-prefill {n / results['re-prefill'][0]:.1f} "
+          f"transitions/s: {ratio:.2f}x end to end, {tf_ratio:.2f}x transformer only "
+          f"({args.transformer}/{args.tokenizer}, B={B}, k={k}, {device})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Does a small iVideoGPT learn real dynamics? Train it briefly on Meta-World and compare with baselines.
+
+    python scripts/check_worldmodel_quality.py                       # tiny sizes, ~10 CPU minutes
+    python scripts/check_worldmodel_quality.py --task plate-slide-v3 --train-minutes 6 --episodes 12
+
+Episodes of random actions are collected with ``mbrl.envs.make_env`` (64x64 corner camera,
+action repeat 2, as in MBPO). The model trains for a fixed wall-clock budget on segments of
+``context + horizon`` frames, then imagines ``horizon`` steps open loop from held-out real
+context frames, driven by the real actions. Reported:
+
+* PSNR of the imagined frames vs. the real ones, against the copy-last-context-frame baseline;
+* reward MSE of the imagined rewards vs. the real ones, against predicting the training mean.
+
+The last line is a one-line summary; the exit status is 1 if the model beats neither baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from worldmodel.interface import SegmentBatch  # noqa: E402
+from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
+
+RGB = 3
+PIXEL_MAX = 255.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="plate-slide-v3", help="Meta-World v3 task")
+    p.add_argument("--episodes", type=int, default=10, help="training episodes of random actions")
+    p.add_argument("--eval-episodes", type=int, default=2, help="held-out episodes for the evaluation")
+    p.add_argument("--episode-length", type=int, default=60, help="agent steps per episode")
+    p.add_argument("--image-size", type=int, default=64, help="frame size rendered by the env")
+    p.add_argument("--context", type=int, default=2, help="context frames")
+    p.add_argument("--horizon", type=int, default=10, help="imagined steps (open loop)")
+    p.add_argument("--batch", type=int, default=4, help="segments per update")
+    p.add_argument("--tokenizer-frames", type=int, default=3,
+                   help="future frames per segment the tokenizer trains on (its cost grows with them)")
+    p.add_argument("--tokenizer-every", type=int, default=2,
+                   help="one tokenizer update every N transformer updates (after the tokenizer warm-up)")
+    p.add_argument("--train-minutes", type=float, default=6.0, help="wall-clock training budget")
+    p.add_argument("--tokenizer-share", type=float, default=0.4,
+                   help="fraction of the budget spent on the tokenizer alone first")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--transformer", default="tiny")
+    p.add_argument("--tokenizer", default="tiny")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def collect(task: str, episodes: int, length: int, seed: int, image_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Random-action episodes: (frames uint8 [T+1, 3, H, W], actions [T, A], rewards [T])."""
+    from omegaconf import OmegaConf
+
+    from mbrl.envs import make_env
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = OmegaConf.load(os.path.join(root, "cfgs", "suite", "metaworld.yaml"))
+    cfg.name, cfg.episode_length, cfg.image_size = task, length, image_size
+    env = make_env(cfg, seed=seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        frames, actions, rewards = [obs[-RGB:]], [], []
+        done = False
+        while not done:
+            a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+            obs, r, term, trunc, _ = env.step(a)
+            frames.append(obs[-RGB:])  # the newest frame of the stack
+            actions.append(a)
+            rewards.append(r)
+            done = term or trunc
+        out.append((np.stack(frames), np.stack(actions), np.asarray(rewards, np.float32)))
+    env.close()
+    return out
+
+
+def sample_segments(episodes, batch: int, length: int, rng: np.random.Generator) -> SegmentBatch:
+    obs, act, rew = [], [], []
+    for _ in range(batch):
+        f, a, r = episodes[rng.integers(len(episodes))]
+        s = rng.integers(0, len(a) - length + 2)
+        obs.append(f[s:s + length])
+        act.append(a[s:s + length - 1])
+        rew.append(r[s:s + length - 1])
+    return SegmentBatch(torch.from_numpy(np.stack(obs)), torch.from_numpy(np.stack(act)),
+                        torch.from_numpy(np.stack(rew)))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-frame PSNR of uint8 frames [..., 3, H, W] -> [...]."""
+    mse = ((a.float() - b.float()) ** 2).mean((-3, -2, -1)).clamp_min(1e-10)
+    return 10 * torch.log10(PIXEL_MAX ** 2 / mse)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    length = args.context + args.horizon
+
+    t0 = time.time()
+    train_eps = collect(args.task, args.episodes, args.episode_length, args.seed, args.image_size)
+    eval_eps = collect(args.task, args.eval_episodes, args.episode_length, args.seed + 10_000, args.image_size)
+    n_frames = sum(len(a) for _, a, _ in train_eps)
+    print(f"collected {args.episodes} + {args.eval_episodes} episodes of {args.task} "
+          f"({n_frames} training transitions) in {time.time() - t0:.0f}s")
+
+    image_size = train_eps[0][0].shape[-1]
+    action_dim = train_eps[0][1].shape[-1]
+    # Cross-attention on the 16x16 (64 px) or 8x8 (32 px) latent maps and below.
+    tokenizer = {"size": args.tokenizer, "max_att_resolution": image_size // 4}
+    model = IVideoGPT(image_size=image_size, action_dim=action_dim, context_frames=args.context,
+                      tokenizer=tokenizer, transformer=args.transformer, max_future_frames=args.horizon,
+                      training={"lr": args.lr, "tokenizer_future_frames": args.tokenizer_frames})
+    budget = args.train_minutes * 60
+    t0 = time.time()
+    step, last = 0, {}
+    while time.time() - t0 < budget:
+        tokenizer_phase = time.time() - t0 < args.tokenizer_share * budget
+        if tokenizer_phase:
+            parts = ("tokenizer",)
+        elif step % args.tokenizer_every == 0:
+            parts = ("tokenizer", "transformer")
+        else:
+            parts = ("transformer",)
+        last.update(model.update(sample_segments(train_eps, args.batch, length, rng), parts=parts))
+        step += 1
+        if step % 25 == 0:
+            print(f"step {step:4d} {time.time() - t0:5.0f}s  rec {last.get('tokenizer/rec_loss', float('nan')):.4f}  "
+                  f"token_ce {last.get('transformer/token_ce', float('nan')):.3f}  "
+                  f"acc {last.get('transformer/token_accuracy', float('nan')):.3f}  "
+                  f"reward_mse {last.get('transformer/reward_mse', float('nan')):.4f}", flush=True)
+    print(f"trained {step} steps in {time.time() - t0:.0f}s ({model.counters})")
+
+    # ----- open-loop evaluation on held-out episodes: every window of context + horizon frames
+    frames, actions, rewards = [], [], []
+    for f, a, r in eval_eps:
+        for s in range(0, len(a) - length + 2, args.horizon):
+            frames.append(f[s:s + length])
+            actions.append(a[s:s + length - 1])
+            rewards.append(r[s:s + length - 1])
+    obs = torch.from_numpy(np.stack(frames))  # [N, T0 + k, 3, H, W]
+    act = torch.from_numpy(np.stack(actions))  # [N, T0 + k - 1, A]
+    rew = torch.from_numpy(np.stack(rewards))  # [N, T0 + k - 1]
+    T0 = args.context
+    real_next = obs[:, T0:]  # [N, k, ...]: o_{T0} .. produced by a_{T0-1} ..
+    real_rew = rew[:, T0 - 1:]  # [N, k]: r for (o_{T0-1+i}, a_{T0-1+i})
+    model.eval()
+    state = model.reset(obs[:, :T0], torch.Generator().manual_seed(args.seed))
+    pred_frames, pred_rew = [], []
+    for i in range(args.horizon):
+        f, r, state = model.step(state, act[:, T0 - 1 + i])
+        pred_frames.append(f)
+        pred_rew.append(r)
+    pred_frames, pred_rew = torch.stack(pred_frames, 1), torch.stack(pred_rew, 1)
+
+    model_psnr = psnr(pred_frames, real_next).mean().item()
+    copy_psnr = psnr(obs[:, T0 - 1:T0].expand_as(real_next), real_next).mean().item()
+    with torch.no_grad():  # the tokenizer's own ceiling: reconstruct the real future frames
+        unit = obs.float() / (PIXEL_MAX / 2) - 1
+        ctx_codes, cache = model.tokenizer.encode_context(unit[:, :T0])
+        recon = model.tokenizer.decode_future(model.tokenizer.encode_future(unit[:, T0:], cache), cache)
+        recon = ((recon.clamp(-1, 1) + 1) * (PIXEL_MAX / 2)).round().to(torch.uint8)
+    recon_psnr = psnr(recon, real_next).mean().item()
+    train_mean = float(np.concatenate([r for _, _, r in train_eps]).mean())
+    model_rmse = ((pred_rew - real_rew) ** 2).mean().item()
+    mean_rmse = ((train_mean - real_rew) ** 2).mean().item()
+
+    print(f"\nopen loop, {obs.shape[0]} held-out windows, {args.horizon} steps from {T0} real frames:")
+    print(f"{'':<28}{'model':>10}{'baseline':>10}")
+    print(f"{'PSNR dB (copy last frame)':<28}{model_psnr:>10.2f}{copy_psnr:>10.2f}   tokenizer recon {recon_psnr:.2f}")
+    print(f"{'reward MSE (train mean)':<28}{model_rmse:>10.4f}{mean_rmse:>10.4f}")
+    beats = (model_psnr > copy_psnr, model_rmse < mean_rmse)
+    print(f"SUMMARY {args.task} {args.transformer}/{args.tokenizer} after {step} steps: PSNR {model_psnr:.2f} vs "
+          f"copy-last {copy_psnr:.2f} dB ({'beats' if beats[0] else 'LOSES'}), reward MSE {model_rmse:.4f} vs "
+          f"mean {mean_rmse:.4f} ({'beats' if beats[1] else 'LOSES'})")
+    sys.exit(0 if all(beats) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""iVideoGPT: token layout, KV-cached imagination, training, persistence, time alignment.
+
+Tiny configs on CPU. The transformer tests run on token ids alone; the model tests use the
+real tokenizer (``tiny`` preset) at 64x64."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from worldmodel.interface import SegmentBatch, WorldModelConfigError
+from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, sample_codes, symexp, symlog
+
+# A small layout so the transformer tests are fast: 2 context frames of 16 codes, 4 codes per future frame.
+SMALL = TokenLayout(context_frames=2, context_tokens=16, future_tokens=4, context_vocab=32, future_vocab=24)
+A = 3  # action dim
+
+
+def random_codes(layout: TokenLayout, B: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(0, layout.context_vocab, (B, layout.context_frames, layout.context_tokens), generator=g)
+    fut = torch.randint(0, layout.future_vocab, (B, k, layout.future_tokens), generator=g)
+    return ctx, fut
+
+
+# ----------------------------------------------------------------- token layout
+def test_token_counts_and_layout_match_the_official_sequence():
+    lay = TokenLayout(context_frames=2, context_tokens=256, future_tokens=16, context_vocab=8192, future_vocab=8192)
+    assert lay.vocab_size == 8192 + 8192 + 2 and lay.scf == 16384 and lay.sdf == 16385
+    assert lay.prelude_length == 2 * 256 + 1 == 513
+    assert lay.frame_length == 17
+    assert lay.sequence_length(10) == 513 + 170
+    ctx, fut = random_codes(lay, 2, 3)
+    ids = lay.sequence(ctx, fut)
+    assert ids.shape == (2, lay.sequence_length(3))
+    assert torch.equal(ids[:, :256], ctx[:, 0]) and (ids[:, 256] == lay.scf).all()
+    assert torch.equal(ids[:, 257:513], ctx[:, 1])
+    slots = lay.slot_positions(3)
+    assert slots.tolist() == [513, 530, 547]
+    assert (ids[:, slots] == lay.sdf).all()
+    for j, s in enumerate(slots.tolist()):
+        assert torch.equal(ids[:, s + 1:s + 17], fut[:, j] + 8192)
+    assert lay.reward_positions(3).tolist() == [529, 546, 563]
+    # One context frame: no separator at all before the first slot.
+    one = TokenLayout(1, 256, 16, 8192, 8192)
+    assert one.prelude_length == 256
+
+
+def test_sampling_draws_only_future_codes_and_respects_top_k():
+    lay = SMALL
+    logits = torch.zeros(4000, lay.vocab_size)
+    logits[:, :lay.context_vocab] = 50.0  # context codes and separators would win if allowed
+    logits[:, -2:] = 50.0
+    logits[:, lay.context_vocab + 5] = 3.0
+    logits[:, lay.context_vocab + 7] = 2.0
+    codes = sample_codes(logits, lay, 1.0, 2, torch.Generator().manual_seed(0))
+    assert set(codes.unique().tolist()) == {5, 7}
+    assert sample_codes(logits, lay, 0.0, 100, None).eq(5).all()  # temperature 0: greedy
+
+
+# ----------------------------------------------------------------- KV cache == recompute
+def _with_random_heads(tf: VideoTransformer) -> VideoTransformer:
+    torch.nn.init.normal_(tf.action_linear.weight, std=0.5)
+    torch.nn.init.normal_(tf.reward_linear.weight, std=0.5)
+    return tf.eval()
+
+
+@torch.no_grad()
+def test_kv_cached_logits_equal_full_recompute_over_several_frames():
+    tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
+    k = 4
+    ctx, fut = random_codes(SMALL, 2, k)
+    act = torch.randn(2, k, A)
+    ids = SMALL.sequence(ctx, fut)
+    embeds = tf.embed(ids, act)
+    full = tf.logits(tf.run(embeds))  # [B, L, V]
+    cache = tf.new_cache()
+    P = SMALL.prelude_length
+    chunks = [tf.run(embeds[:, :P], cache)]
+    for i in range(P, ids.shape[1]):  # one token at a time, as imagination does
+        chunks.append(tf.run(embeds[:, i:i + 1], cache))
+    cached = tf.logits(torch.cat(chunks, 1))
+    assert cache.get_seq_length() == ids.shape[1]
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_generate_frame_cached_equals_reprefill_with_same_seed():
+    tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
+    ctx, _ = random_codes(SMALL, 3, 0)
+    acts = torch.randn(5, 3, A)
+    prelude = SMALL.prelude(ctx)
+
+    cache = tf.new_cache()
+    tf.run(tf.embed(prelude), cache)
+    g = torch.Generator().manual_seed(7)
+    cached = [tf.generate_frame(cache, a, 3, 1.0, 10, g) for a in acts]
+    assert cache.get_seq_length() == SMALL.sequence_length(5)  # 17-token analogue per frame, no re-run
+
+    g = torch.Generator().manual_seed(7)
+    ids, done = prelude, []
+    for j, a in enumerate(acts):
+        prefix = tf.embed(ids, acts[:j].transpose(0, 1))
+        codes, reward = tf.generate_frame(tf.new_cache(), a, 3, 1.0, 10, g, prefix=prefix)
+        ids = torch.cat([ids, SMALL.frames(codes[:, None])], 1)
+        done.append((codes, reward))
+    for (c1, r1), (c2, r2) in zip(cached, done):
+        assert torch.equal(c1, c2)
+        torch.testing.assert_close(r1, r2, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------- learning
+def _fit(tf: VideoTransformer, ctx, fut, act, rew, steps: int, lr: float = 3e-3) -> dict[str, float]:
+    opt = torch.optim.AdamW(tf.parameters(), lr=lr)
+    tf.train()
+    for _ in range(steps):
+        ce, mse, m = tf.loss(ctx, fut, act, rew)
+        opt.zero_grad()
+        (ce + mse).backward()
+        opt.step()
+    return {k: float(v) for k, v in m.items()}
+
+
+def test_transformer_overfits_a_small_batch():
+    tf = VideoTransformer(SMALL, A, "tiny")
+    ctx, fut = random_codes(SMALL, 4, 3)
+    act = torch.randn(4, 3, A)
+    ce0 = tf.loss(ctx, fut, act, None)[0].detach()
+    assert abs(float(ce0) - torch.log(torch.tensor(SMALL.vocab_size)).item()) < 0.5  # starts near uniform
+    m = _fit(tf, ctx, fut, act, None, steps=150)
+    assert m["token_ce"] < 0.2, m
+    assert m["token_accuracy"] > 0.97, m
+
+
+def test_reward_head_fits_a_known_reward_of_the_action():
+    """reward = f(action) with fresh actions every step: it can only be read through the
+    action projection at the slot, then attention to the frame's last code token."""
+    lay = TokenLayout(context_frames=1, context_tokens=8, future_tokens=4, context_vocab=16, future_vocab=16)
+    tf = VideoTransformer(lay, A, "tiny")
+    ctx, fut = random_codes(lay, 32, 2)
+    opt = torch.optim.AdamW(tf.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    reward_of = lambda a: 5.0 * a[..., 0] + 2.0 * a[..., 1]  # noqa: E731  env-scale rewards
+    for step in range(200):
+        act = torch.rand(32, 2, A, generator=g) * 2 - 1
+        ce, mse, m = tf.loss(ctx, fut, act, symlog(reward_of(act)))
+        opt.zero_grad()
+        (ce + mse).backward()
+        opt.step()
+        if step == 0:
+            mse0 = float(mse.detach())
+    act = torch.rand(32, 2, A, generator=g) * 2 - 1  # held-out actions
+    with torch.no_grad():
+        h = tf.run(tf.embed(lay.sequence(ctx, fut), act))[:, lay.reward_positions(2)]
+        pred = symexp(tf.reward(h))  # symexp brings predictions back to the env's scale
+    mse = float(((symlog(pred) - symlog(reward_of(act))) ** 2).mean())
+    assert mse < 0.05 * mse0, (mse, mse0)
+    assert (pred - reward_of(act)).abs().mean() < 0.2 * reward_of(act).abs().mean()
+
+
+@torch.no_grad()
+def _greedy_frame(tf: VideoTransformer, ctx: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    cache = tf.new_cache()
+    tf.run(tf.embed(SMALL.prelude(ctx)), cache)
+    return tf.generate_frame(cache, action, ctx.shape[0], 0.0, 0, None)[0]
+
+
+def test_action_changes_prediction_once_action_projection_is_trained():
+    tf = VideoTransformer(SMALL, A, "tiny")
+    ctx, _ = random_codes(SMALL, 1, 0)
+    ctx = ctx.expand(8, -1, -1)
+    plus, minus = torch.ones(1, A), -torch.ones(1, A)
+    # Zero-initialised projection: the action has no effect yet.
+    tf.eval()
+    assert torch.equal(_greedy_frame(tf, ctx[:1], plus), _greedy_frame(tf, ctx[:1], minus))
+    # Same context, the frame's codes are decided by the sign of the action.
+    sign = torch.tensor([1.0, -1.0] * 4)
+    act = sign[:, None, None].expand(8, 1, A).contiguous()
+    fut = torch.where(sign[:, None, None] > 0, torch.tensor([1, 2, 3, 4]), torch.tensor([9, 8, 7, 6])).long()
+    _fit(tf, ctx, fut, act, None, steps=120)
+    tf.eval()
+    assert _greedy_frame(tf, ctx[:1], plus).tolist() == [[1, 2, 3, 4]]
+    assert _greedy_frame(tf, ctx[:1], minus).tolist() == [[9, 8, 7, 6]]
+
+
+# ----------------------------------------------------------------- the world model (real tokenizer)
+from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
+from worldmodel.registry import load_pretrained, world_model_class  # noqa: E402
+
+IMG, ACT = 32, 4  # 32 px: 8x8 context and 2x2 future tokens per frame keep the tests fast
+TINY_TOKENIZER = {"size": "tiny", "max_att_resolution": 8}  # cross-attention on the 8x8 latents
+
+
+def tiny_model(action_dim: int = ACT, **kw) -> IVideoGPT:
+    kw = {"context_frames": 2, "tokenizer": TINY_TOKENIZER, "transformer": "tiny", "max_future_frames": 4, **kw}
+    return IVideoGPT(image_size=IMG, action_dim=action_dim, **kw)
+
+
+def randomise_heads(model: IVideoGPT) -> IVideoGPT:
+    """Untrained zero-initialised heads hide bugs: give the action / reward paths real weights."""
+    with torch.no_grad():
+        if model.transformer.action_linear is not None:
+            model.transformer.action_linear.weight.normal_(std=0.5)
+        model.transformer.reward_linear.weight.normal_(std=0.5)
+    return model
+
+
+def context(B: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (B, 2, 3, IMG, IMG), generator=g, dtype=torch.uint8)
+
+
+def imagine(model: IVideoGPT, ctx: torch.Tensor, actions: torch.Tensor, seed: int, reprefill: bool = False):
+    state = model.reset(ctx, torch.Generator().manual_seed(seed), reprefill=reprefill)
+    frames, rewards = [], []
+    for t in range(actions.shape[1]):
+        f, r, state = model.step(state, actions[:, t])
+        frames.append(f)
+        rewards.append(r)
+    return torch.stack(frames, 1), torch.stack(rewards, 1)
+
+
+def test_registry_and_yaml_config_build_the_model():
+    from omegaconf import OmegaConf
+
+    assert world_model_class("ivideogpt") is IVideoGPT
+    cfg = OmegaConf.load("cfgs/world_model/ivideogpt.yaml")
+    assert cfg.name == "ivideogpt" and cfg.segment_length == cfg.model.context_frames + cfg.model.max_future_frames
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["tokenizer"]["size"] = "tiny"
+    model_cfg["transformer"]["size"] = "tiny"
+    model = IVideoGPT.from_config({**model_cfg, "image_size": 64, "action_dim": ACT})
+    assert model.transformer.hparams["attention_dropout"] == cfg.model.transformer.attention_dropout
+    # 64 px: 16x16 context and 4x4 future tokens, the official sequence of 513 + 17 k tokens
+    assert model.layout.prelude_length == 513 and model.layout.future_tokens == 16
+    assert model.layout.sequence_length(cfg.model.max_future_frames) == 683
+    with pytest.raises(WorldModelConfigError, match="action_dim"):
+        IVideoGPT.from_config({**model_cfg, "image_size": 64})
+
+
+def test_rollout_shapes_dtypes_seeding_and_eval_mode():
+    model = randomise_heads(tiny_model(transformer={"size": "tiny", "attention_dropout": 0.5}))
+    model.train()
+    ctx = context(3)
+    policy = lambda frames: torch.tanh(frames[:, -1].float().mean((1, 2, 3), keepdim=False)[:, None].expand(-1, ACT) / 255)  # noqa: E731
+    r1 = model.rollout(ctx, policy, horizon=4, generator=torch.Generator().manual_seed(1))
+    assert model.training  # mode restored
+    assert r1.obs.shape == (3, 5, 3, IMG, IMG) and r1.obs.dtype == torch.uint8
+    assert r1.action.shape == (3, 4, ACT) and r1.reward.shape == (3, 4) and r1.reward.dtype == torch.float32
+    assert torch.equal(r1.obs[:, 0], ctx[:, -1])  # obs[:, 0] is the last real frame
+    # same seed -> same frames (attention dropout 0.5 would break this if imagination ran in train mode)
+    r2 = model.rollout(ctx, policy, horizon=4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(r1.obs, r2.obs) and torch.equal(r1.reward, r2.reward)
+    r3 = model.rollout(ctx, policy, horizon=4, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(r1.obs, r3.obs)
+
+
+def test_kv_cached_imagination_equals_reprefill():
+    model = randomise_heads(tiny_model()).eval()
+    ctx, acts = context(2), torch.rand(2, 4, ACT) * 2 - 1
+    f1, r1 = imagine(model, ctx, acts, seed=3)
+    f2, r2 = imagine(model, ctx, acts, seed=3, reprefill=True)
+    assert torch.equal(f1, f2)
+    torch.testing.assert_close(r1, r2, atol=1e-5, rtol=1e-4)
+
+
+def test_horizon_beyond_max_future_frames_is_refused_and_bad_input_named():
+    model = tiny_model(max_future_frames=2)
+    state = model.reset(context(1))
+    for _ in range(2):
+        _, _, state = model.step(state, torch.zeros(1, ACT))
+    with pytest.raises(ValueError, match="max_future_frames=2"):
+        model.step(state, torch.zeros(1, ACT))
+    with pytest.raises(ValueError, match="uint8"):
+        model.reset(context(1).float())
+    with pytest.raises(ValueError, match=r"action must be \[B, A\]"):
+        model.step(model.reset(context(1)), torch.zeros(1, ACT + 1))
+    with pytest.raises(WorldModelConfigError, match="max_position_embeddings"):
+        tiny_model(max_future_frames=200)
+
+
+def test_save_load_round_trip_reproduces_imagination(tmp_path):
+    model = randomise_heads(tiny_model())
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_pretrained(tmp_path / "ckpt")
+    assert isinstance(loaded, IVideoGPT) and loaded.get_config() == model.get_config()
+    ctx, acts = context(2), torch.rand(2, 3, ACT) * 2 - 1
+    f1, r1 = imagine(model.eval(), ctx, acts, seed=5)
+    f2, r2 = imagine(loaded.eval(), ctx, acts, seed=5)
+    assert torch.equal(f1, f2) and torch.equal(r1, r2)
+
+
+def test_mismatched_shapes_name_the_key_and_both_shapes(tmp_path):
+    tiny_model(action_dim=4).save_pretrained(tmp_path / "a4")
+    with pytest.raises(WorldModelConfigError, match=r"transformer\.action_linear\.weight.*\(64, 4\).*\(64, 3\)"):
+        IVideoGPT.from_pretrained(tmp_path / "a4", action_dim=3)
+
+
+def test_action_free_checkpoint_loads_into_action_conditioned_model(tmp_path, caplog):
+    free = randomise_heads(tiny_model(action_dim=0))
+    free.save_pretrained(tmp_path / "free")
+    with caplog.at_level(logging.WARNING):
+        model = IVideoGPT.from_pretrained(tmp_path / "free", action_dim=ACT)
+    assert "transformer.action_linear.weight" in caplog.text
+    assert model.action_dim == ACT and (model.transformer.action_linear.weight == 0).all()
+    # Until the projection is trained the action-conditioned model imagines exactly as the action-free one.
+    ctx = context(1)
+    f_free, _ = imagine(free.eval(), ctx, torch.zeros(1, 2, 0), seed=0)
+    f_act, _ = imagine(model.eval(), ctx, torch.rand(1, 2, ACT), seed=0)
+    assert torch.equal(f_free, f_act)
+
+
+def _segments(B: int, T: int, seed: int, size: int = IMG) -> SegmentBatch:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randint(0, 256, (B, T, 3, size, size), generator=g, dtype=torch.uint8)
+    action = torch.rand(B, T - 1, ACT, generator=g) * 2 - 1
+    return SegmentBatch(obs, action, 3.0 * action[..., 0])  # reward_t = 3 a_t[0]
+
+
+def test_update_metrics_and_non_finite_loss_is_skipped():
+    model = tiny_model(training={"warmup_steps": 2})
+    m = model.update(_segments(2, 4, 0))
+    for key in ("tokenizer/rec_loss", "transformer/token_ce", "transformer/token_accuracy", "transformer/reward_mse"):
+        assert key in m and isinstance(m[key], float) and m[key] == m[key]
+    assert m["transformer/lr"] == pytest.approx(0.5e-4)  # first warm-up step
+    before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    bad = _segments(2, 4, 1)
+    bad.reward[0, 1] = float("nan")
+    m = model.update(bad, parts=("transformer",))
+    assert m["transformer/skipped"] == 1.0 and model.counters["skipped_transformer"] == 1
+    assert all(torch.equal(v, model.transformer.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="future frames"):
+        model.update(_segments(2, 8, 0))  # 6 future frames > max_future_frames=4
+    with pytest.raises(ValueError, match="unknown parts"):
+        model.update(_segments(2, 4, 0), parts=("policy",))
+
+
+def test_imagined_reward_belongs_to_the_action_of_the_same_step():
+    """Train reward_t = 3 a_t[0] on real segments (fresh actions each step, so the reward can only
+    come from the action), then check that rollout reward[:, i] follows action[:, i] and not
+    action[:, i-1] (the official one-step-late alignment). 16 px, one context frame: a short
+    sequence, so the tiny transformer learns the action -> reward path in a few seconds."""
+    size = 16
+    model = IVideoGPT(image_size=size, action_dim=ACT, context_frames=1,
+                      tokenizer={"size": "tiny", "max_att_resolution": 4}, transformer="tiny",
+                      max_future_frames=4, training={"lr": 3e-3})
+    obs = _segments(32, 3, 0, size).obs
+    for step in range(150):
+        batch = _segments(32, 3, step, size)
+        batch.obs = obs
+        m = model.update(batch, parts=("transformer",))
+    assert m["transformer/reward_mse"] < 0.05, m
+    g = torch.Generator().manual_seed(0)
+    policy = lambda frames: torch.rand(frames.shape[0], ACT, generator=g) * 2 - 1  # noqa: E731
+    ro = model.rollout(obs[:, :1], policy, horizon=4, generator=torch.Generator().manual_seed(0))
+    aligned = (ro.reward - 3.0 * ro.action[..., 0]).abs().mean()
+    late = (ro.reward[:, 1:] - 3.0 * ro.action[:, :-1, 0]).abs().mean()
+    assert aligned < 0.5 and aligned < 0.3 * late, (aligned, late)  # |reward| is up to 3

@@ -1,0 +1,379 @@
+"""IVideoGPT: compressive tokenizer + Llama transformer, as a ``WorldModel``.
+
+Training (``update``) follows the official MBPO world model: the tokenizer and the transformer
+are separate parts with their own AdamW; the transformer is trained on the current tokenizer's
+codes. Imagination (``reset``/``step``) differs from the official code on purpose:
+
+* the transformer's KV cache is carried across frames, so one imagined frame costs Nf + 1 = 17
+  new tokens, never a re-run of the 500-token prefix (``reset(..., reprefill=True)`` gives the
+  official re-prefill behaviour, for benchmarks and the equivalence test);
+* only the newest frame is decoded, with the context features cached by the tokenizer;
+* the model is in eval mode while imagining (no attention dropout while sampling);
+* reward r_t is predicted for the frame o_{t+1} produced by a_t and returned by the step that
+  takes a_t (the interface's alignment; the official one is a step late);
+* only future-code ids are sampled.
+
+Horizon: the transformer is trained on ``max_future_frames`` future frames at most and its
+position table is sized for that, so a rollout longer than ``max_future_frames`` is refused
+with an error (no sliding window: future tokens are encoded relative to the fixed real context,
+so dropping old frames would not give the model anything it was trained on).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from worldmodel.interface import (WEIGHTS_NAME, SegmentBatch, WorldModel, WorldModelConfigError,
+                                  load_weights_checked, read_config)
+from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer
+from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
+from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, symexp, symlog
+
+log = logging.getLogger(__name__)
+
+PIXEL_MAX = 255.0
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 100}
+DEFAULT_TRAINING = {
+    "lr": 1e-4,  # both parts (official tok_lr = model_lr = 1e-4)
+    "weight_decay": 0.0,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "grad_clip": 1.0,  # max grad norm; null to disable
+    "warmup_steps": 0,  # linear LR warm-up per part; 0 = none
+    "reward_weight": 1.0,  # weight of the symlog reward MSE in the transformer loss
+    "tokenizer_future_frames": 5,  # future frames per segment the tokenizer trains on (official max_target_frames)
+}
+# Parameters that are missing in an action-free / reward-free checkpoint and start at zero.
+OPTIONAL_HEADS = ("transformer.action_linear.", "transformer.reward_linear.")
+
+
+def frames_to_unit(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float in [-1, 1]."""
+    return obs.float() / (PIXEL_MAX / 2) - 1.0
+
+
+def unit_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 [0, 255]."""
+    return ((x.float().clamp(-1, 1) + 1.0) * (PIXEL_MAX / 2)).round().to(torch.uint8)
+
+
+@dataclass
+class ImagineState:
+    """Opaque imagination state. ``step`` advances it in place (the KV cache grows), so a state
+    cannot be branched: call ``reset`` again for another rollout from the same context."""
+
+    context: Any  # the tokenizer's ContextCache
+    cache: Any  # DynamicCache (KV-cached path) or None (re-prefill path)
+    ids: torch.Tensor  # long [B, L]: every token so far (re-prefill path and bookkeeping)
+    actions: torch.Tensor  # float [B, n, A]: the actions of the n imagined frames
+    generator: torch.Generator | None
+    future_frames: int = 0
+
+
+class IVideoGPT(WorldModel):
+    model_type = "ivideogpt"
+    parts = ("tokenizer", "transformer")
+
+    def __init__(self, image_size: int, action_dim: int, context_frames: int = 2,
+                 tokenizer: dict[str, Any] | str = "tiny", transformer: dict[str, Any] | str = "tiny",
+                 max_future_frames: int = 10, sampling: dict[str, Any] | None = None,
+                 training: dict[str, Any] | None = None):
+        super().__init__()
+        if action_dim < 0 or context_frames < 1 or max_future_frames < 1:
+            raise WorldModelConfigError(
+                f"need action_dim >= 0, context_frames >= 1, max_future_frames >= 1; got "
+                f"{action_dim}, {context_frames}, {max_future_frames}.")
+        self.image_size, self.action_dim, self.context_frames = image_size, action_dim, context_frames
+        self.max_future_frames = max_future_frames
+        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        self.training_cfg = {**DEFAULT_TRAINING, **(training or {})}
+        for name, given, known in (("sampling", self.sampling, DEFAULT_SAMPLING),
+                                   ("training", self.training_cfg, DEFAULT_TRAINING)):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise WorldModelConfigError(f"unknown {name} keys {unknown}; valid: {sorted(known)}.")
+
+        self.tokenizer = CompressiveTokenizer(_resolve_tokenizer(tokenizer, image_size, context_frames))
+        tok = self.tokenizer
+        self.layout = TokenLayout(context_frames=context_frames,
+                                  context_tokens=math.prod(tok.context_token_shape),
+                                  future_tokens=math.prod(tok.future_token_shape),
+                                  context_vocab=tok.context_vocab_size, future_vocab=tok.future_vocab_size)
+        self.transformer = VideoTransformer(self.layout, action_dim, transformer)
+        needed = self.layout.sequence_length(max_future_frames)
+        if needed > self.transformer.max_positions:
+            raise WorldModelConfigError(
+                f"{context_frames} context + {max_future_frames} future frames need {needed} tokens but "
+                f"the transformer has max_position_embeddings={self.transformer.max_positions}: lower "
+                "max_future_frames or raise transformer.max_position_embeddings.")
+
+        tcfg = self.training_cfg
+        self.optimizers = {
+            "tokenizer": self._adamw(self.tokenizer.generator_parameters()),
+            "transformer": self._adamw(self.transformer.parameters()),
+        }
+        if self.tokenizer.discriminator is not None:  # GAN tokenizer: trained with the tokenizer part
+            self.optimizers["discriminator"] = self._adamw(self.tokenizer.discriminator_parameters())
+        self.schedulers = {}
+        if tcfg["warmup_steps"] > 0:
+            warm = tcfg["warmup_steps"]
+            self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm))
+                               for k, o in self.optimizers.items()}
+        self.counters = {f"{kind}_{part}": 0 for kind in ("updates", "skipped") for part in self.optimizers}
+
+    def _adamw(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        t = self.training_cfg
+        return torch.optim.AdamW([p for p in params if p.requires_grad], lr=t["lr"], betas=tuple(t["betas"]),
+                                 eps=t["eps"], weight_decay=t["weight_decay"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.llm.lm_head.weight.device
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA, nothing elsewhere."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ----- persistence -----
+    def get_config(self) -> dict:
+        return {"image_size": self.image_size, "action_dim": self.action_dim,
+                "context_frames": self.context_frames, "tokenizer": copy.deepcopy(self.tokenizer.config),
+                "transformer": dict(self.transformer.hparams), "max_future_frames": self.max_future_frames,
+                "sampling": dict(self.sampling), "training": copy.deepcopy(self.training_cfg)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "IVideoGPT":
+        config = dict(config)
+        for key in ("image_size", "action_dim"):
+            if config.get(key) is None:
+                raise WorldModelConfigError(
+                    f"ivideogpt config needs '{key}' (the training loop fills it from the env).")
+        known = {"image_size", "action_dim", "context_frames", "tokenizer", "transformer",
+                 "max_future_frames", "sampling", "training"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise WorldModelConfigError(f"unknown ivideogpt config keys {unknown}; valid: {sorted(known)}.")
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, directory, **overrides: Any) -> "IVideoGPT":
+        """As the base class, but an action-free (or reward-free) checkpoint loads into an
+        action-conditioned model: the missing ``action_linear`` / ``reward_linear`` start at zero."""
+        from safetensors import safe_open
+
+        config = read_config(directory)
+        model_type = config.pop("model_type")
+        if model_type != cls.model_type:
+            raise WorldModelConfigError(f"{directory} holds a '{model_type}' world model, not '{cls.model_type}'.")
+        config.update(overrides)
+        model = cls.from_config(config)
+        path = f"{directory}/{WEIGHTS_NAME}"
+        try:
+            with safe_open(path, framework="pt") as f:
+                keys = set(f.keys())
+        except Exception:  # a missing / corrupt file gets load_weights_checked's clear error
+            keys = None
+        own = set(model.state_dict())
+        missing = sorted(own - keys) if keys is not None else []
+        unexpected = sorted(keys - own) if keys is not None else []
+        optional = [k for k in missing if k.startswith(OPTIONAL_HEADS)]
+        lenient = bool(optional) and len(optional) == len(missing) and not unexpected
+        load_weights_checked(model, path, strict=not lenient)
+        if optional:
+            log.warning("%s has no %s: they start at zero (e.g. an action-free checkpoint loaded "
+                        "into an action-conditioned model).", directory, optional)
+        return model
+
+    # ----- training -----
+    def _check_batch(self, batch: SegmentBatch) -> None:
+        obs, act, rew = batch.obs, batch.action, batch.reward
+        if obs.dtype != torch.uint8 or obs.ndim != 5 or obs.shape[2:] != (3, self.image_size, self.image_size):
+            raise ValueError(f"segment obs must be uint8 [B, T, 3, {self.image_size}, {self.image_size}]; "
+                             f"got {obs.dtype} {tuple(obs.shape)}.")
+        B, T = obs.shape[:2]
+        k = T - self.context_frames
+        if not 1 <= k <= self.max_future_frames:
+            raise ValueError(f"segments of {T} frames give {k} future frames after {self.context_frames} "
+                             f"context frames; need 1..{self.max_future_frames} (max_future_frames).")
+        want_a = (B, T - 1, self.action_dim)
+        if self.action_dim > 0 and tuple(act.shape) != want_a:
+            raise ValueError(f"segment action must be [B, T-1, A] = {want_a}; got {tuple(act.shape)}.")
+        if tuple(rew.shape) != (B, T - 1):
+            raise ValueError(f"segment reward must be [B, T-1] = {(B, T - 1)}; got {tuple(rew.shape)}.")
+
+    def update(self, batch: SegmentBatch, parts: tuple[str, ...] | None = None) -> dict[str, float]:
+        parts = self.parts if parts is None else tuple(parts)
+        bad = sorted(set(parts) - set(self.parts))
+        if bad:
+            raise ValueError(f"unknown parts {bad}; ivideogpt trains {self.parts}.")
+        self._check_batch(batch)
+        batch = batch.to(self.device)
+        frames = frames_to_unit(batch.obs)  # [B, T, 3, H, W] in [-1, 1], converted once
+        self.train()
+        metrics: dict[str, float] = {}
+        if "tokenizer" in parts:
+            metrics.update(self._update_tokenizer(frames))
+        if "transformer" in parts:
+            metrics.update(self._update_transformer(frames, batch.action, batch.reward))
+        return metrics
+
+    def _step(self, part: str, loss: torch.Tensor, params: list[nn.Parameter]) -> dict[str, float]:
+        """Backward + clipped optimiser step; a non-finite loss or gradient skips and is counted."""
+        opt = self.optimizers[part]
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.counters[f"skipped_{part}"] += 1
+            return {f"{part}/skipped": 1.0}
+        loss.backward()
+        clip = self.training_cfg["grad_clip"]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        if not torch.isfinite(norm):
+            opt.zero_grad(set_to_none=True)
+            self.counters[f"skipped_{part}"] += 1
+            return {f"{part}/skipped": 1.0}
+        lr = opt.param_groups[0]["lr"]  # the rate this step used
+        opt.step()
+        if part in self.schedulers:
+            self.schedulers[part].step()
+        self.counters[f"updates_{part}"] += 1
+        return {f"{part}/grad_norm": float(norm), f"{part}/lr": lr}
+
+    def _update_tokenizer(self, frames: torch.Tensor) -> dict[str, float]:
+        T0 = self.context_frames
+        k = frames.shape[1] - T0
+        n = min(k, self.training_cfg["tokenizer_future_frames"])
+        if n < k:  # a random subset of future frames (each is conditioned on the context only)
+            pick = torch.randperm(k, device=frames.device)[:n].sort().values + T0
+            frames = torch.cat([frames[:, :T0], frames[:, pick]], 1)
+        with self._autocast():
+            loss, tok_metrics = self.tokenizer(frames, global_step=self.counters["updates_tokenizer"])
+        out = self._step("tokenizer", loss, [p for g in self.optimizers["tokenizer"].param_groups
+                                              for p in g["params"]])
+        out.update({f"tokenizer/{k}": float(v) for k, v in tok_metrics.items()})
+        if "discriminator" in self.optimizers:
+            with self._autocast():
+                d_loss, d_metrics = self.tokenizer.discriminator_loss(
+                    frames, self.tokenizer.last_recon, self.counters["updates_tokenizer"])
+            out.update(self._step("discriminator", d_loss, list(self.tokenizer.discriminator_parameters())))
+            out.update({f"tokenizer/{k}": float(v) for k, v in d_metrics.items()})
+        return out
+
+    @torch.no_grad()
+    def tokenize(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [B, T0 + k, 3, H, W] in [-1, 1] -> (context codes [B, T0, Nc], future codes [B, k, Nf])."""
+        T0 = self.context_frames
+        ctx_codes, cache = self.tokenizer.encode_context(frames[:, :T0])
+        fut_codes = self.tokenizer.encode_future(frames[:, T0:], cache)
+        return ctx_codes.flatten(2), fut_codes.flatten(2)
+
+    def _update_transformer(self, frames: torch.Tensor, action: torch.Tensor,
+                            reward: torch.Tensor) -> dict[str, float]:
+        T0 = self.context_frames
+        was_training = self.tokenizer.training
+        self.tokenizer.eval()  # codes of the current tokenizer, deterministic
+        with self._autocast():
+            ctx_codes, fut_codes = self.tokenize(frames)
+        self.tokenizer.train(was_training)
+        # Future frame j (segment index T0 + j) is produced by action[T0 - 1 + j] with reward[T0 - 1 + j].
+        act = action[:, T0 - 1:].float() if self.action_dim > 0 else None  # [B, k, A]
+        rew = symlog(reward[:, T0 - 1:].float())  # [B, k]
+        with self._autocast():
+            ce, reward_mse, m = self.transformer.loss(ctx_codes, fut_codes, act, rew)
+            loss = ce + self.training_cfg["reward_weight"] * reward_mse
+        out = self._step("transformer", loss, list(self.transformer.parameters()))
+        out["transformer/loss"] = float(loss.detach())
+        out.update({f"transformer/{k}": float(v) for k, v in m.items()})
+        return out
+
+    # ----- step-level imagination -----
+    @contextlib.contextmanager
+    def _imagining(self) -> Iterator[None]:
+        """No grad, eval mode (no dropout while sampling), autocast on CUDA; restores the mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                yield
+        finally:
+            self.train(was_training)
+
+    def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None, *,
+              reprefill: bool = False) -> ImagineState:
+        """Start imagination from real frames uint8 [B, T, 3, H, W], T >= context_frames (the
+        last ``context_frames`` are used). ``generator`` seeds the sampling (same seed, same
+        frames). ``reprefill=True`` recomputes the whole sequence for every frame, as the
+        official code does: slower, same result; for benchmarks and tests."""
+        T0, S = self.context_frames, self.image_size
+        if (context_obs.dtype != torch.uint8 or context_obs.ndim != 5 or context_obs.shape[1] < T0
+                or context_obs.shape[2:] != (3, S, S)):
+            raise ValueError(f"context_obs must be uint8 [B, T>={T0}, 3, {S}, {S}]; "
+                             f"got {context_obs.dtype} {tuple(context_obs.shape)}.")
+        if generator is not None and generator.device.type != self.device.type:
+            raise ValueError(f"the generator is on {generator.device} but the model is on {self.device}: "
+                             f"make it with torch.Generator(device='{self.device.type}').")
+        with self._imagining():
+            frames = frames_to_unit(context_obs[:, -T0:].to(self.device))
+            ctx_codes, context = self.tokenizer.encode_context(frames)  # [B, T0, hc, wc]
+            ids = self.layout.prelude(ctx_codes.flatten(2))  # [B, prelude]
+            cache = None
+            if not reprefill:
+                cache = self.transformer.new_cache()
+                self.transformer.run(self.transformer.embed(ids), cache)
+        B = context_obs.shape[0]
+        actions = torch.zeros(B, 0, self.action_dim, device=self.device)
+        return ImagineState(context=context, cache=cache, ids=ids, actions=actions, generator=generator)
+
+    def step(self, state: ImagineState, action: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, ImagineState]:
+        """action float [B, A] (a_t) -> (o_{t+1} uint8 [B, 3, H, W], r_t float [B], state)."""
+        B = state.ids.shape[0]
+        if state.future_frames >= self.max_future_frames:
+            raise ValueError(f"imagination is limited to max_future_frames={self.max_future_frames} steps "
+                             "after reset (the transformer's trained length); reset again from real "
+                             "frames, or rebuild with a larger max_future_frames.")
+        if self.action_dim > 0:
+            if action is None or tuple(action.shape) != (B, self.action_dim):
+                raise ValueError(f"action must be [B, A] = {(B, self.action_dim)}; got "
+                                 f"{None if action is None else tuple(action.shape)}.")
+            action = action.to(self.device, torch.float32)
+        else:
+            action = None
+        s = self.sampling
+        tf = self.transformer
+        with self._imagining():
+            prefix, cache = None, state.cache
+            if cache is None:  # re-prefill: a fresh cache and the whole sequence so far
+                cache = tf.new_cache()
+                prefix = tf.embed(state.ids, state.actions)
+            codes, reward = tf.generate_frame(cache, action, B, s["temperature"], s["top_k"],
+                                              state.generator, prefix=prefix)  # [B, Nf], [B]
+            hf, wf = self.tokenizer.future_token_shape
+            frame = self.tokenizer.decode_future(codes.view(B, 1, hf, wf), state.context)[:, 0]
+        state.ids = torch.cat([state.ids, self.layout.frames(codes[:, None])], 1)
+        if action is not None:
+            state.actions = torch.cat([state.actions, action[:, None]], 1)
+        state.future_frames += 1
+        return unit_to_frames(frame), symexp(reward.float()), state
+
+
+def _resolve_tokenizer(spec: dict[str, Any] | str, image_size: int, context_frames: int) -> dict[str, Any]:
+    """A preset name, ``{"size": name, **overrides}`` or a full tokenizer config -> a full config
+    whose image size and context length are the model's."""
+    spec = {"size": spec} if isinstance(spec, str) else dict(spec)
+    size = spec.pop("size", None)
+    spec.update(image_size=image_size, context_frames=context_frames)
+    if size is not None:
+        return tokenizer_config(size, **spec)
+    base = tokenizer_config("paper64")
+    missing = sorted(set(base) - set(spec))
+    if missing:
+        raise WorldModelConfigError(f"tokenizer config lacks {missing}: give a 'size' preset or every key.")
+    return tokenizer_config("paper64", **spec)
