@@ -38,14 +38,16 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 def test_drqv2_run_writes_logs_videos_checkpoint(tmp_path):
     run = tmp_path / "run"
-    result = train(run, "num_train_frames=160", "log.wandb=offline")
+    result = train(run, "num_train_frames=160", "log.wandb=offline", "demo=true")
     assert "preset=cpu (given)" in result.stdout
+    assert "seeded the replay buffer with 5 demonstrations (500 transitions)" in result.stdout
     train_rows, eval_rows = rows(run / "train.csv"), rows(run / "eval.csv")
     assert [int(r["frame"]) for r in train_rows] == list(range(20, 161, 20))
     assert [int(r["frame"]) for r in eval_rows] == [0, 80, 160]
     for column in ("frame", "step", "episode", "episode_reward", "success", "fps", "wall_time"):
         assert column in train_rows[0] and column in eval_rows[0]
     assert float(train_rows[-1]["agent_critic_loss"]) == float(train_rows[-1]["agent_critic_loss"])  # logged, not NaN
+    assert int(train_rows[0]["buffer_size"]) == 500 + EPISODE_STEPS  # 5 shipped demos + 1 episode
     assert len(list((run / "episodes").glob("*.npz"))) == 8
     assert sorted(p.name for p in (run / "videos").glob("*.mp4")) == [
         "eval_00000000.mp4", "eval_00000080.mp4", "eval_00000160.mp4"]
