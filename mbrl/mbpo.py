@@ -12,7 +12,6 @@ uint8 like real ones and are scaled once, inside the agent's encoder.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -68,7 +67,6 @@ class MBPO:
         self.started = False
         self.needs_refill = False  # set on resume: the imagined buffer is regenerated, not saved
         self.wm_updates = 0
-        self.skipped_updates = 0
 
     # ----- schedule -----
     def on_step(self, prev_frame: int, frame: int, step: int, timer) -> dict[str, float]:
@@ -103,8 +101,6 @@ class MBPO:
         batch = self.real.sample_segments(self.wm_batch_size, self.segment_length, self.rng).to(self.device)
         metrics = self.world_model.update(batch, parts=parts)
         self.wm_updates += 1
-        if not all(math.isfinite(v) for v in metrics.values()):
-            self.skipped_updates += 1
         return metrics
 
     # ----- imagination -----
@@ -164,14 +160,13 @@ class MBPO:
         return {"world_model": self.world_model.state_dict(),
                 "world_model_training": self.world_model.training_state(),
                 "started": self.started, "wm_updates": self.wm_updates,
-                "skipped_updates": self.skipped_updates,
                 "imagined_added": self.imagined.total_added, "imagined_dropped": self.imagined.total_dropped,
                 "rng": self.rng.bit_generator.state, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.world_model.load_state_dict(state["world_model"])
         self.world_model.load_training_state(state["world_model_training"])
-        self.wm_updates, self.skipped_updates = state["wm_updates"], state["skipped_updates"]
+        self.wm_updates = state["wm_updates"]
         self.imagined.total_added = state["imagined_added"]
         self.imagined.total_dropped = state["imagined_dropped"]
         self.rng.bit_generator.state = state["rng"]

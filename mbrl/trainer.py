@@ -221,7 +221,10 @@ class Trainer:
             row.update({f"agent_{k}": v for k, v in getattr(self, "last_agent_metrics", {}).items()})
             if self.mbpo is not None:
                 row.update({f"wm_{k}": v for k, v in getattr(self, "last_wm_metrics", {}).items()})
+                # non-finite world-model losses are skipped and counted by the model itself
+                row.update({f"wm_{k}": v for k, v in getattr(self.mbpo.world_model, "counters", {}).items()})
                 row["imagined_size"] = len(self.mbpo.imagined)
+                row["imagined_dropped"] = self.mbpo.imagined.total_dropped
                 every = cfg.mbpo.validate_every_episodes
                 if self.mbpo.started and every and self.episode % every == 0:
                     video = self.run_dir / "videos" / f"imagination_{self.frame:08d}.mp4" if cfg.log.video else None

@@ -1,0 +1,217 @@
+"""scripts/pretrain.py: tiny real pretraining runs on the shipped Meta-World demos.
+
+Action-free iVideoGPT pretraining -> loads into an action-conditioned MBPO model; action-
+conditioned fine-tuning from it with frozen codebooks; SIGKILL + re-run resumes bit-exactly;
+two gloo processes end with the same weights; Vid2World pretraining. Plus the pieces in-process:
+metrics, the held-out split, restart-exact data positions, freeze patterns.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from worldmodel.interface import WorldModelConfigError
+from worldmodel.registry import load_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "scripts" / "pretrain.py")
+DEMOS = REPO / "demonstrations" / "metaworld"
+# Tiny everything: 2 segments of 7 frames (2 context + 5 future), one held-out batch.
+TINY = ["preset=cpu", "log.wandb=disabled", "log.progress_bar=false", "data_loader.num_workers=0",
+        "batch_size=2", "segment_length=7", "eval.batches=1", "optim.warmup_steps=2", "log.every=1"]
+FINETUNE = ["steps.tokenizer=3", "steps.transformer=8", "eval.every=4", "checkpoint.every=2",
+            "freeze=[context_codebook,future_codebook]", "log.tensorboard=false"]
+TIMEOUT = 300
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+
+
+def pretrain(out: Path, *overrides: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [SCRIPT, f"out={out}", *TINY, *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def action_free_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pt") / "action_free"
+    pretrain(out, "data.action_free=true", "steps.tokenizer=3", "steps.transformer=3", "eval.every=3",
+             "checkpoint.every=2")
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory, action_free_run) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("pt") / "finetune"
+    args = [f"init_from={action_free_run}", *FINETUNE]
+    pretrain(out, *args)
+    return out, args
+
+
+def test_action_free_pretraining_loads_into_mbpo_model(action_free_run):
+    out = action_free_run
+    assert (out / "pretrain_done.json").exists() and not any((out / "checkpoints").glob("*/step-*"))
+    for name in ("tokenizer", "transformer"):
+        assert len((out / "logs" / f"{name}_train.csv").read_text().splitlines()) == 1 + 3
+        assert (out / "logs" / f"{name}_eval.csv").exists()
+        assert (out / "videos" / f"{name}_step00000003.mp4").stat().st_size > 0
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    evals = (out / "logs" / "transformer_eval.csv").read_text()
+    for key in ("teacher_forced_token_accuracy", "open_loop_psnr", "open_loop_ssim", "open_loop_reward_mse"):
+        assert key in evals
+    # the MBPO loader: action-free weights into the env's 4-dim action model, new heads at zero
+    model = load_pretrained(out / "model", action_dim=4)
+    assert model.action_dim == 4
+    assert torch.count_nonzero(model.transformer.action_linear.weight) == 0
+    trained = load_file(str(out / "model" / "model.safetensors"))
+    assert "transformer.action_linear.weight" not in trained
+    fresh = load_pretrained(out / "stages" / "0-tokenizer", action_dim=0)  # tokenizer trained, transformer at init
+    assert not torch.equal(fresh.transformer.llm.lm_head.weight, model.transformer.llm.lm_head.weight)
+    # it imagines
+    obs = torch.from_numpy(np.load(DEMOS / "hammer" / "ep_0000_seed0.npz")["obs"][None, :2].copy())
+    frames = model.rollout(obs, lambda f: torch.zeros(1, 4), horizon=2).obs
+    assert frames.shape == (1, 3, 3, 64, 64) and frames.dtype == torch.uint8
+    # a finished run says so and returns
+    proc = pretrain(out, "data.action_free=true", "steps.tokenizer=3", "steps.transformer=3")
+    assert "already finished" in proc.stdout
+
+
+def test_finetune_from_action_free_with_frozen_codebooks(action_free_run, finetune_run):
+    out, _ = finetune_run
+    before = load_file(str(action_free_run / "model" / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    for key in ("tokenizer.quantize.embedding.weight", "tokenizer.dynamics_quantize.embedding.weight"):
+        assert torch.equal(before[key], after[key]), f"{key} is frozen but changed"
+    assert not torch.equal(before["tokenizer.encoder.conv_in.weight"], after["tokenizer.encoder.conv_in.weight"])
+    assert torch.count_nonzero(after["transformer.action_linear.weight"]) > 0  # learnt from the actions
+    assert load_pretrained(out / "model", action_dim=4).action_dim == 4
+
+
+def test_sigkill_and_rerun_resumes_exactly(tmp_path, action_free_run, finetune_run):
+    reference, args = finetune_run
+    out = tmp_path / "killed"
+    cmd = [sys.executable, SCRIPT, f"out={out}", *TINY, *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + TIMEOUT
+    try:
+        while not list((out / "checkpoints" / "1-transformer").glob("step-*")):
+            assert proc.poll() is None, "the run ended before its first transformer checkpoint"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "pretrain_done.json").exists()
+    # the same command again, now with two DataLoader workers: the batches do not depend on them
+    rerun = pretrain(out, *args[:-1], "data_loader.num_workers=2", args[-1])
+    step = int(re.search(r"resuming stage transformer at step (\d+)", rerun.stdout).group(1))
+    assert 2 <= step < 8
+    assert "resuming stage tokenizer" not in rerun.stdout  # finished stages are not redone
+    ref, got = (load_file(str(d / "model" / "model.safetensors")) for d in (reference, out))
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), f"{key} differs from the uninterrupted run"
+    ref_log = (reference / "logs" / "transformer_train.csv").read_text().splitlines()
+    got_log = (out / "logs" / "transformer_train.csv").read_text().splitlines()
+    loss = lambda lines: [ln.split(",")[:4] for ln in lines]  # noqa: E731  step, grad norm, loss, ...
+    assert loss(ref_log) == loss(got_log)  # same batches after the resume: same losses
+
+
+def test_two_gloo_processes_end_with_the_same_weights(tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = pretrain(out, "steps.tokenizer=2", "steps.transformer=2", "eval.every=0", "checkpoint.every=1",
+                    "log.tensorboard=false", launcher=launcher)
+    text = proc.stdout + proc.stderr
+    assert "2 process(es)" in text
+    for stage in ("tokenizer", "transformer"):
+        digests = dict(re.findall(rf"rank (\d)/2 stage {stage} weights sha256 (\w+)", text))
+        assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], digests
+    assert load_pretrained(out / "model", action_dim=4).action_dim == 4
+
+
+def test_vid2world_pretraining(tmp_path):
+    out = tmp_path / "v2w"
+    pretrain(out, "world_model=vid2world", "segment_length=4", "steps.diffusion=3", "steps.reward=2",
+             "eval.every=3", "checkpoint.every=2", "log.tensorboard=false")
+    model = load_pretrained(out / "model", action_dim=4)
+    assert model.model_type == "vid2world"
+    evals = (out / "logs" / "diffusion_eval.csv").read_text()
+    assert "open_loop_psnr" in evals and "diffusion_loss" in evals
+    assert "reward_mse" in (out / "logs" / "reward_eval.csv").read_text()
+    init = load_pretrained(out / "stages" / "0-diffusion", action_dim=4)
+    assert torch.equal(init.backbone.conv_in.weight, model.backbone.conv_in.weight)  # reward stage: backbone fixed
+    assert not torch.equal(init.reward_head.mlp[-1].weight, model.reward_head.mlp[-1].weight)
+
+
+# ----- the pieces, in-process -----
+def test_psnr_ssim_fvd_distance():
+    from worldmodel.training.metrics import frechet_distance, psnr, ssim
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8, generator=g)
+    noisy = (real.float() + torch.randn(real.shape, generator=g) * 20).clamp(0, 255).to(torch.uint8)
+    assert psnr(real, real).min() > 90 and torch.allclose(ssim(real, real), torch.ones(2, 3))
+    p = psnr(real, noisy)
+    assert p.shape == (2, 3) and 15 < float(p.mean()) < 30
+    assert float(ssim(real, noisy).mean()) < 0.99
+    # flat frames: SSIM is the luminance term (2 mx my + c1) / (mx^2 + my^2 + c1), c1 = 0.01^2
+    x, y = torch.full((1, 3, 16, 16), 255, dtype=torch.uint8), torch.full((1, 3, 16, 16), 51, dtype=torch.uint8)
+    assert float(ssim(x, y)) == pytest.approx((2 * 0.2 + 1e-4) / (1 + 0.04 + 1e-4), rel=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        psnr(real.float(), real.float())
+    a = np.random.default_rng(0).normal(size=(64, 4))
+    assert abs(frechet_distance(a, a)) < 1e-6 and frechet_distance(a, a + 1.0) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_held_out_split_is_stable_and_disjoint():
+    from worldmodel.training.data import held_out_files
+
+    folders = [str(p) for p in sorted(DEMOS.iterdir()) if p.is_dir()]
+    train, val = held_out_files(folders, 0.3)
+    assert train and val and not train & val
+    assert train | val == {str(p) for f in folders for p in Path(f).glob("*.npz")}
+    assert held_out_files(folders, 0.3) == (train, val)
+    for f in folders:  # every folder keeps training data
+        assert any(p.startswith(f + "/") for p in train)
+
+
+def test_batches_are_a_function_of_their_position():
+    from worldmodel.training.data import build_datasets, position_loader
+
+    cfg = {"root": str(DEMOS), "image_size": 64, "datasets": {"hammer": {"path": "hammer"}}}
+    train, val = build_datasets(cfg, segment_length=4, seed=3, val_fraction=0.3)
+    first = list(zip(range(4), position_loader(train, 3, stage=0, start=0, rank=0, batch_size=2)))
+    later = next(iter(position_loader(train, 3, stage=0, start=2, rank=0, batch_size=2, num_workers=2)))
+    assert torch.equal(first[2][1].obs, later.obs) and torch.equal(first[2][1].action, later.action)
+    other_rank = next(iter(position_loader(train, 3, stage=0, start=2, rank=1, batch_size=2)))
+    assert not torch.equal(other_rank.obs, later.obs)
+    assert {str(e.path) for e in train.entries[0]}.isdisjoint({str(e.path) for e in val.entries[0]})
+
+
+def test_freeze_patterns():
+    from worldmodel.ivideogpt.model import IVideoGPT
+    from worldmodel.training.stages import freeze
+
+    model = IVideoGPT.from_config({"image_size": 64, "action_dim": 4, "tokenizer": "tiny", "transformer": "tiny"})
+    names = freeze(model, ["future_codebook", "transformer.llm.model.layers.0.*"])
+    assert "tokenizer.dynamics_quantize.embedding.weight" in names
+    assert not model.tokenizer.dynamics_quantize.embedding.weight.requires_grad
+    assert not model.tokenizer.dynamics_quantize.dead_code_reset
+    assert model.tokenizer.quantize.embedding.weight.requires_grad
+    with pytest.raises(WorldModelConfigError, match="matches no parameter"):
+        freeze(model, ["transformer.llm.layerz.*"])

@@ -1,0 +1,452 @@
+"""World-model pretraining with ``accelerate``: stages, checkpoints, resume, evaluation, logs.
+
+One loop for one CPU, one GPU, many GPUs and many nodes: the same script runs under
+``python`` or ``accelerate launch`` (DDP, FSDP or DeepSpeed and mixed precision come from
+accelerate's own config / launch flags). Each stage (``stages.py``) trains one part of the model;
+only that part is prepared by accelerate.
+
+Output directory ``out``::
+
+    model/                       final weights: what ``world_model.pretrained=<out>/model`` loads
+    stages/<i>-<stage>/          the whole model after stage i (resume and inspection)
+    checkpoints/<i>-<stage>/step-<N>/   accelerate ``save_state`` (weights of the trained part,
+                                 optimiser, LR schedule, step, every rank's RNG); the last
+                                 ``checkpoint.keep`` are kept and removed once the stage is done
+    logs/<stage>_train.csv, logs/<stage>_eval.csv, tensorboard/, wandb/, videos/*.mp4
+    pretrain_done.json           written last; a re-run of a finished run says so and returns
+
+Re-running the same command resumes: finished stages are skipped (their weights are loaded), and
+the current stage continues from its newest checkpoint with the same next batch (the data
+position is part of the step count, see ``data.py``) and the same random streams.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldModelConfigError, load_weights_checked
+from worldmodel.registry import load_pretrained, world_model_class
+from worldmodel.training.csv_log import CsvLog
+from worldmodel.training.data import build_datasets, eval_batches, position_loader
+from worldmodel.training.evaluation import EvalTools, evaluate
+from worldmodel.training.stages import Stage, build_stage, freeze, stage_names
+
+DONE_NAME = "pretrain_done.json"
+STAGE_DONE_NAME = "stage.json"
+VIDEO_FPS = 8
+
+
+def _plain(cfg: Any) -> Any:
+    """An OmegaConf node (or anything) -> plain Python containers."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    return cfg
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def write_pretrained(directory: Path, model: WorldModel, state: dict[str, torch.Tensor]) -> None:
+    """Write ``save_pretrained``'s files for ``model`` with weights ``state``, as a whole
+    directory atomically (temp dir + rename)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
+    _write_json(tmp / CONFIG_NAME, {"model_type": model.model_type, **model.get_config()})
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def resolve_pretrained_dir(path: str | os.PathLike) -> Path:
+    """A save_pretrained directory, or a pretraining output (its ``model/``)."""
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / "model" / CONFIG_NAME).is_file():
+        return path / "model"
+    raise WorldModelConfigError(f"init_from={path} holds no world model ({CONFIG_NAME} missing there and in "
+                                f"{path / 'model'}); give a save_pretrained directory or a pretraining output.")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names, dtypes and bytes), to compare ranks."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class TrainState:
+    """Counters and the LR schedule of the current stage; saved in every checkpoint by accelerate
+    (``register_for_checkpointing``)."""
+
+    def __init__(self) -> None:
+        self.stage, self.step, self.skipped = 0, 0, 0
+        self.scheduler: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "step": self.step, "skipped": self.skipped,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["stage"] != self.stage:
+            raise RuntimeError(f"checkpoint of stage {state['stage']} loaded into stage {self.stage}.")
+        self.step, self.skipped = int(state["step"]), int(state["skipped"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+@contextlib.contextmanager
+def isolated_rng():
+    """Evaluation draws from its own copy of every RNG: the training stream is unchanged."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class Pretrainer:
+    """Runs ``cfg`` (``cfgs/pretrain.yaml``'s keys) to completion or resumes it."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = cfg = _plain(cfg)
+        self.out = Path(cfg["out"]).absolute()
+        log = cfg["log"]
+        trackers = (["tensorboard"] if log["tensorboard"] else []) + (["wandb"] if log["wandb"] != "disabled" else [])
+        mixed = cfg["mixed_precision"]
+        if mixed == "auto":  # accelerate's launch config decides; else bf16 on a GPU that has it
+            mixed = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else (
+                "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+        # cpu=True without CUDA: several processes then form a gloo group (MULTI_CPU), e.g. under
+        # `accelerate launch --multi_gpu --num_processes 2` or torchrun on a CPU-only machine.
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision=mixed, gradient_accumulation_steps=cfg["grad_accum"], log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg["find_unused_parameters"])])
+        self.state = TrainState()
+        self.accelerator.register_for_checkpointing(self.state)
+
+    # ----- setup -----
+    def print(self, *args: Any) -> None:
+        self.accelerator.print("[pretrain]", *args, flush=True)
+
+    def _build_model(self, image_size: int, action_dim: int) -> WorldModel:
+        cfg = self.cfg
+        if cfg.get("init_from"):
+            directory = resolve_pretrained_dir(cfg["init_from"])
+            model = load_pretrained(directory, action_dim=action_dim)
+            self.print(f"initialised from {directory} ({model.model_type}, action_dim {action_dim})")
+            if model.model_type != cfg["world_model"]["name"]:
+                self.print(f"note: init_from holds a {model.model_type} model; world_model="
+                           f"{cfg['world_model']['name']} is ignored")
+        else:
+            spec = dict(cfg["world_model"]["model"])
+            model = world_model_class(cfg["world_model"]["name"]).from_config(
+                {**spec, "image_size": image_size, "action_dim": action_dim})
+        segment_length = self.cfg["segment_length"] or self.cfg["world_model"]["segment_length"]
+        future = segment_length - model.context_frames
+        if future < 1 or future > getattr(model, "max_future_frames", future):
+            raise WorldModelConfigError(
+                f"segment_length={segment_length} gives {future} future frames after the model's "
+                f"{model.context_frames} context frames; need 1..{getattr(model, 'max_future_frames', 'any')}.")
+        if model.image_size != image_size:
+            raise WorldModelConfigError(f"the model works on {model.image_size}x{model.image_size} frames but the "
+                                        f"data has {image_size}x{image_size}; convert the data or change the model.")
+        return model
+
+    def _stages(self, model: WorldModel, train_reward: bool) -> list[str]:
+        names = self.cfg.get("stages") or stage_names(model)
+        if not train_reward and model.model_type == "vid2world" and not self.cfg.get("stages"):
+            names = [n for n in names if n != "reward"]
+        for n in names:
+            if n not in stage_names(model):
+                raise WorldModelConfigError(f"stages: '{n}' is not a stage of {model.model_type} "
+                                            f"({stage_names(model)}).")
+            if not self.cfg["steps"].get(n):
+                raise WorldModelConfigError(f"steps.{n} is not set: give the optimiser steps of stage '{n}'.")
+        return list(names)
+
+    # ----- the run -----
+    def run(self) -> Path:
+        """Train every stage (or resume); returns the directory of the final weights."""
+        from accelerate.utils import set_seed
+
+        cfg, acc = self.cfg, self.accelerator
+        self.out.mkdir(parents=True, exist_ok=True)
+        done_file = self.out / DONE_NAME
+        if done_file.exists():
+            self.print(f"{self.out} already finished ({json.loads(done_file.read_text())}); nothing to do. Use "
+                       "another out= to train again, or init_from=<out> to fine-tune these weights.")
+            return self.out / "model"
+        set_seed(cfg["seed"])  # the same initial weights on every rank
+        segment_length = cfg["segment_length"] or cfg["world_model"]["segment_length"]
+        ev, dl = cfg["eval"], cfg["data_loader"]
+        self.train_data, self.val_data = build_datasets(
+            cfg["data"], segment_length, seed=cfg["seed"], val_fraction=ev["val_fraction"] if ev["every"] else 0,
+            val_folders=ev["val_folders"], root=dl["root"], allow_missing=dl["allow_missing"],
+            cache_episodes=dl["cache_episodes"])
+        action_dim = self.train_data.segment_action_dim
+        self.model = model = self._build_model(self.train_data.image_size, action_dim)
+        train_reward = cfg["train_reward"] if cfg["train_reward"] != "auto" else not cfg["data"].get("action_free", False)
+        if cfg.get("freeze"):
+            frozen = freeze(model, list(cfg["freeze"]))
+            self.print(f"frozen: {len(frozen)} parameter tensors ({', '.join(cfg['freeze'])})")
+        stages = self._stages(model, train_reward)
+        n_val = sum(len(e) for e in self.val_data.entries) if self.val_data is not None else 0
+        self.print(f"{model.model_type}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
+                   f"stages {stages}; data {sum(len(e) for e in self.train_data.entries)} train / {n_val} held-out "
+                   f"episodes, {self.train_data.image_size}px, action_dim {action_dim}; "
+                   f"{acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}")
+        if acc.is_main_process and acc.log_with:
+            mode = cfg["log"]["wandb"]
+            acc.init_trackers(cfg["log"]["project"], config=_flatten(cfg),
+                              init_kwargs={"wandb": {"dir": str(self.out), "mode": mode}})
+        model.to(acc.device)
+        self.eval_data = (eval_batches(self.val_data, cfg["seed"], ev["batches"], ev["batch_size"] or self._batch())
+                          if self.val_data is not None and ev["every"] else [])
+        self.tools = self._eval_tools() if self.eval_data else None
+
+        for idx, name in enumerate(stages):
+            stage_dir = self.out / "stages" / f"{idx}-{name}"
+            if (stage_dir / STAGE_DONE_NAME).exists():
+                continue
+            if idx > 0:  # the parts earlier stages trained
+                load_weights_checked(model, self.out / "stages" / f"{idx - 1}-{stages[idx - 1]}" / WEIGHTS_NAME)
+                model.to(acc.device)
+            self._train_stage(idx, name, segment_length, train_reward)
+        last = self.out / "stages" / f"{len(stages) - 1}-{stages[-1]}"
+        if acc.is_main_process:
+            shutil.rmtree(self.out / ".model.tmp", ignore_errors=True)
+            shutil.copytree(last, self.out / ".model.tmp")
+            (self.out / ".model.tmp" / STAGE_DONE_NAME).unlink(missing_ok=True)
+            shutil.rmtree(self.out / "model", ignore_errors=True)
+            os.replace(self.out / ".model.tmp", self.out / "model")
+            _write_json(done_file, {"stages": stages, "steps": {n: cfg["steps"][n] for n in stages}})
+            self.print(f"done: final weights in {self.out / 'model'} (world_model.pretrained={self.out / 'model'})")
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.out / "model"
+
+    def _batch(self) -> int:
+        return int(self.cfg["batch_size"] or self.cfg["world_model"]["batch_size"])
+
+    def _eval_tools(self) -> EvalTools:
+        ev = self.cfg["eval"]
+        from worldmodel.training.metrics import FVD, LPIPS
+
+        device = self.accelerator.device
+        return EvalTools(video_samples=ev["video_samples"], open_loop=ev["open_loop"], seed=self.cfg["seed"],
+                         lpips=LPIPS(ev["lpips_weights"], device) if ev["lpips_weights"] else None,
+                         fvd=FVD(ev["fvd_i3d"], device) if ev["fvd_i3d"] else None)
+
+    # ----- one stage -----
+    def _optimizer(self, stage: Stage, steps: int):
+        from transformers import get_scheduler
+
+        o = self.cfg["optim"]
+        train_cfg = getattr(self.model, "training_cfg", None) or {}
+        lr = o["lr"] if o["lr"] is not None else train_cfg.get("lr", 1e-4)
+        params = [p for p in stage.parameters() if p.requires_grad]
+        if not params:
+            raise WorldModelConfigError(f"stage '{stage.name}' has nothing to train: every parameter is frozen.")
+        opt = torch.optim.AdamW(params, lr=lr, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+        kwargs = {"min_lr_rate": o["min_lr_ratio"]} if o["schedule"] == "cosine_with_min_lr" else {}
+        sched = get_scheduler(o["schedule"], opt, num_warmup_steps=min(o["warmup_steps"], steps),
+                              num_training_steps=steps, scheduler_specific_kwargs=kwargs)
+        return opt, sched
+
+    def _checkpoints(self, idx: int, name: str) -> list[Path]:
+        root = self.out / "checkpoints" / f"{idx}-{name}"
+        return sorted(root.glob("step-*")) if root.is_dir() else []
+
+    def _train_stage(self, idx: int, name: str, segment_length: int, train_reward: bool) -> None:
+        from accelerate.utils import set_seed
+        from tqdm.auto import tqdm
+
+        cfg, acc, model, state = self.cfg, self.accelerator, self.model, self.state
+        steps, accum, batch_size = int(cfg["steps"][name]), int(cfg["grad_accum"]), self._batch()
+        set_seed(cfg["seed"] + 1000 * (idx + 1), device_specific=True)  # this stage's random stream per rank
+        stage = build_stage(model, name, train_reward=train_reward)
+        opt, sched = self._optimizer(stage, steps)
+        acc.free_memory()
+        state.stage, state.step, state.skipped, state.scheduler = idx, 0, 0, sched
+        stage_p, opt_p = acc.prepare(stage, opt)
+        ckpts = self._checkpoints(idx, name)
+        if ckpts:
+            acc.load_state(str(ckpts[-1]))
+            self.print(f"resuming stage {name} at step {state.step} from {ckpts[-1]}")
+        resumed_at = state.step
+        logs = self.out / "logs"
+        train_log = CsvLog(logs / f"{name}_train.csv", resume_step=resumed_at) if acc.is_main_process else None
+        eval_log = CsvLog(logs / f"{name}_eval.csv", resume_step=resumed_at) if acc.is_main_process else None
+        world = acc.num_processes
+        frames_per_step = stage.frames_per_step(batch_size, segment_length) * accum * world
+        tokens_per_step = stage.tokens_per_step(batch_size, segment_length) * accum * world
+        loader = position_loader(self.train_data, cfg["seed"], idx, state.step * accum, acc.process_index,
+                                 batch_size, cfg["data_loader"]["num_workers"], pin_memory=acc.device.type == "cuda")
+        batches = iter(loader)
+        clip = cfg["optim"]["grad_clip"]
+        clip = float(clip) if clip else math.inf
+        log_every, eval_every, ckpt_every = cfg["log"]["every"], cfg["eval"]["every"], cfg["checkpoint"]["every"]
+        bar = tqdm(total=steps, initial=state.step, desc=name, unit="step", dynamic_ncols=True,
+                   disable=not (acc.is_main_process and cfg["log"]["progress_bar"]))
+        sums: dict[str, torch.Tensor] = {}
+        count, t_last, step_last = 0, time.perf_counter(), state.step
+        stage_p.train()
+        while state.step < steps:
+            for _ in range(accum):
+                batch = next(batches).to(acc.device)
+                if hasattr(stage, "global_step"):
+                    stage.global_step = state.step
+                with acc.accumulate(stage_p):
+                    loss, metrics = stage_p(batch.obs, batch.action, batch.reward)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        norm = acc.clip_grad_norm_(stage_p.parameters(), clip)
+                        if torch.isfinite(norm):  # grads are synced: every rank decides alike
+                            opt_p.step()
+                            sched.step()
+                        else:
+                            state.skipped += 1
+                        opt_p.zero_grad(set_to_none=True)
+                for k, v in {"loss": loss.detach().float(), **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + v.float()
+                count += 1
+            metrics_norm = norm.detach().float() if torch.is_tensor(norm) else torch.tensor(float(norm))
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + metrics_norm * accum
+            state.step += 1
+            bar.update(1)
+            end = state.step == steps
+            if state.step % log_every == 0 or end:
+                keys = sorted(sums)
+                means = acc.reduce(torch.stack([sums[k] / count for k in keys]).to(acc.device), "mean")
+                now = time.perf_counter()
+                rate = (state.step - step_last) / max(now - t_last, 1e-9)
+                row = {"step": state.step, **{k: float(v) for k, v in zip(keys, means)},
+                       "lr": sched.get_last_lr()[0], "skipped": state.skipped, "steps_per_s": rate,
+                       "frames_per_s": rate * frames_per_step}
+                if tokens_per_step:
+                    row["tokens_per_s"] = rate * tokens_per_step
+                if acc.is_main_process:
+                    train_log.write(row)
+                    acc.log({f"{name}/train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", fps=f"{row['frames_per_s']:.0f}")
+                sums, count, t_last, step_last = {}, 0, now, state.step
+            if self.eval_data and (state.step % eval_every == 0 or end):
+                self._evaluate(name, eval_log)
+                stage_p.train()
+            if not end and ckpt_every and state.step % ckpt_every == 0:
+                self._save_checkpoint(idx, name)
+        bar.close()
+        self._finish_stage(idx, name, stage, stage_p, steps)
+
+    def _evaluate(self, name: str, eval_log: CsvLog | None) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            with isolated_rng():
+                t0 = time.perf_counter()
+                metrics, video = evaluate(self.model, name, self.eval_data, self.tools)
+                metrics["eval_seconds"] = time.perf_counter() - t0
+            eval_log.write({"step": self.state.step, **metrics})
+            acc.log({f"{name}/eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "eval_seconds")
+            self.print(f"eval {name} step {self.state.step}: {shown}")
+            if video is not None:
+                self._write_video(self.out / "videos" / f"{name}_step{self.state.step:08d}.mp4", video)
+        acc.wait_for_everyone()
+
+    def _write_video(self, path: Path, video: torch.Tensor) -> None:
+        import imageio.v2 as imageio
+
+        scale = int(self.cfg["eval"]["video_scale"])
+        frames = video.repeat_interleave(scale, -1).repeat_interleave(scale, -2).permute(0, 2, 3, 1).numpy()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}")
+        imageio.mimwrite(tmp, list(frames), fps=VIDEO_FPS, macro_block_size=1)
+        os.replace(tmp, path)
+
+    def _save_checkpoint(self, idx: int, name: str) -> None:
+        """accelerate ``save_state`` into a temp dir, renamed into place once every rank is done."""
+        acc = self.accelerator
+        root = self.out / "checkpoints" / f"{idx}-{name}"
+        final, tmp = root / f"step-{self.state.step:08d}", root / f".tmp-step-{self.state.step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _write_json(tmp / "meta.json", {"stage": name, "stage_index": idx, "step": self.state.step})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self._checkpoints(idx, name)[:-max(1, int(self.cfg["checkpoint"]["keep"]))]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _finish_stage(self, idx: int, name: str, stage: Stage, stage_p: torch.nn.Module, steps: int) -> None:
+        """Check the ranks agree, write the whole model to stages/<i>-<name>, drop the stage's checkpoints."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if not sharded:
+            digest = weights_digest(stage)
+            print(f"[pretrain] rank {acc.process_index}/{acc.num_processes} stage {name} weights sha256 {digest}",
+                  flush=True)
+            if acc.num_processes > 1:
+                mine = torch.tensor([int(digest[:15], 16)], device=acc.device)
+                if not bool((acc.gather(mine) == mine).all()):
+                    raise RuntimeError(f"stage {name}: the ranks' weights differ after training.")
+        part_state = acc.get_state_dict(stage_p)  # full weights of the trained part (gathered if sharded)
+        if acc.is_main_process:
+            state = dict(self.model.state_dict())
+            state.update({k: v for k, v in part_state.items() if k in state})
+            stage_dir = self.out / "stages" / f"{idx}-{name}"
+            write_pretrained(stage_dir, self.model, state)
+            _write_json(stage_dir / STAGE_DONE_NAME, {"stage": name, "steps": steps, "skipped": self.state.skipped})
+            shutil.rmtree(self.out / "checkpoints" / f"{idx}-{name}", ignore_errors=True)
+            self.print(f"stage {name} done: {stage_dir}")
+        acc.wait_for_everyone()
