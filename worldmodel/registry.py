@@ -5,7 +5,7 @@ import importlib
 import os
 from typing import Any
 
-from worldmodel.interface import WorldModel, WorldModelConfigError, read_config
+from worldmodel.interface import CONFIG_NAME, WorldModel, WorldModelConfigError, read_config
 
 WORLD_MODELS = {
     "ivideogpt": "worldmodel.ivideogpt.model:IVideoGPT",
@@ -22,5 +22,10 @@ def world_model_class(name: str) -> type[WorldModel]:
 
 
 def load_pretrained(directory: str | os.PathLike, **overrides: Any) -> WorldModel:
-    """Load any world model saved with ``save_pretrained``, whatever its type."""
+    """Load any world model saved with ``save_pretrained``, whatever its type; an official
+    thuml/iVideoGPT download (tokenizer/ + transformer/, no config.json) is imported on the fly."""
+    d = os.fspath(directory)
+    if not os.path.isfile(os.path.join(d, CONFIG_NAME)) and (
+            os.path.isdir(os.path.join(d, "tokenizer")) or os.path.isdir(os.path.join(d, "transformer"))):
+        return world_model_class("ivideogpt").from_pretrained(directory, **overrides)
     return world_model_class(read_config(directory)["model_type"]).from_pretrained(directory, **overrides)

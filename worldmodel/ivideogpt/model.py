@@ -167,9 +167,18 @@ class IVideoGPT(WorldModel):
     @classmethod
     def from_pretrained(cls, directory, **overrides: Any) -> "IVideoGPT":
         """As the base class, but an action-free (or reward-free) checkpoint loads into an
-        action-conditioned model: the missing ``action_linear`` / ``reward_linear`` start at zero."""
+        action-conditioned model: the missing ``action_linear`` / ``reward_linear`` start at zero.
+        An official thuml/iVideoGPT directory (tokenizer/ + transformer/) is imported on the fly
+        (worldmodel/ivideogpt/official.py); ``overrides`` then take ``action_dim``, ``image_size``,
+        ``context_frames`` and other config entries."""
         from safetensors import safe_open
 
+        from worldmodel.ivideogpt import official
+
+        if official.looks_official(directory):
+            model, report = official.import_official(directory, **overrides)
+            log.warning("%s", report.summary())
+            return model
         config = read_config(directory)
         model_type = config.pop("model_type")
         if model_type != cls.model_type:

@@ -24,11 +24,10 @@ at zero, as in the paper: the imported model then predicts exactly what the chec
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,7 +37,8 @@ from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
 from worldmodel.ivideogpt.transformer import NUM_SPECIAL_TOKENS
 from worldmodel.ivideogpt.transformer_configs import TRANSFORMER_KEYS, TRANSFORMER_PRESETS
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from worldmodel.ivideogpt.model import IVideoGPT
 
 TOKENIZER_DIR = "tokenizer"
 TRANSFORMER_DIR = "transformer"
@@ -329,7 +329,7 @@ def official_action_dim(state: dict[str, torch.Tensor]) -> int:
 
 def import_official(directory: str | os.PathLike, action_dim: int | None = None,
                     image_size: int | None = None, context_frames: int | None = None,
-                    **overrides: Any) -> tuple["IVideoGPT", ImportReport]:  # noqa: F821
+                    **overrides: Any) -> tuple[IVideoGPT, ImportReport]:
     """Build our ``IVideoGPT`` from an official checkpoint directory.
 
     ``action_dim``: our model's action dimension (None: the checkpoint's, 0 for action-free).
@@ -338,7 +338,7 @@ def import_official(directory: str | os.PathLike, action_dim: int | None = None,
     against the checkpoint (None: the checkpoint's). ``overrides``: any other ``IVideoGPT``
     config entries (``max_future_frames``, ``sampling``, ``training``; ``tokenizer`` /
     ``transformer`` dicts are merged over the translated ones, e.g. attention_dropout)."""
-    from worldmodel.ivideogpt.model import IVideoGPT
+    from worldmodel.ivideogpt.model import IVideoGPT  # noqa: F811 (model.py imports this module lazily)
 
     d = os.fspath(directory)
     report = ImportReport(source=d)
@@ -381,7 +381,8 @@ def import_official(directory: str | os.PathLike, action_dim: int | None = None,
     # The action head: absent, unwanted, or of another dimension.
     head = ("transformer.action_linear.weight", "transformer.action_linear.bias")
     if head[0] in mapped and head[0] not in own:
-        report.dropped.append(f"the checkpoint's {ckpt_action_dim}-dim action head (an action-free model was asked for)")
+        report.dropped.append(f"the checkpoint's {ckpt_action_dim}-dim action head "
+                              "(an action-free model was asked for)")
         for k in head:
             mapped.pop(k, None)
     elif head[0] in mapped and mapped[head[0]].shape != own[head[0]].shape:
