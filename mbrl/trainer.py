@@ -39,6 +39,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
+        if cfg.cpu_threads > 0:
+            torch.set_num_threads(cfg.cpu_threads)
         set_seed_everywhere(cfg.seed)
         self.train_env = make_env(cfg.task, seed=cfg.seed)
         self.eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
