@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from worldmodel.ivideogpt.transformer_configs import transformer_config
+from worldmodel.ivideogpt.transformer_configs import llama_rope_parameters, transformer_config
 
 NUM_SPECIAL_TOKENS = 2  # scf (context-frame separator) and sdf (future-frame slot)
 
@@ -122,8 +122,11 @@ class VideoTransformer(nn.Module):
         self.layout = layout
         self.action_dim = action_dim
         self.hparams = transformer_config(config)
+        hparams = {k: v for k, v in self.hparams.items() if k != "rope_scaling"}
+        rope = llama_rope_parameters(self.hparams.get("rope_scaling"))  # YaRN context extension
         llama = LlamaConfig(vocab_size=layout.vocab_size, tie_word_embeddings=False,
-                            attn_implementation="sdpa", use_cache=True, **self.hparams)
+                            attn_implementation="sdpa", use_cache=True, **hparams,
+                            **({"rope_parameters": rope} if rope else {}))
         self.llm = LlamaForCausalLM(llama)
         hidden = llama.hidden_size
         # Zero init: an action-free checkpoint behaves identically before fine-tuning.

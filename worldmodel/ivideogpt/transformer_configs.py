@@ -27,12 +27,45 @@ TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+ROPE_THETA = 10000.0  # Llama's rotary base (the LlamaConfig default)
+ROPE_SCALING_TYPES = ("yarn",)
+
+
+def rope_scaling_config(scaling: dict[str, Any], max_positions: int) -> dict[str, Any]:
+    """Normalise ``rope_scaling`` = {type: yarn, factor: f, original_max_position_embeddings: n
+    (default: the preset's max_position_embeddings)} -- context extension by YaRN RoPE scaling,
+    the third long-context baseline next to VRAG and the history buffer (DESIGN.md section 6)."""
+    scaling = dict(scaling)
+    kind = scaling.pop("type", scaling.pop("rope_type", "yarn"))
+    if kind not in ROPE_SCALING_TYPES:
+        raise ValueError(f"rope_scaling type '{kind}' is not supported; use one of {ROPE_SCALING_TYPES}.")
+    factor = float(scaling.pop("factor", 0.0))
+    if factor <= 1.0:
+        raise ValueError(f"rope_scaling.factor must be > 1 (the context extension ratio), got {factor}.")
+    original = int(scaling.pop("original_max_position_embeddings", max_positions))
+    extra = sorted(set(scaling) - {"beta_fast", "beta_slow", "attention_factor"})
+    if extra:
+        raise ValueError(f"unknown rope_scaling keys {extra}; allowed: type, factor, "
+                         "original_max_position_embeddings, beta_fast, beta_slow, attention_factor.")
+    return {"type": kind, "factor": factor, "original_max_position_embeddings": original, **scaling}
+
+
+def llama_rope_parameters(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``rope_scaling_config`` output -> transformers' ``LlamaConfig(rope_parameters=...)``."""
+    if not scaling:
+        return None
+    params = {k: v for k, v in scaling.items() if k != "type"}
+    return {"rope_type": scaling["type"], "rope_theta": ROPE_THETA, **params}
+
+
 def transformer_config(spec: str | dict[str, Any]) -> dict[str, Any]:
     """Resolve a preset name, or a dict ``{"size": name, **overrides}``, or a full explicit dict,
-    into the Llama hyper-parameters (``TRANSFORMER_KEYS``)."""
+    into the Llama hyper-parameters (``TRANSFORMER_KEYS``, plus ``rope_scaling`` when set: then
+    max_position_embeddings = original_max_position_embeddings x factor)."""
     if isinstance(spec, str):
         spec = {"size": spec}
     spec = dict(spec)
+    scaling = spec.pop("rope_scaling", None)
     size = spec.pop("size", None)
     if size is not None:
         if size not in TRANSFORMER_PRESETS:
@@ -52,4 +85,8 @@ def transformer_config(spec: str | dict[str, Any]) -> dict[str, Any]:
     if config["hidden_size"] % config["num_attention_heads"]:
         raise ValueError(f"hidden_size {config['hidden_size']} is not divisible by "
                          f"num_attention_heads {config['num_attention_heads']}.")
+    if scaling:
+        config["rope_scaling"] = rope_scaling_config(scaling, config["max_position_embeddings"])
+        config["max_position_embeddings"] = int(config["rope_scaling"]["original_max_position_embeddings"]
+                                                * config["rope_scaling"]["factor"])
     return config

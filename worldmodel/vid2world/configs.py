@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worldmodel.interface import WorldModelConfigError
+from worldmodel.memory.base import MemoryConfig
 
 TRANSFER_METHODS = ("masked", "extrapolative", "shift")
 
@@ -86,6 +87,10 @@ class Vid2WorldConfig:
     sampling_steps: int = 10
     history_noise_level: int = 20  # training timestep at which history frames are shown
     max_context_frames: int = 7
+    # memory for long imagination (worldmodel/memory): a name (window | history | vrag) or a block
+    # {name, window, retrieved, distance, key, key_size, key_dim, weights, max_frames,
+    # key_conditioning}; None: a sliding window of max_context_frames
+    memory: Any = None
     # reward head
     reward_channels: int = 32
     reward_hidden: int = 256
@@ -113,6 +118,11 @@ class Vid2WorldConfig:
         # JSON-normalised (tuples -> lists) so get_config() round-trips through config.json
         self.backbone = json.loads(json.dumps(dict(self.backbone or {})))
         self.backbone_config()  # validate early
+        self.memory = MemoryConfig.from_any(self.memory).to_dict()  # validated, JSON-normalised
+
+    def memory_config(self) -> MemoryConfig:
+        """The memory block as a ``worldmodel.memory.MemoryConfig``."""
+        return MemoryConfig.from_any(self.memory)
 
     def backbone_config(self) -> BackboneConfig:
         known = {f.name for f in dataclasses.fields(BackboneConfig)}

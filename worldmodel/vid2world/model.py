@@ -10,15 +10,22 @@ Training (``update``), on real segments obs [B, T, 3, H, W], action [B, T-1, A]:
 - the reward head (``reward.py``) regresses symlog rewards of real transitions.
 
 Imagination (``reset``/``step``), following ``interface.py``'s alignment: step(state, a_t) ->
-(o_{t+1}, r_t, state). Per step: ``select_context`` picks the history frames (the most recent
-``max_context_frames``), they are noised to ``history_noise_level`` and encoded once; the new
-frame is denoised from pure noise with DDIM (``sampling_steps``), guided on its action with
-``guidance_scale``. Cached within a step: the causal backbone's history features of every
-temporal layer (``backbone.TemporalCache``; exact because history never sees the new frame),
-shared by all denoising steps and both guidance branches, and the noise-level embeddings of
-all DDIM steps and the action embedding. History features are not carried across steps: the
-context window (or a retrieval memory) may change which frames are in it, and features of a
-frame depend on the frames before it in the window.
+(o_{t+1}, r_t, state). Per step: ``select_context`` asks the memory (``worldmodel/memory``;
+``config.memory``: a sliding window of ``max_context_frames`` by default, or a history buffer, or
+VRAG retrieval by key) which stored frames condition the next one; they are noised to
+``history_noise_level`` and encoded once; the new frame is denoised from pure noise with DDIM
+(``sampling_steps``), guided on its action with ``guidance_scale``. Cached within a step: the
+causal backbone's history features of every temporal layer (``backbone.TemporalCache``; exact
+because history never sees the new frame), shared by all denoising steps and both guidance
+branches, and the noise-level embeddings of all DDIM steps and the action embedding. History
+features are not carried across steps: the context window (or a retrieval memory) may change
+which frames are in it, and features of a frame depend on the frames before it in the window.
+
+Memory: the state stores at most the memory's capacity of frames (its policy drops the rest),
+each with its absolute time and, for VRAG, a key. A context frame that does not directly follow
+the frame before it in the context gets the null action, in training and sampling alike. With a
+history or VRAG memory, training builds each segment's clip as sampling would: the context that
+memory selects for the segment's last frame from the frames before it, then that frame.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError, read_config
+from worldmodel.memory import KeyedSegmentBatch, LinearKeyDynamics, build_memory, gaps, pixel_key
 from worldmodel.vid2world.backbone import TemporalCache, VideoUNet
 from worldmodel.vid2world.configs import Vid2WorldConfig
 from worldmodel.vid2world.reward import RewardHead, symexp, symlog
@@ -47,12 +55,27 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ImaginationState:
-    """Everything imagined so far; ``step`` returns a new state and leaves this one intact."""
+    """The frames the memory keeps (at most its capacity); ``step`` returns a new state and
+    leaves this one intact."""
 
-    frames: torch.Tensor  # uint8 [B, n, 3, H, W]: context then imagined frames
+    frames: torch.Tensor  # uint8 [B, n, 3, H, W]: stored context and imagined frames, time-sorted
     prev_action: torch.Tensor  # float32 [B, n, A]: the action that led into each frame
     action_known: torch.Tensor  # bool [B, n]: False for real context frames (action unknown)
     generator: torch.Generator | None
+    time: torch.Tensor | None = None  # long [B, n]: each stored frame's step (first context frame = 0)
+    key: torch.Tensor | None = None  # float [B, n, K]: retrieval keys (VRAG memory only)
+
+    def take(self, pos: torch.Tensor) -> "ImaginationState":
+        """The state restricted to stored positions pos [B, c]."""
+        rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
+        return ImaginationState(self.frames[rows, pos], self.prev_action[rows, pos], self.action_known[rows, pos],
+                                self.generator, self.time[rows, pos],
+                                None if self.key is None else self.key[rows, pos])
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored frames, actions and keys."""
+        parts = (self.frames, self.prev_action, self.action_known, self.time, self.key)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
 @dataclass
@@ -75,13 +98,27 @@ class Vid2World(WorldModel):
         self.image_size, self.action_dim, self.context_frames = cfg.image_size, cfg.action_dim, cfg.context_frames
         self.backbone = VideoUNet(cfg.backbone_config())
         self.reward_head = RewardHead(cfg.image_size, cfg.action_dim, cfg.reward_channels, cfg.reward_hidden)
+        self.memory = build_memory(cfg.memory, cfg.max_context_frames)
+        mem = self.memory.cfg
+        self.state_keys = self.memory.needs_keys and mem.key == "state"
+        self.key_dynamics = LinearKeyDynamics(cfg.action_dim, mem.key_dim) if self.state_keys else None
+        # Each context frame's key offset from the frame being generated, embedded into its
+        # conditioning (zero-init, bias-free: offset 0 of the new frame adds nothing).
+        self.key_embedding = None
+        if self.state_keys and mem.key_conditioning:
+            self.key_embedding = torch.nn.Linear(mem.key_dim, self.backbone.cfg.emb_dim, bias=False)
+            torch.nn.init.zeros_(self.key_embedding.weight)
+        diffusion_params = list(self.backbone.parameters())
+        if self.key_embedding is not None:
+            diffusion_params += list(self.key_embedding.parameters())
+        self.diffusion_params = diffusion_params
         schedule = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                         prediction_type="v_prediction")
         self.noise_scheduler = DDPMScheduler(**schedule, clip_sample=False)
         self.sampler = DDIMScheduler(**schedule, clip_sample=True, set_alpha_to_one=True,
                                      timestep_spacing="trailing")  # trailing: few steps start at pure noise
         self.optimizers = {
-            "diffusion": torch.optim.AdamW(self.backbone.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+            "diffusion": torch.optim.AdamW(diffusion_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
             "reward": torch.optim.AdamW(self.reward_head.parameters(), lr=cfg.reward_lr,
                                         weight_decay=cfg.weight_decay),
         }
@@ -155,6 +192,38 @@ class Vid2World(WorldModel):
     # ----- training -----
     def diffusion_loss(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Diffusion-forcing v-prediction loss. obs float [B, T, 3, H, W] in [-1, 1], action [B, T-1, A]."""
+        B = obs.shape[0]
+        prev_action = torch.cat([action.new_zeros(B, 1, self.action_dim), action], dim=1)  # [B, T, A]
+        no_action = torch.zeros(obs.shape[:2], dtype=torch.bool, device=obs.device)
+        no_action[:, 0] = True  # frame 0 has no previous action
+        return self.clip_diffusion_loss(obs, prev_action, no_action)
+
+    def memory_diffusion_loss(self, obs: torch.Tensor, action: torch.Tensor,
+                              key: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss on clips built as the memory builds contexts: for each segment, the frames
+        the memory selects for its last frame (retrieved from the earlier part of the same
+        segment, for VRAG), then that frame. obs [B, T, ...], action [B, T-1, A], key [B, T, K]."""
+        B, T = obs.shape[:2]
+        idx = self.memory.training_clip(B, T, key, obs.device)  # [B, m+1]
+        rows = torch.arange(B, device=obs.device)[:, None]
+        prev_action = torch.cat([action.new_zeros(B, 1, self.action_dim), action], dim=1)[rows, idx]
+        no_action = gaps(idx) | (idx == 0)
+        key_offset = None
+        if self.key_embedding is not None:
+            key_offset = key[rows, idx] - key[:, -1:]  # [B, m+1, K]; 0 for the target frame
+        return self.clip_diffusion_loss(obs[rows, idx], prev_action, no_action, key_offset)
+
+    def key_offset_embedding(self, key_offset: torch.Tensor | None) -> torch.Tensor | float:
+        """Conditioning [..., E] from key offsets [..., K] (0 without key conditioning)."""
+        if self.key_embedding is None or key_offset is None:
+            return 0.0
+        weights = self.memory.weights(key_offset)
+        return self.key_embedding(key_offset if weights is None else key_offset * weights)
+
+    def clip_diffusion_loss(self, obs: torch.Tensor, prev_action: torch.Tensor, no_action: torch.Tensor,
+                            key_offset: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Diffusion forcing on a clip obs [B, T, 3, H, W] whose frames are conditioned on
+        prev_action [B, T, A] except where no_action [B, T] (plus random action dropout)."""
         cfg, device = self.config, obs.device
         B, T = obs.shape[:2]
         t = torch.randint(0, cfg.num_train_timesteps, (B, T), device=device)  # independent per frame
@@ -167,11 +236,10 @@ class Vid2World(WorldModel):
         noisy = self.noise_scheduler.add_noise(x0, eps, tf).view_as(obs)
         target = self.noise_scheduler.get_velocity(x0, eps, tf).view_as(obs)
 
-        prev_action = torch.cat([action.new_zeros(B, 1, self.action_dim), action], dim=1)  # [B, T, A]
-        drop = torch.rand(B, T, device=device) < cfg.action_dropout
-        drop[:, 0] = True  # frame 0 has no previous action
+        drop = no_action | (torch.rand(B, T, device=device) < cfg.action_dropout)
         with self._autocast():
-            pred = self.backbone(noisy, self.backbone.embed(t, prev_action, drop))
+            emb = self.backbone.embed(t, prev_action, drop) + self.key_offset_embedding(key_offset)
+            pred = self.backbone(noisy, emb)
         mse = (pred.float() - target).pow(2).mean(dim=(2, 3, 4))  # [B, T]
         if cfg.min_snr_gamma is not None:
             alpha_bar = self.noise_scheduler.alphas_cumprod.to(device)[t]
@@ -197,7 +265,8 @@ class Vid2World(WorldModel):
             self.counters[f"{part}_nonfinite_skipped"] += 1
             return {f"{part}/skipped": 1.0}
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        params = self.diffusion_params if part == "diffusion" else module.parameters()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         if not torch.isfinite(grad_norm):
             opt.zero_grad(set_to_none=True)
             self.counters[f"{part}_nonfinite_skipped"] += 1
@@ -206,15 +275,44 @@ class Vid2World(WorldModel):
         self.counters[f"{part}_updates"] += 1
         return {f"{part}/grad_norm": grad_norm.item()}
 
+    def _segment_keys(self, batch: SegmentBatch) -> torch.Tensor | None:
+        """Keys [B, T, K] of a segment's frames for the memory (None if it needs none); state
+        keys also refine the key dynamics used to predict imagined frames' keys."""
+        if not self.memory.needs_keys:
+            return None
+        mem = self.memory.cfg
+        T = batch.obs.shape[1]
+        if T - 1 - self.memory.window < 1:
+            raise WorldModelConfigError(
+                f"the {mem.name} memory (window {self.memory.window}) retrieves from the part of a segment "
+                f"before its window, but segments have only {T} frames; use segments of at least "
+                f"window + retrieved + 1 = {self.memory.context_size + 1} frames (world_model.segment_length).")
+        if mem.key == "pixel":
+            return pixel_key(batch.obs, mem.key_size)
+        if not isinstance(batch, KeyedSegmentBatch) or batch.key is None:
+            raise WorldModelConfigError(
+                "memory.key=state trains on segments with a key per frame (worldmodel.memory."
+                "KeyedSegmentBatch with key [B, T, K]); pass them, or use memory.key=pixel.")
+        if tuple(batch.key.shape) != (*batch.obs.shape[:2], mem.key_dim):
+            raise WorldModelConfigError(f"batch.key has shape {tuple(batch.key.shape)}; expected [B, T, K] = "
+                                        f"{(*batch.obs.shape[:2], mem.key_dim)}.")
+        key = batch.key.float()
+        self.key_dynamics.observe(key, batch.action.float())
+        return key
+
     def update(self, batch: SegmentBatch, parts: tuple[str, ...] | None = None) -> dict[str, float]:
         parts = self._check_parts(parts)
         self._check_batch(batch)
         batch = batch.to(self.device)
         obs, action = to_float(batch.obs), batch.action.float()
+        key = self._segment_keys(batch)
         self.train()
         metrics: dict[str, float] = {}
         if "diffusion" in parts:
-            loss, m = self.diffusion_loss(obs, action)
+            if self.memory.cfg.name == "window":
+                loss, m = self.diffusion_loss(obs, action)
+            else:
+                loss, m = self.memory_diffusion_loss(obs, action, key)
             metrics.update(m)
             metrics.update(self._optimize("diffusion", loss, self.backbone))
         if "reward" in parts:
@@ -229,7 +327,8 @@ class Vid2World(WorldModel):
         return torch.randn(shape, generator=generator, device=device).to(self.device)
 
     def encode_history(self, frames: torch.Tensor, prev_action: torch.Tensor, drop: torch.Tensor,
-                       generator: torch.Generator | None = None) -> HistoryContext:
+                       generator: torch.Generator | None = None,
+                       key_offset: torch.Tensor | None = None) -> HistoryContext:
         """History frames float [B, m, 3, H, W] -> noised to history_noise_level, embedded, and
         (causal backbone) run once through the denoiser to record its temporal cache."""
         level = self.config.history_noise_level
@@ -238,7 +337,7 @@ class Vid2World(WorldModel):
             noise = self._randn(tuple(frames.shape), generator)
             frames = self.noise_scheduler.add_noise(frames.flatten(0, 1), noise.flatten(0, 1),
                                                     t.flatten()).view_as(frames)
-        emb = self.backbone.embed(t, prev_action, drop)
+        emb = self.backbone.embed(t, prev_action, drop) + self.key_offset_embedding(key_offset)
         cache = None
         if self.backbone.causal and self.use_cache:
             cache = TemporalCache()
@@ -283,46 +382,101 @@ class Vid2World(WorldModel):
             x = self.sampler.step(v.float(), t, x).prev_sample
         return x.clamp(-1.0, 1.0)
 
-    def select_context(self, state: ImaginationState) -> torch.Tensor:
-        """Which history frames condition the next frame: indices [B, m] into ``state.frames``.
-        The default is a sliding window of the ``max_context_frames`` most recent frames; a
-        retrieval memory (VRAG) replaces this method."""
-        B, n = state.frames.shape[:2]
-        start = max(0, n - self.config.max_context_frames)
-        return torch.arange(start, n, device=state.frames.device).expand(B, -1)
+    def select_context(self, state: ImaginationState, query: torch.Tensor | None = None) -> torch.Tensor:
+        """Which stored frames condition the next frame: positions [B, m] into ``state.frames``,
+        in temporal order, chosen by the memory (``query`` [B, K]: the key VRAG retrieves for)."""
+        return self.memory.select(state.time, state.key, query)
+
+    def _trim(self, state: ImaginationState) -> ImaginationState:
+        """Apply the memory's bounding policy once the store exceeds its capacity."""
+        if state.frames.shape[1] <= self.memory.capacity:
+            return state
+        return state.take(self.memory.keep(state.time, state.key))
+
+    def _frame_keys(self, frames: torch.Tensor, keys: torch.Tensor | None, what: str) -> torch.Tensor | None:
+        """Keys [B, n, K] of frames uint8 [B, n, 3, H, W]: pooled pixels, or the given state keys."""
+        if not self.memory.needs_keys:
+            return None
+        mem = self.memory.cfg
+        if mem.key == "pixel":
+            return pixel_key(frames, mem.key_size)
+        if keys is None:
+            raise WorldModelConfigError(
+                f"memory.key=state needs {what}: the pose/state vector of each frame, e.g. from the env's "
+                "info['state'] (the world model cannot see it in the frames); or use memory.key=pixel.")
+        keys = torch.as_tensor(keys, dtype=torch.float32, device=self.device)
+        if tuple(keys.shape) != (*frames.shape[:2], mem.key_dim):
+            raise WorldModelConfigError(f"{what} has shape {tuple(keys.shape)}; expected "
+                                        f"{(*frames.shape[:2], mem.key_dim)} = [B, n, key_dim].")
+        return keys
 
     # ----- step-level imagination -----
-    def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None) -> ImaginationState:
+    def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None,
+              context_keys: torch.Tensor | None = None) -> ImaginationState:
+        """Start from real frames uint8 [B, T0, 3, H, W]; ``context_keys`` [B, T0, K] are their
+        state keys, needed only by a VRAG memory with ``key=state``."""
         self._check_frames(context_obs, "context_obs", 5)
         if context_obs.shape[1] < 1:
             raise WorldModelConfigError("reset needs at least one context frame.")
         frames = context_obs.to(self.device)
         B, n = frames.shape[:2]
-        return ImaginationState(frames=frames,
-                                prev_action=torch.zeros(B, n, self.action_dim, device=self.device),
-                                action_known=torch.zeros(B, n, dtype=torch.bool, device=self.device),
-                                generator=generator)
+        state = ImaginationState(frames=frames,
+                                 prev_action=torch.zeros(B, n, self.action_dim, device=self.device),
+                                 action_known=torch.zeros(B, n, dtype=torch.bool, device=self.device),
+                                 generator=generator,
+                                 time=torch.arange(n, device=self.device).expand(B, n),
+                                 key=self._frame_keys(frames, context_keys, "context_keys"))
+        return self._trim(state)
+
+    def _next_key(self, state: ImaginationState, action: torch.Tensor, key: torch.Tensor | None) -> torch.Tensor | None:
+        """The state key of the frame about to be imagined: given, or predicted from the last one."""
+        if not self.state_keys:
+            return None
+        B, K = state.frames.shape[0], self.memory.cfg.key_dim
+        if key is not None:
+            key = torch.as_tensor(key, dtype=torch.float32, device=self.device)
+            if tuple(key.shape) != (B, K):
+                raise WorldModelConfigError(f"key has shape {tuple(key.shape)}; expected [B, key_dim] = {(B, K)}.")
+            return key
+        if int(self.key_dynamics.count) == 0:
+            raise WorldModelConfigError(
+                "step needs the imagined frame's state key (key=[B, key_dim]): the key dynamics have not been "
+                "fitted yet (train on KeyedSegmentBatch segments first) and the env state is not available "
+                "inside imagination.")
+        return self.key_dynamics(state.key[:, -1], action)
 
     @torch.no_grad()
-    def step(self, state: ImaginationState, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ImaginationState]:
+    def step(self, state: ImaginationState, action: torch.Tensor,
+             key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, ImaginationState]:
+        """Imagine o_{t+1} from a_t. ``key`` [B, K]: the new frame's state key if known (e.g. a
+        planned camera pose), for a VRAG memory with ``key=state``; else it is predicted."""
         B = state.frames.shape[0]
         if tuple(action.shape) != (B, self.action_dim):
             raise WorldModelConfigError(
                 f"action has shape {tuple(action.shape)}; expected [B, A] = {(B, self.action_dim)}.")
         action = action.to(self.device, torch.float32)
-        idx = self.select_context(state)  # [B, m]
+        next_key = self._next_key(state, action, key)
+        query = next_key if self.state_keys else (None if state.key is None else state.key[:, -1])
+        idx = self.select_context(state, query)  # [B, m]
         rows = torch.arange(B, device=idx.device)[:, None]
-        drop = ~state.action_known[rows, idx]
-        drop[:, 0] = True  # the window's first frame is conditioned as a segment's first frame
+        # the first context frame, retrieved frames and jumps carry no action (as in training)
+        drop = ~state.action_known[rows, idx] | gaps(state.time[rows, idx])
+        key_offset = None if next_key is None else state.key[rows, idx] - next_key[:, None]
         with self._autocast():
             history = self.encode_history(to_float(state.frames[rows, idx]), state.prev_action[rows, idx],
-                                          drop, state.generator)
+                                          drop, state.generator, key_offset)
             frame = to_uint8(self.sample_next(history, action, state.generator))
             reward = self.reward_head(to_float(state.frames[:, -1]), action, to_float(frame))
         reward = symexp(reward.float())
+        new_key = None
+        if state.key is not None:
+            new_key = next_key if next_key is not None else pixel_key(frame, self.memory.cfg.key_size)
+            new_key = torch.cat([state.key, new_key[:, None]], dim=1)
         new_state = ImaginationState(
             frames=torch.cat([state.frames, frame[:, None]], dim=1),
             prev_action=torch.cat([state.prev_action, action[:, None]], dim=1),
             action_known=torch.cat([state.action_known, torch.ones_like(drop[:, :1])], dim=1),
-            generator=state.generator)
-        return frame, reward, new_state
+            generator=state.generator,
+            time=torch.cat([state.time, state.time[:, -1:] + 1], dim=1),
+            key=new_key)
+        return frame, reward, self._trim(new_state)

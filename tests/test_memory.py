@@ -1,0 +1,259 @@
+"""Memory for long imagination: window / history / VRAG selection, bounds, training clips, Vid2World
+rollouts with each memory, YaRN context extension, and the consistency benchmark at tiny scale."""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+from worldmodel.interface import SegmentBatch, WorldModelConfigError
+from worldmodel.memory import (HistoryMemory, KeyedSegmentBatch, LinearKeyDynamics, MemoryConfig, VRAGMemory,
+                               WindowMemory, build_memory, gaps, key_distance, pixel_key)
+from worldmodel.vid2world import Vid2World
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+MICRO = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
+SIZE, ACTION_DIM = 16, 2
+
+
+def times(B: int, n: int) -> torch.Tensor:
+    return torch.arange(n).expand(B, n)
+
+
+# ----- selection -----
+def test_window_selects_the_most_recent_frames():
+    mem = build_memory("window", default_window=3)
+    assert isinstance(mem, WindowMemory) and mem.capacity == 3 and mem.context_size == 3
+    assert mem.select(times(2, 10)).tolist() == [[7, 8, 9]] * 2
+    assert mem.select(times(1, 2)).tolist() == [[0, 1]]  # fewer stored than the window
+    assert mem.keep(times(1, 5)).tolist() == [[2, 3, 4]]  # FIFO
+
+
+def test_history_selects_exponentially_spaced_older_frames():
+    mem = build_memory({"name": "history", "window": 4, "retrieved": 4}, default_window=7)
+    assert isinstance(mem, HistoryMemory)
+    assert mem.offsets() == [8, 16, 32, 64] and mem.capacity == 64
+    # next frame t = 100: t-64, t-32, t-16, t-8, then the window t-4 .. t-1
+    assert mem.select(times(1, 100)).tolist() == [[36, 68, 84, 92, 96, 97, 98, 99]]
+    assert mem.select(times(1, 10)).tolist() == [[2, 6, 7, 8, 9]]  # only t-8 exists yet
+    # positions follow the stored times once the FIFO has dropped the oldest frames
+    stored = torch.arange(36, 100)[None]  # 64 frames kept, times 36 .. 99
+    assert stored[0, mem.select(stored)[0]].tolist() == [36, 68, 84, 92, 96, 97, 98, 99]
+
+
+def test_vrag_retrieves_nearest_keys_in_temporal_order():
+    mem = build_memory({"name": "vrag", "window": 2, "retrieved": 3, "key": "state", "key_dim": 2}, 7)
+    assert isinstance(mem, VRAGMemory)
+    key = torch.tensor([[[5., 5.], [0., 1.], [9., 9.], [0., 0.], [0., 2.], [7., 7.], [0., 0.], [0., 0.]]])
+    # the window (positions 6, 7) is never retrieved from, even though its keys match best
+    idx = mem.select(times(1, 8), key, query=torch.tensor([[0., 0.]]))
+    assert idx.tolist() == [[1, 3, 4, 6, 7]]  # keys (0,1), (0,0), (0,2), sorted by time
+    idx = mem.select(times(1, 8), key, query=torch.tensor([[8., 8.]]))
+    assert idx.tolist() == [[0, 2, 5, 6, 7]]
+
+
+def test_key_weights_change_the_ranking():
+    key = torch.tensor([[[1., 0.], [0., 2.], [3., 3.]]])
+    query = torch.zeros(1, 2)
+    plain = build_memory({"name": "vrag", "window": 1, "retrieved": 1, "key": "state", "key_dim": 2}, 7)
+    weighted = build_memory({"name": "vrag", "window": 1, "retrieved": 1, "key": "state", "key_dim": 2,
+                             "weights": [10.0, 1.0]}, 7)
+    stored = torch.cat([key, torch.zeros(1, 1, 2)], 1)  # a 4th, most recent frame forms the window
+    assert plain.select(times(1, 4), stored, query)[0, 0].item() == 0  # |(1,0)| < |(0,2)|
+    assert weighted.select(times(1, 4), stored, query)[0, 0].item() == 1  # |(10,0)| > |(0,2)|
+    d = key_distance(key, query, torch.tensor([10.0, 1.0]))
+    torch.testing.assert_close(d, torch.tensor([[10.0, 2.0, (909.0) ** 0.5]]))
+    cos = key_distance(torch.tensor([[[1., 0.], [2., 2.], [0., 3.]]]), torch.tensor([[1., 1.]]), None, "cosine")
+    assert cos.argmin().item() == 1 and abs(cos[0, 1].item()) < 1e-6
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(WorldModelConfigError, match="unknown memory 'rag'"):
+        MemoryConfig(name="rag")
+    with pytest.raises(WorldModelConfigError, match="key_dim"):
+        MemoryConfig(name="vrag", key="state")
+    with pytest.raises(WorldModelConfigError, match="one weight per key dim"):
+        MemoryConfig(name="vrag", key="state", key_dim=3, weights=[1.0, 2.0])
+    with pytest.raises(WorldModelConfigError, match="max_frames"):
+        build_memory({"name": "vrag", "window": 10, "retrieved": 10, "max_frames": 8}, 7)
+    with pytest.raises(WorldModelConfigError, match="unknown memory keys"):
+        MemoryConfig.from_any({"name": "vrag", "topk": 3})
+
+
+def test_vrag_bound_drops_the_newer_frame_of_the_closest_key_pair():
+    mem = build_memory({"name": "vrag", "window": 2, "retrieved": 2, "key": "state", "key_dim": 1,
+                        "max_frames": 5}, 7)
+    key = torch.tensor([[[0.], [10.], [0.1], [20.], [30.], [40.]]])  # 6 stored, capacity 5
+    assert mem.keep(times(1, 6), key).tolist() == [[0, 1, 3, 4, 5]]  # (0, 0.1) closest: drop 2
+    # the recent window is never dropped, even when its keys duplicate older ones
+    key = torch.tensor([[[0.], [10.], [20.], [0.], [0.], [0.]]])
+    kept = mem.keep(times(1, 6), key)
+    assert kept[0, -2:].tolist() == [4, 5] and kept.shape == (1, 5)
+
+
+def test_gaps_mark_frames_that_do_not_follow_their_predecessor():
+    assert gaps(torch.tensor([[3, 9, 10, 11, 20]])).tolist() == [[True, True, False, False, True]]
+
+
+def test_pixel_keys_and_linear_key_dynamics():
+    frames = torch.zeros(2, 3, 3, SIZE, SIZE, dtype=torch.uint8)
+    frames[:, :, 0, :, : SIZE // 2] = 255
+    k = pixel_key(frames, 2)
+    assert k.shape == (2, 3, 12) and k[0, 0, :4].tolist() == [1.0, 0.0, 1.0, 0.0]
+    # a camera pan: pose_{t+1} = pose_t + 2 * action, learned exactly from real transitions
+    g = torch.Generator().manual_seed(0)
+    action = torch.rand(4, 9, 2, generator=g) * 2 - 1
+    pose = torch.cat([torch.zeros(4, 1, 2), (2 * action).cumsum(1)], 1) + 3.0
+    dyn = LinearKeyDynamics(action_dim=2, key_dim=2)
+    dyn.observe(pose, action)
+    torch.testing.assert_close(dyn(pose[:, 4], action[:, 4]), pose[:, 5], rtol=1e-3, atol=1e-3)
+
+
+# ----- Vid2World with each memory -----
+def micro_model(memory, **kw) -> Vid2World:
+    return Vid2World(image_size=SIZE, action_dim=ACTION_DIM, backbone=MICRO, memory=memory,
+                     sampling_steps=2, **kw)
+
+
+def pan_segments(B: int, T: int, g: torch.Generator) -> KeyedSegmentBatch:
+    """A camera panning over a random texture: frames, actions and the camera pose as key."""
+    room = torch.randint(0, 256, (B, 3, 3 * SIZE, 3 * SIZE), generator=g, dtype=torch.uint8)
+    action = torch.randint(-1, 2, (B, T - 1, 2), generator=g).float()
+    pose = torch.cat([torch.full((B, 1, 2), SIZE), (2 * action).cumsum(1) + SIZE], 1).long()
+    obs = torch.stack([torch.stack([room[b, :, y:y + SIZE, x:x + SIZE] for x, y in pose[b].tolist()])
+                       for b in range(B)])
+    return KeyedSegmentBatch(obs, action, torch.zeros(B, T - 1), pose.float())
+
+
+MEMORIES = {
+    "window": {"name": "window", "window": 3},
+    "history": {"name": "history", "window": 2, "retrieved": 2},
+    "vrag_pixel": {"name": "vrag", "window": 2, "retrieved": 2, "key_size": 4, "max_frames": 6},
+    "vrag_state": {"name": "vrag", "window": 2, "retrieved": 2, "key": "state", "key_dim": 2, "max_frames": 6},
+}
+
+
+@pytest.mark.parametrize("name", list(MEMORIES))
+def test_vid2world_trains_and_rolls_out_with_each_memory_within_bounds(name):
+    g = torch.Generator().manual_seed(0)
+    model = micro_model(MEMORIES[name])
+    batch = pan_segments(2, 8, g)
+    if name != "vrag_state":
+        batch = SegmentBatch(batch.obs, batch.action, batch.reward)
+    metrics = model.update(batch)
+    assert torch.isfinite(torch.tensor(metrics["diffusion/loss"]))
+    context = batch.obs[:, :3]
+    keys = batch.key[:, :3] if name == "vrag_state" else None
+    state = model.reset(context, generator=torch.Generator().manual_seed(1), context_keys=keys)
+    cap = model.memory.capacity
+    for i in range(20):  # a rollout far longer than the store
+        key = state.key[:, -1] + 1.0 if name == "vrag_state" else None
+        frame, reward, state = model.step(state, torch.zeros(2, ACTION_DIM), key=key)
+        assert frame.shape == (2, 3, SIZE, SIZE) and frame.dtype == torch.uint8
+        assert state.frames.shape[1] <= cap and state.time.shape == state.frames.shape[:2]
+        assert (state.time[:, 1:] > state.time[:, :-1]).all()  # stores stay time-sorted
+    assert state.frames.shape[1] == min(cap, 23) and state.time[0, -1].item() == 22
+    if name.startswith("vrag"):
+        assert state.key.shape[:2] == state.frames.shape[:2]
+    # the interface's rollout works unchanged (pixel keys, window, history need no caller keys)
+    if name != "vrag_state":
+        roll = model.rollout(context, lambda f: torch.zeros(f.shape[0], ACTION_DIM), horizon=3)
+        assert roll.obs.shape == (2, 4, 3, SIZE, SIZE)
+
+
+def test_vrag_training_clip_retrieves_from_the_segment_by_the_target_key():
+    model = micro_model({"name": "vrag", "window": 2, "retrieved": 2, "key": "state", "key_dim": 1})
+    key = torch.tensor([[[0.], [5.], [1.], [7.], [9.], [8.], [3.], [0.9]]])  # target (t=7) key 0.9
+    idx = model.memory.training_clip(1, 8, key, torch.device("cpu"))
+    assert idx.tolist() == [[0, 2, 5, 6, 7]]  # nearest older keys 1 and 0, window 5-6, target
+    assert gaps(idx).tolist() == [[True, True, True, False, False]]  # retrieved frames: null action
+
+
+def test_state_keys_are_required_or_predicted():
+    g = torch.Generator().manual_seed(0)
+    model = micro_model(MEMORIES["vrag_state"])
+    batch = pan_segments(2, 8, g)
+    with pytest.raises(WorldModelConfigError, match="context_keys"):
+        model.reset(batch.obs[:, :3])
+    state = model.reset(batch.obs[:, :3], context_keys=batch.key[:, :3])
+    with pytest.raises(WorldModelConfigError, match="key dynamics have not been fitted"):
+        model.step(state, torch.zeros(2, ACTION_DIM))
+    with pytest.raises(WorldModelConfigError, match="KeyedSegmentBatch"):
+        model.update(SegmentBatch(batch.obs, batch.action, batch.reward))
+    with pytest.raises(WorldModelConfigError, match="segment_length"):
+        model.update(pan_segments(2, 3, g))
+    model.update(batch)  # fits the key dynamics: pose += 2 * action
+    _, _, state = model.step(state, torch.ones(2, ACTION_DIM))
+    torch.testing.assert_close(state.key[:, -1], batch.key[:, 2] + 2.0, rtol=1e-3, atol=1e-3)
+
+
+def test_memory_config_persists_with_the_model(tmp_path):
+    model = micro_model(MEMORIES["vrag_state"])
+    model.update(pan_segments(2, 8, torch.Generator().manual_seed(0)))
+    model.save_pretrained(tmp_path)
+    loaded = Vid2World.from_pretrained(tmp_path)
+    assert loaded.get_config()["memory"] == model.get_config()["memory"]
+    assert loaded.memory.cfg.name == "vrag" and int(loaded.key_dynamics.count) == 14
+    torch.testing.assert_close(loaded.key_dynamics.weight, model.key_dynamics.weight)
+
+
+def test_hydra_selects_a_memory():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(os.path.abspath(os.path.join(REPO, "cfgs")), version_base=None):
+        for override, name in [("world_model.model.memory.name=vrag", "vrag"),
+                               ("world_model.model.memory=history", "history")]:
+            cfg = compose("config", overrides=["world_model=vid2world", override])
+            model_cfg = {**OmegaConf.to_container(cfg.world_model.model), "size": "tiny", "image_size": 16,
+                         "action_dim": 2}
+            model = Vid2World.from_config(model_cfg)
+            assert model.memory.cfg.name == name and model.memory.window == cfg.world_model.model.max_context_frames
+
+
+# ----- the benchmark -----
+def test_bench_memory_tiny_runs_and_scores():
+    spec = importlib.util.spec_from_file_location("bench_memory", os.path.join(REPO, "scripts", "bench_memory.py"))
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    a = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert bench.ssim(a, a).allclose(torch.ones(2)) and bench.psnr(a, a).min() >= 99
+    assert bench.ssim(a, 255 - a).max() < 0.5
+    results = bench.main(["--tiny", "--memories", "window", "history", "vrag"])
+    assert set(results) == {"window", "history", "vrag"}
+    for r in results.values():
+        assert r["far_frames"] > 0 and 0 < r["psnr_far"] < 60 and r["fps"] > 0 and r["horizon"] == 16
+    assert results["window"]["stored"] < results["vrag"]["stored"] <= 12  # FIFO of the window vs bounded store
+
+
+# ----- YaRN: RoPE context extension of the iVideoGPT transformer -----
+def test_yarn_rope_scaling_extends_the_transformer_context(tmp_path):
+    from worldmodel.ivideogpt.model import IVideoGPT
+
+    base = {"image_size": 32, "action_dim": 2, "context_frames": 2,
+            "tokenizer": {"size": "tiny", "max_att_resolution": 8},
+            "transformer": {"size": "tiny", "max_position_embeddings": 160}}
+    needed = IVideoGPT.from_config({**base, "max_future_frames": 1}).layout.sequence_length(12)
+    assert 160 < needed <= 4 * 160
+    with pytest.raises(WorldModelConfigError, match="max_position_embeddings=160"):
+        IVideoGPT.from_config({**base, "max_future_frames": 12})
+    yarn = {**base["transformer"], "rope_scaling": {"type": "yarn", "factor": 4.0}}
+    model = IVideoGPT.from_config({**base, "transformer": yarn, "max_future_frames": 12})
+    assert model.transformer.max_positions == 640
+    rotary = model.transformer.llm.model.rotary_emb
+    assert rotary.rope_type == "yarn" and rotary.attention_scaling > 1.0
+    plain = IVideoGPT.from_config({**base, "max_future_frames": 1}).transformer.llm.model.rotary_emb
+    assert not torch.allclose(rotary.inv_freq, plain.inv_freq)  # low frequencies are interpolated
+    torch.testing.assert_close(rotary.inv_freq[0], plain.inv_freq[0])  # the highest is kept
+    ids = torch.randint(0, 10, (1, needed))
+    with torch.no_grad():
+        logits = model.transformer.llm(input_ids=ids).logits
+    assert logits.shape[1] == needed and torch.isfinite(logits).all()
+    model.save_pretrained(tmp_path)  # the scaled config round-trips
+    loaded = IVideoGPT.from_pretrained(tmp_path)
+    assert loaded.transformer.hparams == model.transformer.hparams
+    with pytest.raises(ValueError, match="factor must be > 1"):
+        IVideoGPT.from_config({**base, "transformer": {**base["transformer"], "rope_scaling": {"factor": 1.0}},
+                               "max_future_frames": 1})
