@@ -1,9 +1,12 @@
 """Corpus readers on small files in the real on-disk formats, written here.
 
-TensorFlow is not installed, so the TFRecord files are written by worldmodel.corpora.tfrecord:
+Most TFRecord files are written here by worldmodel.corpora.tfrecord (TensorFlow is not a
+dependency):
 tf.train.Example protobufs (TFDS's flattened ``steps/...`` keys for RLDS, BAIR's ``{t}/...``
 keys) in TFRecord framing with masked CRC-32C checksums. The framing was checked byte for byte
 against the independent PyPI ``tfrecord`` writer; the CRC against the standard test vector.
+Two checked-in fixtures were written by the real TensorFlow library
+(tests/fixtures/corpora/make_tf_fixtures.py) and are read at the end of this file.
 """
 from __future__ import annotations
 
@@ -426,3 +429,39 @@ def test_scaled_jpeg_decoding_matches_full_decoding():
     assert np.abs(resize_frame(fast, 64).astype(int) - full).max() <= 4
     with pytest.raises(ValueError, match="undecodable image"):
         decode_image(b"\xff\xd8 broken")
+
+
+# ----- files written by the real TensorFlow library (tests/fixtures/corpora/make_tf_fixtures.py) -----
+TF_FIXTURES = REPO / "tests" / "fixtures" / "corpora"
+
+
+def test_rlds_shard_written_by_tensorflow(tmp_path):
+    """A tiny RT-1-like dataset whose shard TensorFlow wrote (tf.io.TFRecordWriter + tf.train.Example)."""
+    reader = RLDSReader(str(TF_FIXTURES / "tf_rt1_like" / "0.1.0"), image_size=8, resize="stretch",
+                        action_keys=("steps/action/world_vector", "steps/action/rotation_delta",
+                                     "steps/action/gripper_closedness_action"), success_reward=1.0)
+    report = convert_corpus(reader, tmp_path / "out", progress=False)
+    assert report.written == 2 and not report.bad_records and not report.failed_sources
+    episodes = [load_episode(p, image_size=8, action_dim=7) for p in episode_paths(tmp_path / "out")]
+    for ep_index, ep in enumerate(episodes):
+        assert ep.obs.shape == (4, 3, 8, 8) and len(ep) == 3  # 4 steps -> 4 frames, 3 transitions
+        np.testing.assert_array_equal(ep.obs[:, 0, 0, 0], [0, 20, 40, 60])  # red level = 20 * step
+        assert (ep.obs[:, 1] == 100 * ep_index).all()  # green level = 100 * episode
+        for t in range(3):
+            np.testing.assert_allclose(ep.action[t], [ep_index + 0.1 * t] * 3 + [-t] * 3 + [0.5 * t], rtol=1e-6)
+        assert ep.reward[-1] == 1.0 and ep.success[-1] and ep.terminal[-1] and not ep.success[:-1].any()
+        assert [k for k, *_ in ep.meta["action_layout"]] == [
+            "steps/action/world_vector", "steps/action/rotation_delta", "steps/action/gripper_closedness_action"]
+
+
+def test_bair_shard_written_by_tensorflow(tmp_path):
+    reader = BairReader(str(TF_FIXTURES / "tf_bair" / "softmotion30_44k"), image_size=64)
+    report = convert_corpus(reader, tmp_path / "bair", progress=False)
+    assert report.written == 2 and not report.bad_records
+    for record, path in enumerate(episode_paths(tmp_path / "bair")):
+        ep = load_episode(path, image_size=64, action_dim=4)
+        assert ep.obs.shape == (3, 3, 64, 64) and len(ep) == 2
+        np.testing.assert_array_equal(ep.obs[:, 0, 0, 0], [0, 50, 100])  # aux1 camera: red = 50 * t
+        assert (ep.obs[:, 1] == 80 * record).all()
+        np.testing.assert_array_equal(ep.obs[0, 2, :, 0], np.arange(64) * 3)  # rows not flipped
+        np.testing.assert_allclose(ep.action, [[record, 0, 0, 0.5], [record, 1, -1, 0.5]])
