@@ -187,7 +187,7 @@ def test_losses_fall_on_metaworld_frames():
     assert set(metrics) >= {"diffusion/loss", "reward/loss", "diffusion/grad_norm"}
     assert d1 < 0.7 * d0, (d0, d1)
     assert r1 < 0.5 * r0, (r0, r1)
-    assert model.counters["diffusion_updates"] == 25 and model.counters["diffusion_nonfinite_skipped"] == 0
+    assert model.counters["updates_diffusion"] == 25 and model.counters["skipped_diffusion"] == 0
 
 
 def test_nonfinite_loss_is_skipped_and_counted():
@@ -196,7 +196,7 @@ def test_nonfinite_loss_is_skipped_and_counted():
     batch.reward[0, 0] = float("nan")
     before = [p.clone() for p in model.reward_head.parameters()]
     metrics = model.update(batch, parts=("reward",))
-    assert metrics["reward/skipped"] == 1.0 and model.counters["reward_nonfinite_skipped"] == 1
+    assert metrics["reward/skipped"] == 1.0 and model.counters["skipped_reward"] == 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.reward_head.parameters()))
     with pytest.raises(WorldModelConfigError, match="unknown parts"):
         model.update(batch, parts=("tokenizer",))

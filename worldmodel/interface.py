@@ -15,7 +15,7 @@ import abc
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -67,15 +67,40 @@ class WorldModel(nn.Module, abc.ABC):
     image_size: int
     action_dim: int
     context_frames: int
-    # One optimiser (and optional LR scheduler) per part, created by the subclass.
+    # One optimiser (and optional LR scheduler) per part, created by the subclass, and the
+    # counters "updates_<part>" / "skipped_<part>" that optimizer_step keeps.
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, Any]
+    counters: dict[str, int]
 
     # ----- training -----
     @abc.abstractmethod
     def update(self, batch: SegmentBatch, parts: tuple[str, ...] | None = None) -> dict[str, float]:
         """One optimiser step on real segments; ``parts`` names the sub-models to train
         (None: all). Returns scalar metrics. A non-finite loss skips the step and is counted."""
+
+    def optimizer_step(self, part: str, loss: torch.Tensor, params: Iterable[nn.Parameter],
+                       grad_clip: float | None) -> dict[str, float]:
+        """Backward and a clipped optimiser (+ scheduler) step for one part. A non-finite loss or
+        gradient norm skips the step and counts it in ``counters["skipped_<part>"]``; taken steps
+        count in ``counters["updates_<part>"]``."""
+        opt = self.optimizers[part]
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.counters[f"skipped_{part}"] += 1
+            return {f"{part}/skipped": 1.0}
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(params), grad_clip if grad_clip else float("inf"))
+        if not torch.isfinite(norm):
+            opt.zero_grad(set_to_none=True)
+            self.counters[f"skipped_{part}"] += 1
+            return {f"{part}/skipped": 1.0}
+        lr = opt.param_groups[0]["lr"]  # the rate this step used
+        opt.step()
+        if part in getattr(self, "schedulers", {}):
+            self.schedulers[part].step()
+        self.counters[f"updates_{part}"] += 1
+        return {f"{part}/grad_norm": float(norm), f"{part}/lr": lr}
 
     def training_state(self) -> dict[str, Any]:
         """Optimiser / scheduler states and counters, for checkpoints (weights excluded)."""

@@ -236,25 +236,7 @@ class IVideoGPT(WorldModel):
         return metrics
 
     def _step(self, part: str, loss: torch.Tensor, params: list[nn.Parameter]) -> dict[str, float]:
-        """Backward + clipped optimiser step; a non-finite loss or gradient skips and is counted."""
-        opt = self.optimizers[part]
-        opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            self.counters[f"skipped_{part}"] += 1
-            return {f"{part}/skipped": 1.0}
-        loss.backward()
-        clip = self.training_cfg["grad_clip"]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
-        if not torch.isfinite(norm):
-            opt.zero_grad(set_to_none=True)
-            self.counters[f"skipped_{part}"] += 1
-            return {f"{part}/skipped": 1.0}
-        lr = opt.param_groups[0]["lr"]  # the rate this step used
-        opt.step()
-        if part in self.schedulers:
-            self.schedulers[part].step()
-        self.counters[f"updates_{part}"] += 1
-        return {f"{part}/grad_norm": float(norm), f"{part}/lr": lr}
+        return self.optimizer_step(part, loss, params, self.training_cfg["grad_clip"])
 
     def _update_tokenizer(self, frames: torch.Tensor) -> dict[str, float]:
         T0 = self.context_frames

@@ -126,7 +126,7 @@ class Vid2World(WorldModel):
         # Reuse history features across denoising steps (causal backbone only); False recomputes
         # the whole window at every step (same result, slower; kept for benchmarks and checks).
         self.use_cache = True
-        self.counters = {f"{p}_{c}": 0 for p in self.parts for c in ("updates", "nonfinite_skipped")}
+        self.counters = {f"{c}_{p}": 0 for p in self.parts for c in ("updates", "skipped")}
 
     @property
     def device(self) -> torch.device:
@@ -259,21 +259,8 @@ class Vid2World(WorldModel):
         return loss, {"reward/loss": loss.item()}
 
     def _optimize(self, part: str, loss: torch.Tensor, module: torch.nn.Module) -> dict[str, float]:
-        opt = self.optimizers[part]
-        opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            self.counters[f"{part}_nonfinite_skipped"] += 1
-            return {f"{part}/skipped": 1.0}
-        loss.backward()
         params = self.diffusion_params if part == "diffusion" else module.parameters()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        if not torch.isfinite(grad_norm):
-            opt.zero_grad(set_to_none=True)
-            self.counters[f"{part}_nonfinite_skipped"] += 1
-            return {f"{part}/skipped": 1.0}
-        opt.step()
-        self.counters[f"{part}_updates"] += 1
-        return {f"{part}/grad_norm": grad_norm.item()}
+        return self.optimizer_step(part, loss, params, self.config.grad_clip)
 
     def _segment_keys(self, batch: SegmentBatch) -> torch.Tensor | None:
         """Keys [B, T, K] of a segment's frames for the memory (None if it needs none); state
