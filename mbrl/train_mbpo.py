@@ -26,7 +26,8 @@ CONFIG_DIR = str(REPO_ROOT / "cfgs")
 RUNS_DIR = Path("runs")
 
 
-def _get(args: list[str], key: str) -> str | None:
+def override_value(args: list[str], key: str) -> str | None:
+    """The value of a ``key=value`` command-line override, or None if it is not given."""
     for arg in args:
         if arg.startswith(key + "="):
             return arg.split("=", 1)[1]
@@ -35,8 +36,8 @@ def _get(args: list[str], key: str) -> str | None:
 
 def choose_preset(args: list[str]) -> list[str]:
     """Add ``preset=cpu`` or ``preset=reference`` when the user gave none, and say which."""
-    if _get(args, "preset") is not None:
-        print(f"[train] preset={_get(args, 'preset')} (given)")
+    if override_value(args, "preset") is not None:
+        print(f"[train] preset={override_value(args, 'preset')} (given)")
         return args
     import torch
 
@@ -53,8 +54,8 @@ def resolve_resume(args: list[str]) -> list[str]:
     In a multirun (``-m``) nothing is rewritten: each job's run dir is its deterministic sweep
     subdir, and ``resume=true`` makes the Trainer continue (or skip) whatever that subdir holds
     (scripts/benchmark.py relies on this)."""
-    resume = _get(args, "resume")
-    if resume in (None, "false", "False") or _get(args, "hydra.run.dir") is not None:
+    resume = override_value(args, "resume")
+    if resume in (None, "false", "False") or override_value(args, "hydra.run.dir") is not None:
         return args
     if any(a in ("-m", "--multirun") for a in args):
         if resume not in ("true", "True"):

@@ -25,15 +25,10 @@ import logging  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from mbrl.train_mbpo import override_value  # noqa: E402  (the same argv reading as training)
+
 CONFIG_DIR = str(REPO_ROOT / "cfgs")
 PRESETS = ("reference", "cpu")
-
-
-def _get(args: list[str], key: str) -> str | None:
-    for arg in args:
-        if arg.startswith(key + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def choose_preset(args: list[str]) -> list[str]:
@@ -41,7 +36,7 @@ def choose_preset(args: list[str]) -> list[str]:
     (``cfgs/world_model_preset/<preset>_<world_model>.yaml``)."""
     if any(a.startswith("world_model_preset@world_model=") for a in args):
         return args
-    preset = _get(args, "preset")
+    preset = override_value(args, "preset")
     args = [a for a in args if not a.startswith("preset=")]
     if preset is None:
         import torch
@@ -52,7 +47,7 @@ def choose_preset(args: list[str]) -> list[str]:
             print(f"[pretrain] preset={preset} ({why}; override with preset=reference|cpu)", flush=True)
     if preset not in PRESETS:
         raise SystemExit(f"[pretrain] preset={preset}: choose one of {PRESETS}")
-    model = _get(args, "world_model") or "ivideogpt"
+    model = override_value(args, "world_model") or "ivideogpt"
     return args + [f"world_model_preset@world_model={preset}_{model}"]
 
 
