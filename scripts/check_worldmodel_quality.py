@@ -16,6 +16,7 @@ The last line is a one-line summary; the exit status is 1 if the model beats nei
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -49,6 +50,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer-every", type=int, default=2,
                    help="one tokenizer update every N transformer updates (after the tokenizer warm-up)")
     p.add_argument("--train-minutes", type=float, default=6.0, help="wall-clock training budget")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="a fixed number of updates instead of the wall-clock budget (the tokenizer "
+                        "warm-up is then --tokenizer-share of the steps)")
+    p.add_argument("--tokenizer-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="tokenizer config overrides, values in JSON (e.g. max_att_resolution=32)")
     p.add_argument("--tokenizer-share", type=float, default=0.4,
                    help="fraction of the budget spent on the tokenizer alone first")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -56,6 +62,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer", default="tiny")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda (the check is meant for a CPU)")
+    p.add_argument("--data", default=None,
+                   help="an .npz of collected episodes: loaded if it exists, else written after "
+                        "collecting (to train elsewhere, e.g. on a GPU machine without simulators)")
     return p.parse_args()
 
 
@@ -87,6 +97,29 @@ def collect(task: str, episodes: int, length: int, seed: int, image_size: int) -
     return out
 
 
+Episodes = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def save_episodes(path: str, train: Episodes, held_out: Episodes) -> None:
+    """Both episode lists in one compressed .npz, written atomically."""
+    arrays = {}
+    for split, eps in (("train", train), ("eval", held_out)):
+        for i, (f, a, r) in enumerate(eps):
+            arrays.update({f"{split}_{i}_frames": f, f"{split}_{i}_actions": a, f"{split}_{i}_rewards": r})
+    tmp = f"{path}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_episodes(path: str) -> tuple[Episodes, Episodes]:
+    with np.load(path) as z:
+        def split(name: str) -> Episodes:
+            n = len([k for k in z.files if k.startswith(f"{name}_") and k.endswith("_frames")])
+            return [(z[f"{name}_{i}_frames"], z[f"{name}_{i}_actions"], z[f"{name}_{i}_rewards"])
+                    for i in range(n)]
+        return split("train"), split("eval")
+
+
 def sample_segments(episodes, batch: int, length: int, rng: np.random.Generator) -> SegmentBatch:
     obs, act, rew = [], [], []
     for _ in range(batch):
@@ -113,24 +146,39 @@ def main() -> None:
     length = args.context + args.horizon
 
     t0 = time.time()
-    train_eps = collect(args.task, args.episodes, args.episode_length, args.seed, args.image_size)
-    eval_eps = collect(args.task, args.eval_episodes, args.episode_length, args.seed + 10_000, args.image_size)
+    if args.data and os.path.exists(args.data):
+        train_eps, eval_eps = load_episodes(args.data)
+        source = f"loaded from {args.data}"
+    else:
+        train_eps = collect(args.task, args.episodes, args.episode_length, args.seed, args.image_size)
+        eval_eps = collect(args.task, args.eval_episodes, args.episode_length, args.seed + 10_000,
+                           args.image_size)
+        if args.data:
+            save_episodes(args.data, train_eps, eval_eps)
+        source = f"collected from {args.task}"
     n_frames = sum(len(a) for _, a, _ in train_eps)
-    print(f"collected {args.episodes} + {args.eval_episodes} episodes of {args.task} "
-          f"({n_frames} training transitions) in {time.time() - t0:.0f}s")
+    print(f"{len(train_eps)} + {len(eval_eps)} episodes {source} ({n_frames} training transitions) "
+          f"in {time.time() - t0:.0f}s")
 
     image_size = train_eps[0][0].shape[-1]
     action_dim = train_eps[0][1].shape[-1]
     # Cross-attention on the 16x16 (64 px) or 8x8 (32 px) latent maps and below.
     tokenizer = {"size": args.tokenizer, "max_att_resolution": image_size // 4}
+    for item in args.tokenizer_set:
+        key, _, value = item.partition("=")
+        tokenizer[key] = json.loads(value)
     model = IVideoGPT(image_size=image_size, action_dim=action_dim, context_frames=args.context,
                       tokenizer=tokenizer, transformer=args.transformer, max_future_frames=args.horizon,
-                      training={"lr": args.lr, "tokenizer_future_frames": args.tokenizer_frames})
+                      training={"lr": args.lr, "tokenizer_future_frames": args.tokenizer_frames}
+                      ).to(args.device)
     budget = args.train_minutes * 60
     t0 = time.time()
     step, last = 0, {}
-    while time.time() - t0 < budget:
-        tokenizer_phase = time.time() - t0 < args.tokenizer_share * budget
+    def progress() -> float:  # fraction of the training budget spent
+        return step / args.train_steps if args.train_steps else (time.time() - t0) / budget
+
+    while progress() < 1:
+        tokenizer_phase = progress() < args.tokenizer_share
         if tokenizer_phase:
             parts = ("tokenizer",)
         elif step % args.tokenizer_every == 0:
@@ -160,21 +208,21 @@ def main() -> None:
     real_next = obs[:, T0:]  # [N, k, ...]: o_{T0} .. produced by a_{T0-1} ..
     real_rew = rew[:, T0 - 1:]  # [N, k]: r for (o_{T0-1+i}, a_{T0-1+i})
     model.eval()
-    state = model.reset(obs[:, :T0], torch.Generator().manual_seed(args.seed))
+    state = model.reset(obs[:, :T0], torch.Generator(device=args.device).manual_seed(args.seed))
     pred_frames, pred_rew = [], []
     for i in range(args.horizon):
         f, r, state = model.step(state, act[:, T0 - 1 + i])
-        pred_frames.append(f)
-        pred_rew.append(r)
+        pred_frames.append(f.cpu())
+        pred_rew.append(r.cpu())
     pred_frames, pred_rew = torch.stack(pred_frames, 1), torch.stack(pred_rew, 1)
 
     model_psnr = psnr(pred_frames, real_next).mean().item()
     copy_psnr = psnr(obs[:, T0 - 1:T0].expand_as(real_next), real_next).mean().item()
     with torch.no_grad():  # the tokenizer's own ceiling: reconstruct the real future frames
-        unit = obs.float() / (PIXEL_MAX / 2) - 1
+        unit = obs.to(args.device).float() / (PIXEL_MAX / 2) - 1
         ctx_codes, cache = model.tokenizer.encode_context(unit[:, :T0])
         recon = model.tokenizer.decode_future(model.tokenizer.encode_future(unit[:, T0:], cache), cache)
-        recon = ((recon.clamp(-1, 1) + 1) * (PIXEL_MAX / 2)).round().to(torch.uint8)
+        recon = ((recon.clamp(-1, 1) + 1) * (PIXEL_MAX / 2)).round().to(torch.uint8).cpu()
     recon_psnr = psnr(recon, real_next).mean().item()
     train_mean = float(np.concatenate([r for _, _, r in train_eps]).mean())
     model_rmse = ((pred_rew - real_rew) ** 2).mean().item()

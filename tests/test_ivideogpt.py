@@ -85,6 +85,29 @@ def test_kv_cached_logits_equal_full_recompute_over_several_frames():
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
 
 
+class _Owner:
+    """Stands in for an imagination state (anything weak-referenceable)."""
+
+
+@torch.no_grad()
+def test_static_kv_steps_equal_full_recompute_over_several_frames():
+    """The imagination fast path (fixed-size cache, one token per step) against LlamaModel.forward."""
+    tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
+    k = 3
+    ctx, fut = random_codes(SMALL, 2, k)
+    act = torch.randn(2, k, A)
+    ids = SMALL.sequence(ctx, fut)
+    embeds = tf.embed(ids, act)
+    full = tf.logits(tf.run(embeds))  # [B, L, V]
+    P = SMALL.prelude_length
+    owner = _Owner()  # the decoder is lent while its owner lives
+    step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
+    assert step.cache.length == P
+    for i in range(P, ids.shape[1] - 1):  # the logits at position i predict token i + 1
+        logits, _ = step(embeds[:, i:i + 1], i)
+        torch.testing.assert_close(logits, full[:, i], atol=1e-4, rtol=1e-4)
+
+
 @torch.no_grad()
 def test_generate_frame_cached_equals_reprefill_with_same_seed():
     tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
@@ -263,6 +286,26 @@ def test_kv_cached_imagination_equals_reprefill():
     f2, r2 = imagine(model, ctx, acts, seed=3, reprefill=True)
     assert torch.equal(f1, f2)
     torch.testing.assert_close(r1, r2, atol=1e-5, rtol=1e-4)
+
+
+def test_interleaved_rollouts_of_one_batch_size_keep_their_own_caches():
+    """Static caches are pooled by batch size: two live rollouts must not share one."""
+    model = randomise_heads(tiny_model()).eval()
+    ctx_a, ctx_b, acts = context(2, seed=0), context(2, seed=1), torch.rand(2, 3, ACT) * 2 - 1
+    alone_a, _ = imagine(model, ctx_a, acts, seed=3)
+    alone_b, _ = imagine(model, ctx_b, acts, seed=4)
+    state_a = model.reset(ctx_a, torch.Generator().manual_seed(3))
+    state_b = model.reset(ctx_b, torch.Generator().manual_seed(4))
+    assert state_a.cache is not state_b.cache
+    frames_a, frames_b = [], []
+    for t in range(acts.shape[1]):
+        frames_a.append(model.step(state_a, acts[:, t])[0])
+        frames_b.append(model.step(state_b, acts[:, t])[0])
+    assert torch.equal(torch.stack(frames_a, 1), alone_a) and torch.equal(torch.stack(frames_b, 1), alone_b)
+    del state_a, state_b  # their caches go back to the pool and are reused, not reallocated
+    pool_size = sum(len(v) for v in model.transformer._static_pool.values())
+    imagine(model, ctx_a, acts, seed=3)
+    assert sum(len(v) for v in model.transformer._static_pool.values()) == pool_size
 
 
 def test_horizon_beyond_max_future_frames_is_refused_and_bad_input_named():

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from worldmodel.cuda_graphs import GraphedCall
 from worldmodel.interface import (WEIGHTS_NAME, SegmentBatch, WorldModel, WorldModelConfigError,
                                   load_weights_checked, read_config)
 from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer
@@ -39,7 +40,7 @@ from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, syme
 log = logging.getLogger(__name__)
 
 PIXEL_MAX = 255.0
-DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 100}
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 100, "compile": False}
 DEFAULT_TRAINING = {
     "lr": 1e-4,  # both parts (official tok_lr = model_lr = 1e-4)
     "weight_decay": 0.0,
@@ -70,7 +71,7 @@ class ImagineState:
     cannot be branched: call ``reset`` again for another rollout from the same context."""
 
     context: Any  # the tokenizer's ContextCache
-    cache: Any  # DynamicCache (KV-cached path) or None (re-prefill path)
+    cache: Any  # OneTokenStep over a static KV cache (cached path) or None (re-prefill path)
     ids: torch.Tensor  # long [B, L]: every token so far (re-prefill path and bookkeeping)
     actions: torch.Tensor  # float [B, n, A]: the actions of the n imagined frames
     generator: torch.Generator | None
@@ -127,6 +128,14 @@ class IVideoGPT(WorldModel):
             self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm))
                                for k, o in self.optimizers.items()}
         self.counters = {f"{kind}_{part}": 0 for kind in ("updates", "skipped") for part in self.optimizers}
+        # Per-step frame decoding, a CUDA graph per batch size on GPU (worldmodel/cuda_graphs.py).
+        self._frame_decoders: dict[tuple, GraphedCall] = {}
+
+    def _decode_newest(self, codes: torch.Tensor, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        key = (codes.shape[0], codes.device, self.tokenizer.post_quant_linear.weight.data_ptr())
+        if key not in self._frame_decoders:
+            self._frame_decoders[key] = GraphedCall(self.tokenizer.decode_newest)
+        return self._frame_decoders[key](codes, *features)
 
     def _adamw(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
         t = self.training_cfg
@@ -314,14 +323,16 @@ class IVideoGPT(WorldModel):
         with self._imagining():
             frames = frames_to_unit(context_obs[:, -T0:].to(self.device))
             ctx_codes, context = self.tokenizer.encode_context(frames)  # [B, T0, hc, wc]
+            self.tokenizer.decoder_features(context)  # computed once, cached in ``context``
             ids = self.layout.prelude(ctx_codes.flatten(2))  # [B, prelude]
-            cache = None
-            if not reprefill:
-                cache = self.transformer.new_cache()
-                self.transformer.run(self.transformer.embed(ids), cache)
-        B = context_obs.shape[0]
-        actions = torch.zeros(B, 0, self.action_dim, device=self.device)
-        return ImagineState(context=context, cache=cache, ids=ids, actions=actions, generator=generator)
+            B = context_obs.shape[0]
+            actions = torch.zeros(B, 0, self.action_dim, device=self.device)
+            state = ImagineState(context=context, cache=None, ids=ids, actions=actions, generator=generator)
+            if not reprefill:  # prefill once; every later token is one fixed-shape step
+                max_len = self.layout.sequence_length(self.max_future_frames)
+                state.cache = self.transformer.static_decoder(self.transformer.embed(ids), max_len, owner=state,
+                                                              compile=self.sampling["compile"])
+        return state
 
     def step(self, state: ImagineState, action: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, ImagineState]:
         """action float [B, A] (a_t) -> (o_{t+1} uint8 [B, 3, H, W], r_t float [B], state)."""
@@ -346,8 +357,8 @@ class IVideoGPT(WorldModel):
                 prefix = tf.embed(state.ids, state.actions)
             codes, reward = tf.generate_frame(cache, action, B, s["temperature"], s["top_k"],
                                               state.generator, prefix=prefix)  # [B, Nf], [B]
-            hf, wf = self.tokenizer.future_token_shape
-            frame = self.tokenizer.decode_future(codes.view(B, 1, hf, wf), state.context)[:, 0]
+            frame = self._decode_newest(codes.view(B, *self.tokenizer.future_token_shape),
+                                        state.context.dec_features)  # [B, 3, H, W]
         state.ids = torch.cat([state.ids, self.layout.frames(codes[:, None])], 1)
         if action is not None:
             state.actions = torch.cat([state.actions, action[:, None]], 1)

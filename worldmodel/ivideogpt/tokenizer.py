@@ -238,7 +238,7 @@ class CompressiveTokenizer(nn.Module):
         """Decoder-side cache from context codes [B, T0, hc, wc] alone: enough for
         ``decode_future``; ``encode_future`` needs the frames (``encode_context``)."""
         cache = ContextCache(codes)
-        self._decoder_features(cache)
+        self.decoder_features(cache)
         return cache
 
     def encode_future(self, frames: Tensor, cache: ContextCache) -> Tensor:
@@ -264,10 +264,18 @@ class CompressiveTokenizer(nn.Module):
         """[B, T, hf, wf] -> frames [B, T, 3, H, W] in [-1, 1]; costs T frames (context cached)."""
         self._check_codes(codes, "future codes", self.future_token_shape, self.future_vocab_size)
         self._check_cache(cache, codes.shape[0])
-        x = self.cond_decoder(self._future_latent(codes.flatten(0, 1)), list(self._decoder_features(cache)))
+        x = self.cond_decoder(self._future_latent(codes.flatten(0, 1)), list(self.decoder_features(cache)))
         return self._from_net(x).clamp(-1, 1).reshape(*codes.shape[:2], *x.shape[1:])
 
-    def _decoder_features(self, cache: ContextCache) -> tuple[Tensor, ...]:
+    def decode_newest(self, codes: Tensor, *dec_features: Tensor) -> Tensor:
+        """One future frame per batch entry, unchecked (no host sync, so it can be a CUDA graph):
+        codes long [B, hf, wf] of valid ids, ``dec_features`` = ``cache.dec_features`` ->
+        frame [B, 3, H, W] in [-1, 1]. Imagination's per-step decoding."""
+        x = self.cond_decoder(self._future_latent(codes), list(dec_features))
+        return self._from_net(x).clamp(-1, 1)
+
+    def decoder_features(self, cache: ContextCache) -> tuple[Tensor, ...]:
+        """The conditional decoder's context features, computed on first use and kept in ``cache``."""
         if cache.dec_features is None:
             self._check_codes(cache.codes, "context codes", self.context_token_shape, self.context_vocab_size)
             if cache.codes.shape[1] != self.context_frames:

@@ -19,6 +19,7 @@ Parameter names follow the official ``HeadModelWithAction``: ``llm`` (a ``LlamaF
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from worldmodel.ivideogpt.static_kv import OneTokenStep, StaticKVCache, run_layers
 from worldmodel.ivideogpt.transformer_configs import llama_rope_parameters, transformer_config
 
 NUM_SPECIAL_TOKENS = 2  # scf (context-frame separator) and sdf (future-frame slot)
@@ -136,6 +138,8 @@ class VideoTransformer(nn.Module):
             if head is not None:
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
+        # Static-cache decoders (and their CUDA graphs) kept between rollouts; see static_decoder.
+        self._static_pool: dict[tuple, list[OneTokenStep]] = {}
 
     @property
     def max_positions(self) -> int:
@@ -169,6 +173,29 @@ class VideoTransformer(nn.Module):
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.llm.config)
+
+    def static_decoder(self, prelude: torch.Tensor, max_len: int, owner: object,
+                       compile: bool = False) -> OneTokenStep:
+        """Prefill a static KV cache of ``max_len`` positions with prelude embeddings [B, P, D]
+        and return its one-token step (a CUDA graph on GPU), for the imagination of ``owner``.
+
+        Decoders are pooled by batch size and length, so MBPO's rollouts of a fixed batch reuse
+        one buffer and one graph; a decoder is handed out again only once its owner (an
+        imagination state) is gone, so two live rollouts never share a cache."""
+        B = prelude.shape[0]
+        compile = compile and prelude.is_cuda  # the CPU path stays eager
+        key = (B, max_len, prelude.device, self.llm.lm_head.weight.data_ptr(), compile)
+        pool = self._static_pool.setdefault(key, [])
+        step = next((s for s in pool if s.owner() is None), None)
+        if step is None:
+            cache = StaticKVCache(self.llm.model, B, max_len)
+            step = OneTokenStep(self.llm.model, self.llm.lm_head, cache, compile)
+            pool.append(step)
+        step.owner = weakref.ref(owner)
+        positions = torch.arange(prelude.shape[1], device=prelude.device)
+        run_layers(self.llm.model, step.cache, prelude, positions)
+        step.cache.length = prelude.shape[1]
+        return step
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.lm_head(hidden)
@@ -215,9 +242,20 @@ class VideoTransformer(nn.Module):
         Returns codes long [B, Nf] in [0, Vf) and the reward in symlog space [B]."""
         device = self.llm.lm_head.weight.device
         embeds = self.slot_embedding(batch, action, device)  # [B, 1, D]
+        embed_tokens = self.llm.get_input_embeddings()
+        if isinstance(cache, OneTokenStep):  # static cache: one fixed-shape step per token
+            codes = []
+            for _ in range(self.layout.future_tokens + 1):
+                logits, hidden = cache(embeds, cache.cache.length)  # [B, V], [B, D]
+                cache.cache.length += 1
+                if len(codes) == self.layout.future_tokens:
+                    break
+                code = sample_codes(logits, self.layout, temperature, top_k, generator)
+                codes.append(code)
+                embeds = embed_tokens(code[:, None] + self.layout.context_vocab)
+            return torch.stack(codes, 1), self.reward(hidden)
         if prefix is not None:
             embeds = torch.cat([prefix, embeds], 1)
-        embed_tokens = self.llm.get_input_embeddings()
         codes = []
         hidden = self.run(embeds, cache)[:, -1:]  # [B, 1, D]
         for _ in range(self.layout.future_tokens):

@@ -361,7 +361,8 @@ class Pretrainer:
             end = state.step == steps
             if state.step % log_every == 0 or end:
                 keys = sorted(sums)
-                means = acc.reduce(torch.stack([sums[k] / count for k in keys]).to(acc.device), "mean")
+                # Metrics may live on the CPU (a python-float grad norm) or the GPU: gather on the device.
+                means = acc.reduce(torch.stack([(sums[k] / count).to(acc.device) for k in keys]), "mean")
                 now = time.perf_counter()
                 rate = (state.step - step_last) / max(now - t_last, 1e-9)
                 row = {"step": state.step, **{k: float(v) for k, v in zip(keys, means)},

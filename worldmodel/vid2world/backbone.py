@@ -49,6 +49,20 @@ class TemporalCache:
         return self
 
 
+def few_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention over a few frames for a huge batch of pixel sequences, written out.
+
+    q [N, heads, T, d], k and v [N, heads, S, d], mask [T, S] (True = may attend) or None.
+    N = batch x pixels is in the hundreds of thousands at 64x64: cuDNN's fused attention fails
+    on such batches on an H100 (``mha_graph.execute ... is_good()``), and with T, S of a few
+    frames the scores [N, heads, T, S] are small, so the plain form costs little."""
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # [N, heads, T, S]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
+
+
 def _repeat_batch(t: torch.Tensor, r: int) -> torch.Tensor:
     return t if r == 1 else t.repeat(r, *([1] * (t.dim() - 1)))
 
@@ -127,7 +141,7 @@ class TemporalAttention(nn.Module):
             query_pos = positions[:, None]
             key_pos = torch.arange(k.shape[2], device=x.device)[None]
             mask = key_pos <= query_pos  # [T, offset+T], True = may attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, heads, T, hd]
+        out = few_frame_attention(q, k, v, mask)  # [N, heads, T, hd]
         out = self.proj(out.transpose(1, 2).reshape(B * H * W, T, C))
         return x + out.view(B, H, W, T, C).permute(0, 3, 4, 1, 2)
 
