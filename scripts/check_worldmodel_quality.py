@@ -3,15 +3,18 @@
     python scripts/check_worldmodel_quality.py                       # tiny sizes, ~10 CPU minutes
     python scripts/check_worldmodel_quality.py --task plate-slide-v3 --train-minutes 6 --episodes 12
 
-Episodes of random actions are collected with ``mbrl.envs.make_env`` (64x64 corner camera,
-action repeat 2, as in MBPO). The model trains for a fixed wall-clock budget on segments of
+Episodes of the scripted Meta-World expert with action noise (``--policy random``: uniform
+random actions) are collected as demonstrations are, with ``mbrl.envs.make_env`` (64x64 corner
+camera, action repeat 2, as in MBPO). The model trains for a fixed wall-clock budget on segments of
 ``context + horizon`` frames, then imagines ``horizon`` steps open loop from held-out real
 context frames, driven by the real actions. Reported:
 
 * PSNR of the imagined frames vs. the real ones, against the copy-last-context-frame baseline;
 * reward MSE of the imagined rewards vs. the real ones, against predicting the training mean.
 
-The last line is a one-line summary; the exit status is 1 if the model beats neither baseline.
+The judged rollouts are greedy (``--eval-temperature 0``): PSNR scores a point prediction, and
+the most likely frames are the model's. Rollouts sampled as MBPO samples them are printed too.
+The last line is a one-line summary; the exit status is 1 unless the model beats both baselines.
 """
 from __future__ import annotations
 
@@ -31,15 +34,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from worldmodel.interface import SegmentBatch  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 
-RGB = 3
 PIXEL_MAX = 255.0
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="plate-slide-v3", help="Meta-World v3 task")
-    p.add_argument("--episodes", type=int, default=10, help="training episodes of random actions")
-    p.add_argument("--eval-episodes", type=int, default=2, help="held-out episodes for the evaluation")
+    p.add_argument("--policy", default="expert", choices=["expert", "random"],
+                   help="who acts in the collected episodes: the scripted expert (with --noise) or "
+                        "uniform random actions")
+    p.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise on the expert's actions")
+    p.add_argument("--episodes", type=int, default=40, help="training episodes")
+    p.add_argument("--eval-episodes", type=int, default=4, help="held-out episodes for the evaluation")
     p.add_argument("--episode-length", type=int, default=60, help="agent steps per episode")
     p.add_argument("--image-size", type=int, default=64, help="frame size rendered by the env")
     p.add_argument("--context", type=int, default=2, help="context frames")
@@ -58,6 +64,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer-share", type=float, default=0.4,
                    help="fraction of the budget spent on the tokenizer alone first")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-temperature", type=float, default=0.0,
+                   help="sampling temperature of the judged rollouts (0: greedy, the most likely "
+                        "frames: PSNR scores a point prediction); sampled rollouts are printed too")
+    p.add_argument("--save", default=None, help="save_pretrained the trained model into this folder")
     p.add_argument("--transformer", default="tiny")
     p.add_argument("--tokenizer", default="tiny")
     p.add_argument("--threads", type=int, default=2)
@@ -69,30 +79,25 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def collect(task: str, episodes: int, length: int, seed: int, image_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Random-action episodes: (frames uint8 [T+1, 3, H, W], actions [T, A], rewards [T])."""
+def collect(task: str, episodes: int, length: int, seed: int, image_size: int, policy: str = "random",
+            noise: float = 0.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Episodes of the scripted expert (with action noise) or of random actions, collected as
+    demonstrations are (``mbrl.demos.collect``): (frames uint8 [T+1, 3, H, W], actions [T, A],
+    rewards [T])."""
     from omegaconf import OmegaConf
 
+    from mbrl.demos.collect import make_policy, run_episode
     from mbrl.envs import make_env
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = OmegaConf.load(os.path.join(root, "cfgs", "suite", "metaworld.yaml"))
     cfg.name, cfg.episode_length, cfg.image_size = task, length, image_size
     env = make_env(cfg, seed=seed)
-    rng = np.random.default_rng(seed)
+    actor = make_policy({"suite": "metaworld", "name": task}, policy)
     out = []
     for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        frames, actions, rewards = [obs[-RGB:]], [], []
-        done = False
-        while not done:
-            a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
-            obs, r, term, trunc, _ = env.step(a)
-            frames.append(obs[-RGB:])  # the newest frame of the stack
-            actions.append(a)
-            rewards.append(r)
-            done = term or trunc
-        out.append((np.stack(frames), np.stack(actions), np.asarray(rewards, np.float32)))
+        e = run_episode(env, actor, seed=seed + ep, noise=noise)
+        out.append((e.obs, e.action, e.reward.astype(np.float32)))
     env.close()
     return out
 
@@ -138,6 +143,25 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(PIXEL_MAX ** 2 / mse)
 
 
+def open_loop(model: IVideoGPT, obs: torch.Tensor, act: torch.Tensor, horizon: int, seed: int,
+              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Imagine ``horizon`` frames from the first ``context_frames`` of obs uint8 [N, T, 3, H, W],
+    driven by the real actions [N, T - 1, A] -> (frames uint8 [N, k, 3, H, W], rewards [N, k])."""
+    T0 = model.context_frames
+    default = model.sampling["temperature"]
+    model.sampling["temperature"] = temperature
+    try:
+        state = model.reset(obs[:, :T0], torch.Generator(device=model.device).manual_seed(seed))
+        frames, rewards = [], []
+        for i in range(horizon):
+            f, r, state = model.step(state, act[:, T0 - 1 + i])
+            frames.append(f.cpu())
+            rewards.append(r.cpu())
+    finally:
+        model.sampling["temperature"] = default
+    return torch.stack(frames, 1), torch.stack(rewards, 1)
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -150,9 +174,10 @@ def main() -> None:
         train_eps, eval_eps = load_episodes(args.data)
         source = f"loaded from {args.data}"
     else:
-        train_eps = collect(args.task, args.episodes, args.episode_length, args.seed, args.image_size)
+        train_eps = collect(args.task, args.episodes, args.episode_length, args.seed, args.image_size,
+                            args.policy, args.noise)
         eval_eps = collect(args.task, args.eval_episodes, args.episode_length, args.seed + 10_000,
-                           args.image_size)
+                           args.image_size, args.policy, args.noise)
         if args.data:
             save_episodes(args.data, train_eps, eval_eps)
         source = f"collected from {args.task}"
@@ -207,14 +232,14 @@ def main() -> None:
     T0 = args.context
     real_next = obs[:, T0:]  # [N, k, ...]: o_{T0} .. produced by a_{T0-1} ..
     real_rew = rew[:, T0 - 1:]  # [N, k]: r for (o_{T0-1+i}, a_{T0-1+i})
+    if args.save:
+        model.save_pretrained(args.save)
+        print(f"saved the trained model to {args.save}")
     model.eval()
-    state = model.reset(obs[:, :T0], torch.Generator(device=args.device).manual_seed(args.seed))
-    pred_frames, pred_rew = [], []
-    for i in range(args.horizon):
-        f, r, state = model.step(state, act[:, T0 - 1 + i])
-        pred_frames.append(f.cpu())
-        pred_rew.append(r.cpu())
-    pred_frames, pred_rew = torch.stack(pred_frames, 1), torch.stack(pred_rew, 1)
+    sampled = open_loop(model, obs, act, args.horizon, args.seed, model.sampling["temperature"])
+    pred_frames, pred_rew = open_loop(model, obs, act, args.horizon, args.seed, args.eval_temperature)
+    sampled_psnr = psnr(sampled[0], real_next).mean().item()
+    sampled_rmse = ((sampled[1] - real_rew) ** 2).mean().item()
 
     model_psnr = psnr(pred_frames, real_next).mean().item()
     copy_psnr = psnr(obs[:, T0 - 1:T0].expand_as(real_next), real_next).mean().item()
@@ -223,17 +248,25 @@ def main() -> None:
         ctx_codes, cache = model.tokenizer.encode_context(unit[:, :T0])
         recon = model.tokenizer.decode_future(model.tokenizer.encode_future(unit[:, T0:], cache), cache)
         recon = ((recon.clamp(-1, 1) + 1) * (PIXEL_MAX / 2)).round().to(torch.uint8).cpu()
+        ctx_recon = model.tokenizer.decode_context(ctx_codes)
+        ctx_recon = ((ctx_recon.clamp(-1, 1) + 1) * (PIXEL_MAX / 2)).round().to(torch.uint8).cpu()
     recon_psnr = psnr(recon, real_next).mean().item()
+    ctx_recon_psnr = psnr(ctx_recon, obs[:, :T0]).mean().item()
     train_mean = float(np.concatenate([r for _, _, r in train_eps]).mean())
     model_rmse = ((pred_rew - real_rew) ** 2).mean().item()
     mean_rmse = ((train_mean - real_rew) ** 2).mean().item()
 
     print(f"\nopen loop, {obs.shape[0]} held-out windows, {args.horizon} steps from {T0} real frames:")
     print(f"{'':<28}{'model':>10}{'baseline':>10}")
-    print(f"{'PSNR dB (copy last frame)':<28}{model_psnr:>10.2f}{copy_psnr:>10.2f}   tokenizer recon {recon_psnr:.2f}")
+    print(f"{'PSNR dB (copy last frame)':<28}{model_psnr:>10.2f}{copy_psnr:>10.2f}   tokenizer recon: "
+          f"future {recon_psnr:.2f}, context {ctx_recon_psnr:.2f}")
     print(f"{'reward MSE (train mean)':<28}{model_rmse:>10.4f}{mean_rmse:>10.4f}")
+    print(f"(sampled as in MBPO, temperature {model.sampling['temperature']}, top-k {model.sampling['top_k']}: "
+          f"PSNR {sampled_psnr:.2f} dB, reward MSE {sampled_rmse:.4f})")
     beats = (model_psnr > copy_psnr, model_rmse < mean_rmse)
-    print(f"SUMMARY {args.task} {args.transformer}/{args.tokenizer} after {step} steps: PSNR {model_psnr:.2f} vs "
+    decoding = "greedy" if args.eval_temperature <= 0 else f"temperature {args.eval_temperature}"
+    print(f"SUMMARY {args.task} {args.transformer}/{args.tokenizer} after {step} steps ({decoding}): "
+          f"PSNR {model_psnr:.2f} vs "
           f"copy-last {copy_psnr:.2f} dB ({'beats' if beats[0] else 'LOSES'}), reward MSE {model_rmse:.4f} vs "
           f"mean {mean_rmse:.4f} ({'beats' if beats[1] else 'LOSES'})")
     sys.exit(0 if all(beats) else 1)

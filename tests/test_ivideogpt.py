@@ -66,22 +66,26 @@ def _with_random_heads(tf: VideoTransformer) -> VideoTransformer:
     return tf.eval()
 
 
+def _sequence_and_full_logits(k: int) -> tuple[VideoTransformer, torch.Tensor, torch.Tensor]:
+    """A random-headed transformer, the embeddings of a 2 x (prelude + k frames) sequence and
+    its logits from one full forward pass: the reference for the incremental paths."""
+    tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
+    ctx, fut = random_codes(SMALL, 2, k)
+    embeds = tf.embed(SMALL.sequence(ctx, fut), torch.randn(2, k, A))  # [B, L, D]
+    return tf, embeds, tf.logits(tf.run(embeds))  # logits [B, L, V]
+
+
 @torch.no_grad()
 def test_kv_cached_logits_equal_full_recompute_over_several_frames():
-    tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
-    k = 4
-    ctx, fut = random_codes(SMALL, 2, k)
-    act = torch.randn(2, k, A)
-    ids = SMALL.sequence(ctx, fut)
-    embeds = tf.embed(ids, act)
-    full = tf.logits(tf.run(embeds))  # [B, L, V]
+    tf, embeds, full = _sequence_and_full_logits(k=4)
+    L = embeds.shape[1]
     cache = tf.new_cache()
     P = SMALL.prelude_length
     chunks = [tf.run(embeds[:, :P], cache)]
-    for i in range(P, ids.shape[1]):  # one token at a time, as imagination does
+    for i in range(P, L):  # one token at a time, as imagination does
         chunks.append(tf.run(embeds[:, i:i + 1], cache))
     cached = tf.logits(torch.cat(chunks, 1))
-    assert cache.get_seq_length() == ids.shape[1]
+    assert cache.get_seq_length() == L
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
 
 
@@ -92,18 +96,13 @@ class _Owner:
 @torch.no_grad()
 def test_static_kv_steps_equal_full_recompute_over_several_frames():
     """The imagination fast path (fixed-size cache, one token per step) against LlamaModel.forward."""
-    tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
     k = 3
-    ctx, fut = random_codes(SMALL, 2, k)
-    act = torch.randn(2, k, A)
-    ids = SMALL.sequence(ctx, fut)
-    embeds = tf.embed(ids, act)
-    full = tf.logits(tf.run(embeds))  # [B, L, V]
+    tf, embeds, full = _sequence_and_full_logits(k)
     P = SMALL.prelude_length
     owner = _Owner()  # the decoder is lent while its owner lives
     step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
     assert step.cache.length == P
-    for i in range(P, ids.shape[1] - 1):  # the logits at position i predict token i + 1
+    for i in range(P, embeds.shape[1] - 1):  # the logits at position i predict token i + 1
         logits, _ = step(embeds[:, i:i + 1], i)
         torch.testing.assert_close(logits, full[:, i], atol=1e-4, rtol=1e-4)
 
