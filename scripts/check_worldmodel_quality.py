@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from worldmodel.interface import SegmentBatch  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 
 PIXEL_MAX = 255.0
+LR_FLOOR = 0.05  # the cosine schedule ends at this fraction of --lr
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,10 +66,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer-share", type=float, default=0.4,
                    help="fraction of the budget spent on the tokenizer alone first")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
+                   help="cosine: each part's learning rate decays over the budget it trains in")
     p.add_argument("--eval-temperature", type=float, default=0.0,
                    help="sampling temperature of the judged rollouts (0: greedy, the most likely "
                         "frames: PSNR scores a point prediction); sampled rollouts are printed too")
     p.add_argument("--save", default=None, help="save_pretrained the trained model into this folder")
+    p.add_argument("--load", default=None,
+                   help="evaluate this saved model (from_pretrained) instead of training one")
     p.add_argument("--transformer", default="tiny")
     p.add_argument("--tokenizer", default="tiny")
     p.add_argument("--threads", type=int, default=2)
@@ -192,17 +198,39 @@ def main() -> None:
     for item in args.tokenizer_set:
         key, _, value = item.partition("=")
         tokenizer[key] = json.loads(value)
-    model = IVideoGPT(image_size=image_size, action_dim=action_dim, context_frames=args.context,
-                      tokenizer=tokenizer, transformer=args.transformer, max_future_frames=args.horizon,
-                      training={"lr": args.lr, "tokenizer_future_frames": args.tokenizer_frames}
-                      ).to(args.device)
+    if args.load:  # evaluate a saved model (ours or an imported official one) without training
+        model = IVideoGPT.from_pretrained(args.load).to(args.device)
+        have = (model.image_size, model.action_dim, model.context_frames)
+        if have != (image_size, action_dim, args.context) or model.max_future_frames < args.horizon:
+            sys.exit(f"{args.load} has image size, action dim, context frames {have} and max_future_frames "
+                     f"{model.max_future_frames}; this check needs {(image_size, action_dim, args.context)} "
+                     f"and at least --horizon {args.horizon}.")
+    else:
+        model = IVideoGPT(image_size=image_size, action_dim=action_dim, context_frames=args.context,
+                          tokenizer=tokenizer, transformer=args.transformer, max_future_frames=args.horizon,
+                          training={"lr": args.lr, "tokenizer_future_frames": args.tokenizer_frames}
+                          ).to(args.device)
     budget = args.train_minutes * 60
     t0 = time.time()
     step, last = 0, {}
+
     def progress() -> float:  # fraction of the training budget spent
-        return step / args.train_steps if args.train_steps else (time.time() - t0) / budget
+        if args.load:
+            return 1.0
+        if args.train_steps:
+            return step / args.train_steps
+        return (time.time() - t0) / budget if budget > 0 else 1.0
+
+    def set_lr(part: str, start: float) -> None:
+        """Cosine decay of a part's learning rate over the budget it trains in (from ``start``)."""
+        if args.lr_schedule == "cosine" and part in model.optimizers:
+            frac = min(max((progress() - start) / max(1 - start, 1e-9), 0.0), 1.0)
+            for group in model.optimizers[part].param_groups:
+                group["lr"] = args.lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     while progress() < 1:
+        set_lr("tokenizer", 0.0)
+        set_lr("transformer", args.tokenizer_share)
         tokenizer_phase = progress() < args.tokenizer_share
         if tokenizer_phase:
             parts = ("tokenizer",)
@@ -241,8 +269,9 @@ def main() -> None:
     sampled_psnr = psnr(sampled[0], real_next).mean().item()
     sampled_rmse = ((sampled[1] - real_rew) ** 2).mean().item()
 
-    model_psnr = psnr(pred_frames, real_next).mean().item()
-    copy_psnr = psnr(obs[:, T0 - 1:T0].expand_as(real_next), real_next).mean().item()
+    model_per_step = psnr(pred_frames, real_next).mean(0)  # [k]
+    copy_per_step = psnr(obs[:, T0 - 1:T0].expand_as(real_next), real_next).mean(0)  # [k]
+    model_psnr, copy_psnr = model_per_step.mean().item(), copy_per_step.mean().item()
     with torch.no_grad():  # the tokenizer's own ceiling: reconstruct the real future frames
         unit = obs.to(args.device).float() / (PIXEL_MAX / 2) - 1
         ctx_codes, cache = model.tokenizer.encode_context(unit[:, :T0])
@@ -261,11 +290,14 @@ def main() -> None:
     print(f"{'PSNR dB (copy last frame)':<28}{model_psnr:>10.2f}{copy_psnr:>10.2f}   tokenizer recon: "
           f"future {recon_psnr:.2f}, context {ctx_recon_psnr:.2f}")
     print(f"{'reward MSE (train mean)':<28}{model_rmse:>10.4f}{mean_rmse:>10.4f}")
+    print("PSNR per imagined step, model / copy-last: " + ", ".join(
+        f"{i + 1}: {m:.1f}/{c:.1f}" for i, (m, c) in enumerate(zip(model_per_step.tolist(), copy_per_step.tolist()))))
     print(f"(sampled as in MBPO, temperature {model.sampling['temperature']}, top-k {model.sampling['top_k']}: "
           f"PSNR {sampled_psnr:.2f} dB, reward MSE {sampled_rmse:.4f})")
     beats = (model_psnr > copy_psnr, model_rmse < mean_rmse)
     decoding = "greedy" if args.eval_temperature <= 0 else f"temperature {args.eval_temperature}"
-    print(f"SUMMARY {args.task} {args.transformer}/{args.tokenizer} after {step} steps ({decoding}): "
+    which = f"loaded from {args.load}" if args.load else f"{args.transformer}/{args.tokenizer} after {step} steps"
+    print(f"SUMMARY {args.task} {which} ({decoding}): "
           f"PSNR {model_psnr:.2f} vs "
           f"copy-last {copy_psnr:.2f} dB ({'beats' if beats[0] else 'LOSES'}), reward MSE {model_rmse:.4f} vs "
           f"mean {mean_rmse:.4f} ({'beats' if beats[1] else 'LOSES'})")
