@@ -1,7 +1,7 @@
 """Does a small iVideoGPT learn real dynamics? Train it briefly on Meta-World and compare with baselines.
 
-    python scripts/check_worldmodel_quality.py                       # tiny sizes, ~10 CPU minutes
-    python scripts/check_worldmodel_quality.py --task plate-slide-v3 --train-minutes 6 --episodes 12
+    python scripts/check_worldmodel_quality.py                       # tiny sizes, ~32 CPU minutes (collection included)
+    python scripts/check_worldmodel_quality.py --policy random --train-minutes 10 --episodes 40
 
 Episodes of the scripted Meta-World expert with action noise (``--policy random``: uniform
 random actions) are collected as demonstrations are, with ``mbrl.envs.make_env`` (64x64 corner
@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
                    help="who acts in the collected episodes: the scripted expert (with --noise) or "
                         "uniform random actions")
     p.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise on the expert's actions")
-    p.add_argument("--episodes", type=int, default=40, help="training episodes")
+    p.add_argument("--episodes", type=int, default=200, help="training episodes (about 0.4 s each to collect)")
     p.add_argument("--eval-episodes", type=int, default=4, help="held-out episodes for the evaluation")
     p.add_argument("--episode-length", type=int, default=60, help="agent steps per episode")
     p.add_argument("--image-size", type=int, default=64, help="frame size rendered by the env")
@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
                    help="future frames per segment the tokenizer trains on (its cost grows with them)")
     p.add_argument("--tokenizer-every", type=int, default=2,
                    help="one tokenizer update every N transformer updates (after the tokenizer warm-up)")
-    p.add_argument("--train-minutes", type=float, default=6.0, help="wall-clock training budget")
+    p.add_argument("--train-minutes", type=float, default=30.0, help="wall-clock training budget")
     p.add_argument("--train-steps", type=int, default=None,
                    help="a fixed number of updates instead of the wall-clock budget (the tokenizer "
                         "warm-up is then --tokenizer-share of the steps)")
