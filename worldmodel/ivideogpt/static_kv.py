@@ -38,6 +38,7 @@ class StaticKVCache:
         shape = (self.batch, self.kv_heads, self.max_len, self.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.key_positions = torch.arange(self.max_len, device=device)  # [L]
 
 
 def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
@@ -48,8 +49,10 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
     the cached positions up to its own. No host synchronisation (CUDA-graph safe)."""
     B, T, _ = embeds.shape
     cos, sin = llama.rotary_emb(embeds, positions[None].expand(B, T))
-    key_pos = torch.arange(cache.max_len, device=embeds.device)
-    allowed = key_pos[None] <= positions[:, None]  # [T, L], True = may attend
+    if not cache.keys:
+        cache.allocate(len(llama.layers), embeds.dtype if not torch.is_autocast_enabled(embeds.device.type)
+                       else torch.get_autocast_dtype(embeds.device.type), embeds.device)
+    allowed = cache.key_positions[None] <= positions[:, None]  # [T, L], True = may attend
     x = embeds
     for i, layer in enumerate(llama.layers):
         attn = layer.self_attn
@@ -59,8 +62,6 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
         v = attn.v_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
         # cos/sin come in the embeddings' dtype (fp32); under autocast keep q, k in bf16.
         q, k = apply_rotary_pos_emb(q, k, cos.to(q.dtype), sin.to(q.dtype))
-        if not cache.keys:
-            cache.allocate(len(llama.layers), k.dtype, k.device)
         cache.keys[i].index_copy_(2, positions, k.to(cache.keys[i].dtype))
         cache.values[i].index_copy_(2, positions, v.to(cache.values[i].dtype))
         out = F.scaled_dot_product_attention(q, cache.keys[i].to(q.dtype), cache.values[i].to(q.dtype),
@@ -81,6 +82,7 @@ class OneTokenStep:
         self.llama, self.lm_head, self.cache = llama, lm_head, cache
         # Compiled code is captured like eager code; the graph's warm-up call triggers compilation.
         self.graphed = GraphedCall(torch.compile(self._forward, dynamic=False) if compile else self._forward)
+        self.position: torch.Tensor | None = None  # long [1], refilled each step
         self.owner: Callable[[], object | None] = lambda: None  # weakref to the imagination using it
 
     def _forward(self, embeds: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,5 +91,7 @@ class OneTokenStep:
 
     def __call__(self, embeds: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         # The position goes in as a tensor, so one captured graph serves every position.
-        position_t = torch.full((1,), position, dtype=torch.long, device=embeds.device)
-        return self.graphed(embeds.float(), position_t)
+        if self.position is None:
+            self.position = torch.zeros(1, dtype=torch.long, device=embeds.device)
+        self.position.fill_(position)
+        return self.graphed(embeds.float(), self.position)
