@@ -32,6 +32,7 @@ class StaticKVCache:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        self.key_positions: torch.Tensor | None = None  # long [L]: 0 .. max_len - 1
         self.length = 0  # positions written so far (host-side)
 
     def allocate(self, num_layers: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -49,9 +50,10 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
     the cached positions up to its own. No host synchronisation (CUDA-graph safe)."""
     B, T, _ = embeds.shape
     cos, sin = llama.rotary_emb(embeds, positions[None].expand(B, T))
-    if not cache.keys:
-        cache.allocate(len(llama.layers), embeds.dtype if not torch.is_autocast_enabled(embeds.device.type)
-                       else torch.get_autocast_dtype(embeds.device.type), embeds.device)
+    if not cache.keys:  # the prefill: keys come out in autocast's dtype when it is on
+        kind = embeds.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else embeds.dtype
+        cache.allocate(len(llama.layers), dtype, embeds.device)
     allowed = cache.key_positions[None] <= positions[:, None]  # [T, L], True = may attend
     x = embeds
     for i, layer in enumerate(llama.layers):
