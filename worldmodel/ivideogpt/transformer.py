@@ -232,13 +232,14 @@ class VideoTransformer(nn.Module):
 
     # ----- imagination -----
     @torch.no_grad()
-    def generate_frame(self, cache: DynamicCache, action: torch.Tensor | None, batch: int,
+    def generate_frame(self, cache: DynamicCache | OneTokenStep, action: torch.Tensor | None, batch: int,
                        temperature: float, top_k: int, generator: torch.Generator | None,
                        prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample the next future frame's codes, appending its Nf + 1 tokens to ``cache``.
 
-        ``cache`` holds everything before the new slot (KV-cached path), or is empty and
-        ``prefix`` [B, L, D] holds the embeddings of all earlier tokens (re-prefill path).
+        ``cache`` is the imagination's static decoder (``static_decoder``, holding everything
+        before the new slot), or an empty ``DynamicCache`` with ``prefix`` [B, L, D] holding the
+        embeddings of all earlier tokens (re-prefill path).
         Returns codes long [B, Nf] in [0, Vf) and the reward in symlog space [B]."""
         device = self.llm.lm_head.weight.device
         embeds = self.slot_embedding(batch, action, device)  # [B, 1, D]
