@@ -56,7 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer-frames", type=int, default=3,
                    help="future frames per segment the tokenizer trains on (its cost grows with them)")
     p.add_argument("--tokenizer-every", type=int, default=2,
-                   help="one tokenizer update every N transformer updates (after the tokenizer warm-up)")
+                   help="one tokenizer update every N transformer updates after the tokenizer warm-up "
+                        "(0: the tokenizer is frozen after it, so the transformer learns fixed codes)")
     p.add_argument("--train-minutes", type=float, default=30.0, help="wall-clock training budget")
     p.add_argument("--train-steps", type=int, default=None,
                    help="a fixed number of updates instead of the wall-clock budget (the tokenizer "
@@ -234,7 +235,7 @@ def main() -> None:
         tokenizer_phase = progress() < args.tokenizer_share
         if tokenizer_phase:
             parts = ("tokenizer",)
-        elif step % args.tokenizer_every == 0:
+        elif args.tokenizer_every and step % args.tokenizer_every == 0:
             parts = ("tokenizer", "transformer")
         else:
             parts = ("transformer",)

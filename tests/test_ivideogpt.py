@@ -108,6 +108,20 @@ def test_static_kv_steps_equal_full_recompute_over_several_frames():
 
 
 @torch.no_grad()
+def test_static_kv_masked_whole_buffer_equals_full_recompute():
+    """The CUDA-graph form of a step (the whole fixed buffer under a mask, ``visible=None``),
+    run eagerly on the CPU: same logits as the full forward and as the CPU's sliced step."""
+    k = 2
+    tf, embeds, full = _sequence_and_full_logits(k)
+    P = SMALL.prelude_length
+    owner = _Owner()
+    step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
+    for i in range(P, embeds.shape[1] - 1):
+        logits, _ = step._forward(embeds[:, i:i + 1], torch.tensor([i]))
+        torch.testing.assert_close(logits, full[:, i], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
 def test_generate_frame_cached_equals_reprefill_with_same_seed():
     tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
     ctx, _ = random_codes(SMALL, 3, 0)

@@ -110,6 +110,28 @@ def test_encode_decode_shapes_and_cache_ops():
             tok.encode_future(x[:, T0:], from_codes)
 
 
+@pytest.mark.parametrize("max_att", [16, 32])
+def test_context_cache_runs_only_the_decoder_levels_it_needs(max_att):
+    """The conditional decoder's context features equal the full context decoder's, and the
+    decoder stops at the last level they need (no full-resolution up blocks)."""
+    tok = tiny(max_att_resolution=max_att, cross_attn_norm_groups=8).eval()
+    codes = torch.randint(0, tok.context_vocab_size, (2, T0, 16, 16))
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(tok.decoder.up_blocks)]
+    with torch.no_grad():
+        cached = tok.context_cache_from_codes(codes).dec_features
+        needed = list(ran)
+        _, full = tok.decoder(tok._context_latent(codes.flatten(0, 1)))
+    for h in hooks:
+        h.remove()
+    ids = tok.cond_decoder.context_feature_ids()
+    assert len(cached) == len(ids) >= 1
+    for f, i in zip(cached, ids):
+        torch.testing.assert_close(f, full[i].reshape(2, T0, *full[i].shape[1:]), atol=0, rtol=0)
+    # features: [conv_in, mid, up_0, ...]; 16x16 is the mid block, 32x32 is up block 0's output
+    assert needed == ([] if max_att == 16 else [0])
+
+
 def test_one_future_frame_equals_many_and_context_independence():
     tok = tiny().eval()
     x = random_frames(2, T0 + 4)
@@ -262,3 +284,5 @@ def test_bf16_autocast_and_clear_errors():
         tok.decode_future(torch.zeros(3, 1, 4, 4, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="unknown tokenizer config keys"):
         tokenizer_config("tiny", channels=3)
+    with pytest.raises(ValueError, match=r"cross-attention at 32x32 has 16 channels.*cross_attn_norm_groups=32"):
+        tiny(max_att_resolution=32)  # block 0 (16 channels) would get a 32-group norm

@@ -43,11 +43,14 @@ class StaticKVCache:
 
 
 def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
-               positions: torch.Tensor) -> torch.Tensor:
-    """embeds [B, T, D] at positions long [T] -> final-normed hidden states [B, T, D].
+               positions: torch.Tensor, visible: int | None = None) -> torch.Tensor:
+    """embeds [B, T, D] at ascending positions long [T] -> final-normed hidden states [B, T, D].
 
     Writes the T new keys and values into ``cache`` at ``positions``; each query attends to
-    the cached positions up to its own. No host synchronisation (CUDA-graph safe)."""
+    the cached positions up to its own. ``visible=None`` reads the whole buffer under a mask:
+    fixed shapes and no host synchronisation (CUDA-graph safe). An eager caller that knows how
+    many positions are written (``visible``, the new ones included) reads only those, which
+    is less work (the CPU path); ``visible == T`` is the prefill, plain causal attention."""
     B, T, _ = embeds.shape
     cos, sin = llama.rotary_emb(embeds, positions[None].expand(B, T))
     if not cache.keys:  # the prefill: keys come out in autocast's dtype when it is on
@@ -55,6 +58,10 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else embeds.dtype
         cache.allocate(len(llama.layers), dtype, embeds.device)
     allowed = cache.key_positions[None] <= positions[:, None]  # [T, L], True = may attend
+    if visible is not None:
+        # one new token sees every written key: no mask; the prefill is causal among its own
+        allowed = None if T == 1 or visible == T else allowed[:, :visible]
+    span = cache.max_len if visible is None else visible
     x = embeds
     for i, layer in enumerate(llama.layers):
         attn = layer.self_attn
@@ -66,8 +73,9 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
         q, k = apply_rotary_pos_emb(q, k, cos.to(q.dtype), sin.to(q.dtype))
         cache.keys[i].index_copy_(2, positions, k.to(cache.keys[i].dtype))
         cache.values[i].index_copy_(2, positions, v.to(cache.values[i].dtype))
-        out = F.scaled_dot_product_attention(q, cache.keys[i].to(q.dtype), cache.values[i].to(q.dtype),
-                                             attn_mask=allowed, scale=attn.scaling,
+        keys, values = cache.keys[i][:, :, :span], cache.values[i][:, :, :span]  # [B, kv_heads, span, d]
+        out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed,
+                                             is_causal=visible == T, scale=attn.scaling,
                                              enable_gqa=attn.num_key_value_groups > 1)  # [B, heads, T, d]
         x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -87,8 +95,9 @@ class OneTokenStep:
         self.position: torch.Tensor | None = None  # long [1], refilled each step
         self.owner: Callable[[], object | None] = lambda: None  # weakref to the imagination using it
 
-    def _forward(self, embeds: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = run_layers(self.llama, self.cache, embeds, position)[:, -1]  # [B, D]
+    def _forward(self, embeds: torch.Tensor, position: torch.Tensor,
+                 visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = run_layers(self.llama, self.cache, embeds, position, visible)[:, -1]  # [B, D]
         return self.lm_head(hidden), hidden  # [B, V], [B, D]
 
     def __call__(self, embeds: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,4 +105,7 @@ class OneTokenStep:
         if self.position is None:
             self.position = torch.zeros(1, dtype=torch.long, device=embeds.device)
         self.position.fill_(position)
-        return self.graphed(embeds.float(), self.position)
+        if embeds.is_cuda:
+            return self.graphed(embeds.float(), self.position)
+        # eager (CPU): attention reads only the keys written so far, this token's included
+        return self._forward(embeds.float(), self.position, visible=position + 1)

@@ -281,7 +281,8 @@ class CompressiveTokenizer(nn.Module):
             if cache.codes.shape[1] != self.context_frames:
                 raise TokenizerInputError(f"context codes must have {self.context_frames} frames, "
                                           f"got {cache.codes.shape[1]}.")
-            _, feats = self.decoder(self._context_latent(cache.codes.flatten(0, 1)))
+            latent = self._context_latent(cache.codes.flatten(0, 1))  # [B*T0, latent, hc, wc]
+            feats = self.decoder.features(latent, max(self._dec_ids, default=-1) + 1)
             cache.dec_features = self._group(feats, self._dec_ids, cache.batch_size)
         return cache.dec_features
 

@@ -19,6 +19,9 @@ and every frame depends on the context only.
 """
 from __future__ import annotations
 
+import itertools
+from typing import Iterator
+
 import torch
 from diffusers.models.activations import get_activation
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
@@ -88,16 +91,26 @@ class Decoder(nn.Module):
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
 
-    def forward(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Returns (image, features); features = [conv_in, mid, up_0, ..., up_{L-1}] outputs."""
+    def _levels(self, z: Tensor) -> Iterator[Tensor]:
+        """The outputs of conv_in, the mid block and each up block, computed as they are read."""
         h = self.conv_in(z)
-        features = [h]
+        yield h
         h = self.mid_block(h, None)
-        features.append(h)
+        yield h
         for block in self.up_blocks:
             h = block(h, None)
-            features.append(h)
-        return self.conv_out(self.conv_act(self.conv_norm_out(h))), features
+            yield h
+
+    def forward(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Returns (image, features); features = [conv_in, mid, up_0, ..., up_{L-1}] outputs."""
+        features = list(self._levels(z))
+        return self.conv_out(self.conv_act(self.conv_norm_out(features[-1]))), features
+
+    def features(self, z: Tensor, count: int) -> list[Tensor]:
+        """The first ``count`` entries of ``forward``'s features, running only the levels they
+        need: the conditional decoder reads the low-resolution ones, so building its context
+        cache skips the costly full-resolution up blocks."""
+        return list(itertools.islice(self._levels(z), count))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -109,6 +122,10 @@ class CrossAttentionBlock(nn.Module):
     def __init__(self, channels: int, resolution: int, kv_frames: int, norm_groups: int,
                  act_fn: str, num_heads: int, dropout: float):
         super().__init__()
+        if channels % norm_groups or channels % num_heads:
+            raise ValueError(f"the cross-attention at {resolution}x{resolution} has {channels} channels, not "
+                             f"divisible by cross_attn_norm_groups={norm_groups} and cross_attn_heads={num_heads}: "
+                             "set divisors of it, or lower max_att_resolution.")
         self.att = nn.MultiheadAttention(channels, num_heads, dropout=dropout, batch_first=True)
         self.resid_dropout = nn.Dropout(dropout)
         self.kv_norm = nn.GroupNorm(norm_groups, channels)

@@ -193,7 +193,7 @@ class VideoTransformer(nn.Module):
             pool.append(step)
         step.owner = weakref.ref(owner)
         positions = torch.arange(prelude.shape[1], device=prelude.device)
-        run_layers(self.llm.model, step.cache, prelude, positions)
+        run_layers(self.llm.model, step.cache, prelude, positions, visible=prelude.shape[1])  # causal prefill
         step.cache.length = prelude.shape[1]
         return step
 
