@@ -398,11 +398,12 @@ def test_imagined_reward_belongs_to_the_action_of_the_same_step():
     action[:, i-1] (the official one-step-late alignment). 16 px, one context frame: a short
     sequence, so the tiny transformer learns the action -> reward path in a few seconds."""
     size = 16
+    torch.manual_seed(0)  # at lr 3e-3 some initialisations never learn the action path; 1e-3 did for every seed tried
     model = IVideoGPT(image_size=size, action_dim=ACT, context_frames=1,
                       tokenizer={"size": "tiny", "max_att_resolution": 4}, transformer="tiny",
-                      max_future_frames=4, training={"lr": 3e-3})
+                      max_future_frames=4, training={"lr": 1e-3})
     obs = _segments(32, 3, 0, size).obs
-    for step in range(150):
+    for step in range(200):
         batch = _segments(32, 3, step, size)
         batch.obs = obs
         m = model.update(batch, parts=("transformer",))

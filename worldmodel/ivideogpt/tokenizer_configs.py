@@ -102,10 +102,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper256": {**_PAPER64, "image_size": 256, "block_out_channels": [128, 256, 256, 512, 768],
                  "max_att_resolution": 32},
     # Tests and CPU smoke runs: the same structure (3 levels, 16x16 / 4x4 tokens at 64x64) with
-    # narrow channels and small codebooks.
+    # narrow channels and small codebooks. One cross-attention head of 32 channels: four heads
+    # of 8 (the paper's head count) make the CPU's attention kernels ~5x slower, forward and
+    # backward, for no gain in reconstruction (docs/benchmarks.md).
     "tiny": {**_PAPER64, "block_out_channels": [16, 32, 32], "layers_per_block": 1,
              "norm_num_groups": 8, "latent_channels": 16, "codebook_dim": 16,
-             "context_vocab_size": 64, "future_vocab_size": 64, "cross_attn_dropout": 0.0,
+             "context_vocab_size": 64, "future_vocab_size": 64, "cross_attn_heads": 1, "cross_attn_dropout": 0.0,
              "perceptual_channels": [[8], [16]], "disc_hidden_channels": 32, "disc_depth": 3,
              "dead_code_steps": 20},
 }
