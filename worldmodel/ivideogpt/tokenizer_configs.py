@@ -104,7 +104,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tests and CPU smoke runs: the same structure (3 levels, 16x16 / 4x4 tokens at 64x64) with
     # narrow channels and small codebooks. One cross-attention head of 32 channels: four heads
     # of 8 (the paper's head count) make the CPU's attention kernels ~5x slower, forward and
-    # backward, for no gain in reconstruction (docs/benchmarks.md).
+    # backward; with one, a fixed CPU budget buys ~30% more tokenizer updates and a better
+    # reconstruction (docs/benchmarks.md, quality check).
     "tiny": {**_PAPER64, "block_out_channels": [16, 32, 32], "layers_per_block": 1,
              "norm_num_groups": 8, "latent_channels": 16, "codebook_dim": 16,
              "context_vocab_size": 64, "future_vocab_size": 64, "cross_attn_heads": 1, "cross_attn_dropout": 0.0,
