@@ -8,8 +8,9 @@ random actions) are collected as demonstrations are, with ``mbrl.envs.make_env``
 camera, action repeat 2, as in MBPO). The model trains for a fixed wall-clock budget on segments of
 ``context + horizon`` frames: the tokenizer alone for the first half, then the transformer on the
 frozen tokenizer's codes (a tokenizer still changing under it costs the transformer accuracy, and
-tokenizer updates cost more). Each part's learning rate decays over its half. It then imagines ``horizon`` steps open loop from held-out real
-context frames, driven by the real actions. Reported:
+tokenizer updates cost more). Each part's learning rate decays over the span it trains in. It then
+imagines ``horizon`` steps open loop from held-out real context frames, driven by the real
+actions. Reported:
 
 * PSNR of the imagined frames vs. the real ones, against the copy-last-context-frame baseline;
 * reward MSE of the imagined rewards vs. the real ones, against predicting the training mean.

@@ -57,11 +57,10 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
         kind = embeds.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else embeds.dtype
         cache.allocate(len(llama.layers), dtype, embeds.device)
-    allowed = cache.key_positions[None] <= positions[:, None]  # [T, L], True = may attend
-    if visible is not None:
-        # one new token sees every written key: no mask; the prefill is causal among its own
-        allowed = None if T == 1 or visible == T else allowed[:, :visible]
-    span = cache.max_len if visible is None else visible
+    span = cache.max_len if visible is None else visible  # key positions the queries read
+    allowed = None  # one new token sees every written key; the prefill is causal among its own
+    if visible is None or (T > 1 and visible != T):
+        allowed = cache.key_positions[None, :span] <= positions[:, None]  # [T, span], True = may attend
     x = embeds
     for i, layer in enumerate(llama.layers):
         attn = layer.self_attn
