@@ -6,7 +6,7 @@
 Episodes of the scripted Meta-World expert with action noise (``--policy random``: uniform
 random actions) are collected as demonstrations are, with ``mbrl.envs.make_env`` (64x64 corner
 camera, action repeat 2, as in MBPO). The model trains for a fixed wall-clock budget on segments of
-``context + horizon`` frames: the tokenizer alone for the first half, then the transformer on the
+``context + horizon`` frames: the tokenizer alone for the first 65%, then the transformer on the
 frozen tokenizer's codes (a tokenizer still changing under it costs the transformer accuracy, and
 tokenizer updates cost more). Each part's learning rate decays over the span it trains in. It then
 imagines ``horizon`` steps open loop from held-out real context frames, driven by the real
@@ -70,8 +70,10 @@ def parse_args() -> argparse.Namespace:
                         "context codes' detail caps the reconstruction, and 512 gained ~0.6 dB here)")
     p.add_argument("--tokenizer-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="tokenizer config overrides, values in JSON (e.g. max_att_resolution=32)")
-    p.add_argument("--tokenizer-share", type=float, default=0.5,
-                   help="fraction of the budget spent on the tokenizer alone first")
+    p.add_argument("--tokenizer-share", type=float, default=0.65,
+                   help="fraction of the budget spent on the tokenizer alone first (its reconstruction "
+                        "caps the rollout's PSNR: 0.65 beat 0.5 by ~0.4 dB on two seeds; 0.8 leaves the "
+                        "transformer too few updates for sampled rollouts)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
                    help="cosine: each part's learning rate decays over the budget it trains in")
