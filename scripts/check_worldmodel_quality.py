@@ -72,7 +72,7 @@ def parse_args() -> argparse.Namespace:
                    help="tokenizer config overrides, values in JSON (e.g. max_att_resolution=32)")
     p.add_argument("--tokenizer-share", type=float, default=0.65,
                    help="fraction of the budget spent on the tokenizer alone first (its reconstruction "
-                        "caps the rollout's PSNR: 0.65 beat 0.5 by ~0.4 dB on two seeds; 0.8 leaves the "
+                        "caps the rollout's PSNR: 0.65 beat 0.5 by 0.4-0.5 dB on three seeds; 0.8 leaves the "
                         "transformer too few updates for sampled rollouts)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
