@@ -2,6 +2,7 @@
 
     python scripts/bench_worldmodel.py                                  # tiny sizes, CPU defaults
     python scripts/bench_worldmodel.py --transformer small --tokenizer paper64 --batch 32 --device cuda
+    # GPU options to compare: --compile, --channels-last, --cudnn-benchmark, --profile
 
 Both paths run the same rollouts (same weights, same seed, same policy) and must give the same
 frames; the table shows imagined transitions per second end to end (reset + k steps including
@@ -34,6 +35,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="sampling.compile: torch.compile the token step (CUDA)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="store the tokenizer's convolution weights channels-last (NHWC), the layout cuDNN's "
+                        "bf16 tensor-core kernels prefer; activations follow the weights")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark: time cuDNN's convolution algorithms on first use (CUDA)")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one cached rollout")
     return p.parse_args()
 
@@ -87,10 +93,13 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(args.seed)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     model = IVideoGPT(image_size=args.image_size, action_dim=args.action_dim, context_frames=2,
                       tokenizer=args.tokenizer, transformer=args.transformer,
                       max_future_frames=max(args.horizon, 1),
                       sampling={"compile": args.compile}).to(device).eval()
+    if args.channels_last:
+        model.tokenizer.to(memory_format=torch.channels_last)
     B, k = args.batch, args.horizon
     context = torch.randint(0, 256, (B, 2, 3, args.image_size, args.image_size), dtype=torch.uint8, device=device)
     actions = torch.rand(B, k, args.action_dim, device=device) * 2 - 1
@@ -122,7 +131,9 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"iVideoGPT imagination: transformer={args.transformer} tokenizer={args.tokenizer} "
           f"({params:.1f}M parameters) device={device} {precision} B={B} k={k} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()}"
+          + "".join(f" {flag}" for flag, on in (("compile", args.compile), ("channels-last", args.channels_last),
+                                               ("cudnn-benchmark", args.cudnn_benchmark)) if on))
     print(f"{'path':<11} {'rollout s':>10} {'transitions/s':>14} {'transformer s':>14} {'tf transitions/s':>17} "
           f"{'tokenizer s':>12}")
     for name, (total, tf, tok, _) in results.items():

@@ -11,6 +11,9 @@ these modules key for key:
     ConditionalEncoder <- conditional_vae.ConditionalEncoder     Encoder + cross_att_blocks.*
     ConditionalDecoder <- conditional_vae.ConditionalDecoder     Decoder + cross_att_blocks.*
 
+The decoders' upsamplers (``up_blocks.*.upsamplers.0.conv``) hold the official weights too, but
+compute nearest-2x-then-conv as one transposed convolution (``NearestUpsampleConv``).
+
 Context features are passed batch-first as ``[B, t, C, h, w]`` (t context frames) while the
 frames being encoded / decoded come as ``[B*T, C, H, W]`` (T frames per batch entry). The
 cross-attention folds the T frames into the query sequence instead of copying the context T
@@ -23,6 +26,7 @@ import itertools
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.activations import get_activation
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 from torch import Tensor, nn
@@ -34,6 +38,34 @@ def _mid_block(channels: int, groups: int, act_fn: str, attention: bool) -> UNet
     return UNetMidBlock2D(in_channels=channels, temb_channels=None, resnet_eps=RESNET_EPS,
                           resnet_act_fn=act_fn, output_scale_factor=1, resnet_time_scale_shift="default",
                           attention_head_dim=channels, resnet_groups=groups, add_attention=attention)
+
+
+class NearestUpsampleConv(nn.Module):
+    """2x nearest-neighbour upsampling, then a 3x3 convolution: diffusers' ``Upsample2D``
+    (``use_conv=True``, the decoders' upsampler) computed as one stride-2 transposed convolution.
+
+    Output pixel (2i + a, 2j + b) of the 3x3 convolution over the upsampled map reads a 2x2 patch
+    of the input, several taps landing on the same input pixel. Summing those taps gives a 4x4
+    stride-2 kernel: 16 multiply-adds per input pixel and channel pair instead of 36, and no
+    upsampled copy of the input. The result equals ``Upsample2D``'s up to float rounding; the
+    weights are the same ``conv`` tensors, so checkpoints are unchanged."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)  # the upsampled map's conv
+
+    @staticmethod
+    def _fold(kernel: Tensor, dim: int) -> Tensor:
+        """The 3 taps of ``kernel`` along ``dim`` -> the 4 taps of the stride-2 transposed kernel:
+        an even output row reads input rows i-1 (tap 0) and i (taps 1+2); an odd one reads rows i
+        (taps 0+1) and i+1 (tap 2). Plain additions, so autocast leaves them in the weights' dtype."""
+        a, b, c = kernel.unbind(dim)
+        return torch.stack([c, b + c, a + b, a], dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [N, C, h, w] -> [N, C, 2h, 2w]."""
+        kernel = self._fold(self._fold(self.conv.weight, 2), 3).transpose(0, 1)  # [C_in, C_out, 4, 4]
+        return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
 
 
 class Encoder(nn.Module):
@@ -87,6 +119,8 @@ class Decoder(nn.Module):
                 prev_output_channel=None, add_upsample=i < len(chans) - 1, resnet_eps=RESNET_EPS,
                 resnet_act_fn=act_fn, resnet_groups=norm_num_groups, attention_head_dim=c_out,
                 temb_channels=None, resnet_time_scale_shift="default"))
+            if i < len(chans) - 1:
+                self.up_blocks[-1].upsamplers[0] = NearestUpsampleConv(c_out)
         self.conv_norm_out = nn.GroupNorm(num_channels=chans[-1], num_groups=norm_num_groups, eps=RESNET_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
