@@ -332,6 +332,16 @@ def test_horizon_beyond_max_future_frames_is_refused_and_bad_input_named():
         model.reset(context(1).float())
     with pytest.raises(ValueError, match=r"action must be \[B, A\]"):
         model.step(model.reset(context(1)), torch.zeros(1, ACT + 1))
+    # a diverged policy's action is named, not a sampling error from inside torch (on a GPU: a
+    # device-side assert); the state is left as it was, so a finite action can follow
+    state = model.reset(context(2))
+    for bad in (float("nan"), float("inf")):
+        action = torch.zeros(2, ACT)
+        action[1, 0] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            model.step(state, action)
+    frame, reward, state = model.step(state, torch.zeros(2, ACT))
+    assert frame.shape == (2, 3, model.image_size, model.image_size) and state.future_frames == 1
     with pytest.raises(WorldModelConfigError, match="max_position_embeddings"):
         tiny_model(max_future_frames=200)
 

@@ -284,6 +284,8 @@ def test_rollout_shapes_and_input_errors():
         model.reset(torch.zeros(1, 2, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(WorldModelConfigError, match=r"\[B, A\]"):
         model.step(state, torch.zeros(3, ACTION_DIM + 1))
+    with pytest.raises(WorldModelConfigError, match="NaN or inf"):
+        model.step(state, torch.full((3, ACTION_DIM), float("nan")))
     with pytest.raises(WorldModelConfigError, match="T-1"):
         model.update(SegmentBatch(context, torch.zeros(3, 2, ACTION_DIM), torch.zeros(3, 1)))
     with pytest.raises(WorldModelConfigError, match="unknown Vid2World config keys"):

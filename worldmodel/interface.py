@@ -55,6 +55,19 @@ class WorldModelConfigError(ValueError):
     """A world model does not fit the env or the checkpoint it is given."""
 
 
+def check_step_action(action: torch.Tensor | None, batch: int, action_dim: int) -> None:
+    """Refuse a ``step`` action that is not [B, A] = (batch, action_dim) or that has NaN / inf
+    entries (a diverged policy). Sampling from such an action would fail deep inside torch, and
+    on a GPU as a device-side assert that ends the process. The finiteness check reads one bool
+    back from the device: one wait per imagined frame, not per token."""
+    if action is None or tuple(action.shape) != (batch, action_dim):
+        raise WorldModelConfigError(f"action must be [B, A] = {(batch, action_dim)}; got "
+                                    f"{None if action is None else tuple(action.shape)}.")
+    if not bool(torch.isfinite(action).all()):
+        raise WorldModelConfigError("action has NaN or inf entries (a diverged policy?): imagination "
+                                    "needs finite actions.")
+
+
 class WorldModel(nn.Module, abc.ABC):
     """Base class of every world model. Subclasses implement the abstract methods.
 
@@ -127,7 +140,8 @@ class WorldModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def step(self, state: Any, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Imagine one step: action [B, A] -> (next frame uint8 [B, 3, H, W], reward [B], state)."""
+        """Imagine one step: action [B, A] -> (next frame uint8 [B, 3, H, W], reward [B], state).
+        Implementations refuse a bad action with ``check_step_action`` before changing ``state``."""
 
     @torch.no_grad()
     def rollout(self, context_obs: torch.Tensor, policy: Policy, horizon: int,

@@ -32,7 +32,7 @@ from torch import nn
 
 from worldmodel.cuda_graphs import GraphedCall
 from worldmodel.interface import (WEIGHTS_NAME, SegmentBatch, WorldModel, WorldModelConfigError,
-                                  load_weights_checked, read_config)
+                                  check_step_action, load_weights_checked, read_config)
 from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer
 from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
 from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, symexp, symlog
@@ -342,9 +342,7 @@ class IVideoGPT(WorldModel):
                              "after reset (the transformer's trained length); reset again from real "
                              "frames, or rebuild with a larger max_future_frames.")
         if self.action_dim > 0:
-            if action is None or tuple(action.shape) != (B, self.action_dim):
-                raise ValueError(f"action must be [B, A] = {(B, self.action_dim)}; got "
-                                 f"{None if action is None else tuple(action.shape)}.")
+            check_step_action(action, B, self.action_dim)
             action = action.to(self.device, torch.float32)
         else:
             action = None

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError, read_config
+from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError, check_step_action, read_config
 from worldmodel.memory import KeyedSegmentBatch, LinearKeyDynamics, build_memory, gaps, pixel_key
 from worldmodel.vid2world.backbone import TemporalCache, VideoUNet
 from worldmodel.vid2world.configs import Vid2WorldConfig
@@ -438,9 +438,7 @@ class Vid2World(WorldModel):
         """Imagine o_{t+1} from a_t. ``key`` [B, K]: the new frame's state key if known (e.g. a
         planned camera pose), for a VRAG memory with ``key=state``; else it is predicted."""
         B = state.frames.shape[0]
-        if tuple(action.shape) != (B, self.action_dim):
-            raise WorldModelConfigError(
-                f"action has shape {tuple(action.shape)}; expected [B, A] = {(B, self.action_dim)}.")
+        check_step_action(action, B, self.action_dim)
         action = action.to(self.device, torch.float32)
         next_key = self._next_key(state, action, key)
         query = next_key if self.state_keys else (None if state.key is None else state.key[:, -1])
