@@ -57,7 +57,7 @@ def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor,
     device = model.device
     spent = {"transformer": 0.0, "tokenizer": 0.0}
     patched = [(model.transformer, "generate_frame", "transformer"), (model, "_decode_newest", "tokenizer"),
-               (model.tokenizer, "encode_context", "tokenizer"), (model.tokenizer, "decoder_features", "tokenizer")]
+               (model.tokenizer, "encode_context", "tokenizer"), (model.tokenizer, "decoder_kv", "tokenizer")]
 
     def timed(fn, part):
         def call(*a, **kw):

@@ -14,6 +14,7 @@ from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, samp
 
 # A small layout so the transformer tests are fast: 2 context frames of 16 codes, 4 codes per future frame.
 SMALL = TokenLayout(context_frames=2, context_tokens=16, future_tokens=4, context_vocab=32, future_vocab=24)
+FUTURE_IDS = slice(SMALL.context_vocab, SMALL.context_vocab + SMALL.future_vocab)  # the drawable codes
 A = 3  # action dim
 
 
@@ -103,8 +104,27 @@ def test_static_kv_steps_equal_full_recompute_over_several_frames():
     step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
     assert step.cache.length == P
     for i in range(P, embeds.shape[1] - 1):  # the logits at position i predict token i + 1
-        logits, _ = step(embeds[:, i:i + 1], i)
-        torch.testing.assert_close(logits, full[:, i], atol=1e-4, rtol=1e-4)
+        logits, _ = step(embeds[:, i:i + 1], i)  # the future codes' logits only
+        torch.testing.assert_close(logits, full[:, i, FUTURE_IDS], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_pooled_static_decoder_reads_the_weights_training_left():
+    """The step keeps its own stacked copies of the projections (StepWeights): a decoder handed
+    out again after an optimiser step must use the new weights, not the ones it copied first."""
+    tf, embeds, _ = _sequence_and_full_logits(k=1)
+    P = SMALL.prelude_length
+    owner = _Owner()
+    step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(1), owner=owner)
+    del owner
+    for p in tf.llm.parameters():  # an "optimiser step" that changes every weight in place
+        p.add_(torch.randn_like(p) * 0.05)
+    full = tf.logits(tf.run(embeds))  # [B, L, V] with the new weights
+    owner = _Owner()
+    again = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(1), owner=owner)
+    assert again is step  # the pooled decoder, not a new one
+    logits, _ = again(embeds[:, P:P + 1], P)
+    torch.testing.assert_close(logits, full[:, P, FUTURE_IDS], atol=1e-4, rtol=1e-4)
 
 
 @torch.no_grad()
@@ -118,7 +138,7 @@ def test_static_kv_masked_whole_buffer_equals_full_recompute():
     step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
     for i in range(P, embeds.shape[1] - 1):
         logits, _ = step._forward(embeds[:, i:i + 1], torch.tensor([i]))
-        torch.testing.assert_close(logits, full[:, i], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits, full[:, i, FUTURE_IDS], atol=1e-4, rtol=1e-4)
 
 
 @torch.no_grad()

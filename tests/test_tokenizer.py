@@ -110,6 +110,43 @@ def test_encode_decode_shapes_and_cache_ops():
         torch.testing.assert_close(tok.decode_future(fut_codes, from_codes), fut, atol=1e-5, rtol=0)
         with pytest.raises(TokenizerInputError, match="encode_context"):
             tok.encode_future(x[:, T0:], from_codes)
+        # imagination's per-step decoding: the cross-attention keys/values kept in the cache
+        kv = tok.decoder_kv(cache)
+        assert cache.dec_kv is kv and tok.decoder_kv(cache) is kv  # computed once
+        torch.testing.assert_close(tok.decode_newest(fut_codes[:, 2], *kv), fut[:, 2], atol=1e-5, rtol=0)
+        rep_kv = cache.repeat_interleave(3).dec_kv  # carried through the cache ops
+        torch.testing.assert_close(tok.decode_newest(fut_codes[:, 2].repeat_interleave(3, 0), *rep_kv)[3:6],
+                                   fut[1:2, 2].expand(3, -1, -1, -1), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_cross_attention_equals_multihead_attention(heads):
+    """CrossAttentionBlock computes nn.MultiheadAttention's maths from its parameters, split
+    into the context's keys/values (cached by imagination) and the queries' half."""
+    from worldmodel.ivideogpt.tokenizer_blocks import CrossAttentionBlock
+
+    torch.manual_seed(0)
+    block = CrossAttentionBlock(32, 4, kv_frames=2, norm_groups=8, act_fn="silu", num_heads=heads, dropout=0.0)
+    for p in (block.kv_pos_emb, block.q_pos_emb, block.att.in_proj_bias):
+        torch.nn.init.normal_(p)
+    z, context = torch.randn(6, 32, 4, 4, requires_grad=True), torch.randn(2, 2, 32, 4, 4)  # B=2, T=3
+
+    def reference(z):  # the official formula, through nn.MultiheadAttention itself
+        B, t, C, h, w = context.shape
+        kv = block.kv_norm(context.transpose(1, 2).reshape(B, C, t * h, w)).flatten(2).transpose(1, 2)
+        kv = kv + block.kv_pos_emb
+        q = (block.q_norm(z).flatten(2).transpose(1, 2) + block.q_pos_emb).reshape(B, -1, C)
+        out, _ = block.att(q, kv, kv, need_weights=False)
+        return block.act(z + out.reshape(z.shape[0], h * w, C).transpose(1, 2).reshape(z.shape))
+
+    ours, ref = block(z, context), reference(z)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    g_ours, = torch.autograd.grad(ours.square().sum(), z)
+    g_ref, = torch.autograd.grad(ref.square().sum(), z)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        block.eval()
+        torch.testing.assert_close(block.attend(z, *block.context_kv(context)), reference(z), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -322,4 +359,4 @@ def test_bf16_autocast_and_clear_errors():
     with pytest.raises(ValueError, match="unknown tokenizer config keys"):
         tokenizer_config("tiny", channels=3)
     with pytest.raises(ValueError, match=r"cross-attention at 32x32 has 16 channels.*cross_attn_norm_groups=32"):
-        tiny(max_att_resolution=32)  # block 0 (16 channels) would get a 32-group norm
+        tiny(max_att_resolution=32, cross_attn_norm_groups=32)  # block 0 (16 channels), a 32-group norm

@@ -131,11 +131,11 @@ class IVideoGPT(WorldModel):
         # Per-step frame decoding, a CUDA graph per batch size on GPU (worldmodel/cuda_graphs.py).
         self._frame_decoders: dict[tuple, GraphedCall] = {}
 
-    def _decode_newest(self, codes: torch.Tensor, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _decode_newest(self, codes: torch.Tensor, context_kv: tuple[torch.Tensor, ...]) -> torch.Tensor:
         key = (codes.shape[0], codes.device, self.tokenizer.post_quant_linear.weight.data_ptr())
         if key not in self._frame_decoders:
             self._frame_decoders[key] = GraphedCall(self.tokenizer.decode_newest)
-        return self._frame_decoders[key](codes, *features)
+        return self._frame_decoders[key](codes, *context_kv)
 
     def _adamw(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
         t = self.training_cfg
@@ -323,7 +323,7 @@ class IVideoGPT(WorldModel):
         with self._imagining():
             frames = frames_to_unit(context_obs[:, -T0:].to(self.device))
             ctx_codes, context = self.tokenizer.encode_context(frames)  # [B, T0, hc, wc]
-            self.tokenizer.decoder_features(context)  # computed once, cached in ``context``
+            self.tokenizer.decoder_kv(context)  # computed once, cached in ``context``
             ids = self.layout.prelude(ctx_codes.flatten(2))  # [B, prelude]
             B = context_obs.shape[0]
             actions = torch.zeros(B, 0, self.action_dim, device=self.device)
@@ -356,7 +356,7 @@ class IVideoGPT(WorldModel):
             codes, reward = tf.generate_frame(cache, action, B, s["temperature"], s["top_k"],
                                               state.generator, prefix=prefix)  # [B, Nf], [B]
             frame = self._decode_newest(codes.view(B, *self.tokenizer.future_token_shape),
-                                        state.context.dec_features)  # [B, 3, H, W]
+                                        self.tokenizer.decoder_kv(state.context))  # [B, 3, H, W]
         state.ids = torch.cat([state.ids, self.layout.frames(codes[:, None])], 1)
         if action is not None:
             state.actions = torch.cat([state.actions, action[:, None]], 1)

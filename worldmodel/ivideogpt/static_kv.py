@@ -6,9 +6,12 @@ transformer took 14 ms per token at B=32 on an H100, 2.4 s for a 10-frame rollou
 recomputing the whole prefix. Here each layer's cache is one fixed buffer [B, kv_heads, L, d]
 written in place at the token's position, and attention masks the positions not written yet, so
 every one-token step has the same shapes and addresses: on CUDA it is captured once as a graph
-and replayed. The modules of the ``LlamaModel`` are called directly (same weights, and training
-updates them in place, so a captured graph stays valid); results match ``LlamaModel.forward``
-up to float rounding (tests/test_ivideogpt_transformer.py).
+and replayed. A step is also kept to few ops, which is what a token costs on a CPU: the
+projections come from ``StepWeights`` (q|k|v and gate|up as one matrix each, already in the
+compute dtype), the norms are ``F.rms_norm``, and the rotary table is computed once per cache.
+The modules of the ``LlamaModel`` are otherwise read in place (training updates them; the
+weights are re-copied at every prefill). Results match ``LlamaModel.forward`` up to float
+rounding (tests/test_ivideogpt.py).
 """
 from __future__ import annotations
 
@@ -17,46 +20,114 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from worldmodel.cuda_graphs import GraphedCall
 
 
-class StaticKVCache:
-    """Keys and values of every layer for ``max_len`` positions, allocated at the first write."""
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the Llama's matmuls run in for an input like ``x``: autocast's when it is on."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
-    def __init__(self, llama: nn.Module, batch: int, max_len: int):
+
+class StepWeights:
+    """The Llama's projection weights as imagination reads them, in the compute dtype.
+
+    Per layer: q|k|v stacked into one matrix, o, gate|up stacked, down; and the lm_head's rows
+    of the codes that can be drawn. That is fewer, larger matmuls per token, and under CUDA
+    autocast no fp32 -> bf16 cast of every weight at every call. ``refresh`` copies the
+    parameters in place: training changes them between rollouts, and a captured CUDA graph
+    keeps reading the same addresses. (iVideoGPT's Llama has no projection biases.)"""
+
+    def __init__(self, llama: nn.Module, lm_head: nn.Linear, head_rows: slice, dtype: torch.dtype):
+        self._copies: list[tuple[torch.Tensor, nn.Linear, slice]] = []  # (destination rows, source, its rows)
+        self.qkv, self.o, self.gate_up, self.down = [], [], [], []
+        everything = slice(None)
+        for layer in llama.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.qkv.append(self._stack([(attn.q_proj, everything), (attn.k_proj, everything),
+                                         (attn.v_proj, everything)], dtype))
+            self.o.append(self._stack([(attn.o_proj, everything)], dtype))
+            self.gate_up.append(self._stack([(mlp.gate_proj, everything), (mlp.up_proj, everything)], dtype))
+            self.down.append(self._stack([(mlp.down_proj, everything)], dtype))
+        self.head = self._stack([(lm_head, head_rows)], dtype)  # [V drawable, D]
+        self.refresh()
+
+    def _stack(self, sources: list[tuple[nn.Linear, slice]], dtype: torch.dtype) -> torch.Tensor:
+        """An empty [sum of rows, in_features] matrix, registered to be filled from ``sources``."""
+        weights = [linear.weight[rows] for linear, rows in sources]
+        out = torch.empty(sum(w.shape[0] for w in weights), weights[0].shape[1], dtype=dtype,
+                          device=weights[0].device)
+        start = 0
+        for (linear, rows), w in zip(sources, weights):
+            if linear.bias is not None:
+                raise ValueError("StepWeights reads bias-free projections; this Llama has biases.")
+            self._copies.append((out[start:start + w.shape[0]], linear, rows))
+            start += w.shape[0]
+        return out
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for destination, linear, rows in self._copies:
+            destination.copy_(linear.weight[rows])
+
+
+class StaticKVCache:
+    """Keys and values of every layer for ``max_len`` positions, the rotary table for those
+    positions and the step's weights, all in one compute dtype; allocated at the first prefill."""
+
+    def __init__(self, llama: nn.Module, lm_head: nn.Linear, head_rows: slice, batch: int, max_len: int):
         cfg = llama.config
+        self.llama, self.lm_head, self.head_rows = llama, lm_head, head_rows
         self.batch, self.max_len = batch, max_len
-        self.kv_heads = cfg.num_key_value_heads
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        self.weights: StepWeights | None = None
+        self.cos = self.sin = torch.empty(0)  # [max_len, d]: rotary factors of every position
         self.key_positions: torch.Tensor | None = None  # long [L]: 0 .. max_len - 1
         self.length = 0  # positions written so far (host-side)
 
-    def allocate(self, num_layers: int, dtype: torch.dtype, device: torch.device) -> None:
+    def prepare(self, embeds: torch.Tensor) -> None:
+        """Before a prefill with ``embeds`` [B, P, D]: allocate on first use, else re-copy the weights."""
+        if self.weights is not None:
+            self.weights.refresh()
+            return
+        dtype, device = compute_dtype(embeds), embeds.device
         shape = (self.batch, self.kv_heads, self.max_len, self.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.llama.layers]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.llama.layers]
         self.key_positions = torch.arange(self.max_len, device=device)  # [L]
+        cos, sin = self.llama.rotary_emb(embeds, self.key_positions[None])  # [1, L, d] (fp32 maths)
+        self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)
+        self.weights = StepWeights(self.llama, self.lm_head, self.head_rows, dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, h, T, d] with cos, sin [T, d] (Llama's rotate-half form)."""
+    x1, x2 = x.chunk(2, -1)
+    return x * cos + torch.cat((-x2, x1), -1) * sin
+
+
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm`` as one op."""
+    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
 def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
                positions: torch.Tensor, visible: int | None = None) -> torch.Tensor:
     """embeds [B, T, D] at ascending positions long [T] -> final-normed hidden states [B, T, D].
 
-    Writes the T new keys and values into ``cache`` at ``positions``; each query attends to
-    the cached positions up to its own. ``visible=None`` reads the whole buffer under a mask:
-    fixed shapes and no host synchronisation (CUDA-graph safe). An eager caller that knows how
-    many positions are written (``visible``, the new ones included) reads only those, which
-    is less work (the CPU path); ``visible == T`` is the prefill, plain causal attention."""
+    Writes the T new keys and values into ``cache`` (``prepare``d) at ``positions``; each query
+    attends to the cached positions up to its own. ``visible=None`` reads the whole buffer under
+    a mask: fixed shapes and no host synchronisation (CUDA-graph safe). An eager caller that
+    knows how many positions are written (``visible``, the new ones included) reads only
+    those, which is less work (the CPU path); ``visible == T`` is the prefill, plain causal
+    attention."""
     B, T, _ = embeds.shape
-    cos, sin = llama.rotary_emb(embeds, positions[None].expand(B, T))
-    if not cache.keys:  # the prefill: keys come out in autocast's dtype when it is on
-        kind = embeds.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else embeds.dtype
-        cache.allocate(len(llama.layers), dtype, embeds.device)
+    H, Hkv, d, w = cache.heads, cache.kv_heads, cache.head_dim, cache.weights
+    cos, sin = cache.cos.index_select(0, positions), cache.sin.index_select(0, positions)  # [T, d]
     span = cache.max_len if visible is None else visible  # key positions the queries read
     allowed = None  # one new token sees every written key; the prefill is causal among its own
     if visible is None or (T > 1 and visible != T):
@@ -64,40 +135,47 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
     x = embeds
     for i, layer in enumerate(llama.layers):
         attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, heads, T, d]
-        k = attn.k_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, kv_heads, T, d]
-        v = attn.v_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)
-        # cos/sin come in the embeddings' dtype (fp32); under autocast keep q, k in bf16.
-        q, k = apply_rotary_pos_emb(q, k, cos.to(q.dtype), sin.to(q.dtype))
-        cache.keys[i].index_copy_(2, positions, k.to(cache.keys[i].dtype))
-        cache.values[i].index_copy_(2, positions, v.to(cache.values[i].dtype))
-        keys, values = cache.keys[i][:, :, :span], cache.values[i][:, :, :span]  # [B, kv_heads, span, d]
-        out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed,
-                                             is_causal=visible == T, scale=attn.scaling,
-                                             enable_gqa=attn.num_key_value_groups > 1)  # [B, heads, T, d]
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, -1))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return llama.norm(x)
+        qkv = F.linear(_rms_norm(layer.input_layernorm, x), w.qkv[i])  # [B, T, (H + 2 Hkv) d]
+        qkv = qkv.view(B, T, H + 2 * Hkv, d).transpose(1, 2)  # [B, H + 2 Hkv, T, d]
+        qk = _rotate(qkv[:, :H + Hkv], cos, sin)  # queries and keys rotated in one go
+        q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
+        cache.keys[i].index_copy_(2, positions, k)
+        cache.values[i].index_copy_(2, positions, v)
+        keys, values = cache.keys[i][:, :, :span], cache.values[i][:, :, :span]  # [B, Hkv, span, d]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, is_causal=visible == T,
+                                             scale=attn.scaling, enable_gqa=H != Hkv)  # [B, H, T, d]
+        x = x + F.linear(out.transpose(1, 2).reshape(B, T, H * d), w.o[i])
+        gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), w.gate_up[i]).chunk(2, -1)
+        x = x + F.linear(layer.mlp.act_fn(gate) * up, w.down[i])
+    return _rms_norm(llama.norm, x)
 
 
 class OneTokenStep:
-    """``logits, hidden = step(embeds [B, 1, D], position)`` over a ``StaticKVCache``.
+    """``logits, hidden = step(embeds [B, 1, D], position)`` over a ``StaticKVCache``: the
+    logits of the drawable codes only (the lm_head rows ``head_rows``) [B, V'] and the final
+    hidden state [B, D].
 
     Eager on the CPU, a replayed CUDA graph on a GPU (``GraphedCall``): read the returned
     tensors before the next call."""
 
-    def __init__(self, llama: nn.Module, lm_head: nn.Linear, cache: StaticKVCache, compile: bool = False):
-        self.llama, self.lm_head, self.cache = llama, lm_head, cache
+    def __init__(self, cache: StaticKVCache, compile: bool = False):
+        self.llama, self.cache = cache.llama, cache
         # Compiled code is captured like eager code; the graph's warm-up call triggers compilation.
         self.graphed = GraphedCall(torch.compile(self._forward, dynamic=False) if compile else self._forward)
         self.position: torch.Tensor | None = None  # long [1], refilled each step
         self.owner: Callable[[], object | None] = lambda: None  # weakref to the imagination using it
 
+    def prefill(self, embeds: torch.Tensor) -> None:
+        """Start the cache over with the prelude's embeddings [B, P, D] (causal attention)."""
+        self.cache.prepare(embeds)
+        positions = torch.arange(embeds.shape[1], device=embeds.device)
+        run_layers(self.llama, self.cache, embeds, positions, visible=embeds.shape[1])
+        self.cache.length = embeds.shape[1]
+
     def _forward(self, embeds: torch.Tensor, position: torch.Tensor,
                  visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = run_layers(self.llama, self.cache, embeds, position, visible)[:, -1]  # [B, D]
-        return self.lm_head(hidden), hidden  # [B, V], [B, D]
+        return F.linear(hidden, self.cache.weights.head), hidden  # [B, V'], [B, D]
 
     def __call__(self, embeds: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         # The position goes in as a tensor, so one captured graph serves every position.

@@ -57,11 +57,13 @@ class ContextCache:
     codes [B, T0, hc, wc]; enc_features / dec_features: one [B, T0, C, h, w] tensor per
     cross-attention block of the conditional encoder / decoder. ``enc_features`` is None when the
     cache was rebuilt from codes (future frames can then be decoded but not encoded);
-    ``dec_features`` is filled on first use by ``decode_future``."""
+    ``dec_features`` is filled on first use by ``decode_future``, and ``dec_kv`` (the decoder's
+    cross-attention keys and values of those features) by ``decoder_kv``."""
 
     codes: Tensor
     enc_features: tuple[Tensor, ...] | None = None
     dec_features: tuple[Tensor, ...] | None = None
+    dec_kv: tuple[Tensor, ...] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -69,7 +71,7 @@ class ContextCache:
 
     def _map(self, fn) -> "ContextCache":
         feats = lambda fs: None if fs is None else tuple(fn(f) for f in fs)  # noqa: E731
-        return ContextCache(fn(self.codes), feats(self.enc_features), feats(self.dec_features))
+        return ContextCache(fn(self.codes), feats(self.enc_features), feats(self.dec_features), feats(self.dec_kv))
 
     def repeat_interleave(self, n: int) -> "ContextCache":
         """Each batch entry repeated n times in place (for n imagined rollouts per context)."""
@@ -267,12 +269,19 @@ class CompressiveTokenizer(nn.Module):
         x = self.cond_decoder(self._future_latent(codes.flatten(0, 1)), list(self.decoder_features(cache)))
         return self._from_net(x).clamp(-1, 1).reshape(*codes.shape[:2], *x.shape[1:])
 
-    def decode_newest(self, codes: Tensor, *dec_features: Tensor) -> Tensor:
+    def decode_newest(self, codes: Tensor, *dec_kv: Tensor) -> Tensor:
         """One future frame per batch entry, unchecked (no host sync, so it can be a CUDA graph):
-        codes long [B, hf, wf] of valid ids, ``dec_features`` = ``cache.dec_features`` ->
+        codes long [B, hf, wf] of valid ids, ``dec_kv`` = ``decoder_kv(cache)`` ->
         frame [B, 3, H, W] in [-1, 1]. Imagination's per-step decoding."""
-        x = self.cond_decoder(self._future_latent(codes), list(dec_features))
+        x = self.cond_decoder.decode_with_kv(self._future_latent(codes), list(dec_kv))
         return self._from_net(x).clamp(-1, 1)
+
+    def decoder_kv(self, cache: ContextCache) -> tuple[Tensor, ...]:
+        """The conditional decoder's cross-attention keys and values of the context (flat, see
+        ``ConditionalDecoder.context_kv``), computed on first use and kept in ``cache``."""
+        if cache.dec_kv is None:
+            cache.dec_kv = tuple(self.cond_decoder.context_kv(list(self.decoder_features(cache))))
+        return cache.dec_kv
 
     def decoder_features(self, cache: ContextCache) -> tuple[Tensor, ...]:
         """The conditional decoder's context features, computed on first use and kept in ``cache``."""

@@ -12,7 +12,9 @@ these modules key for key:
     ConditionalDecoder <- conditional_vae.ConditionalDecoder     Decoder + cross_att_blocks.*
 
 The decoders' upsamplers (``up_blocks.*.upsamplers.0.conv``) hold the official weights too, but
-compute nearest-2x-then-conv as one transposed convolution (``NearestUpsampleConv``).
+compute nearest-2x-then-conv as one transposed convolution (``NearestUpsampleConv``). Likewise the
+cross-attention keeps ``nn.MultiheadAttention``'s parameters but writes its maths out, split into
+the context's keys and values (``context_kv``, computed once per imagined rollout) and the rest.
 
 Context features are passed batch-first as ``[B, t, C, h, w]`` (t context frames) while the
 frames being encoded / decoded come as ``[B*T, C, H, W]`` (T frames per batch entry). The
@@ -171,14 +173,35 @@ class CrossAttentionBlock(nn.Module):
 
     def forward(self, z: Tensor, context: Tensor) -> Tensor:
         """z [B*T, C, h, w] (T frames per batch entry), context [B, t, C, h, w] -> [B*T, C, h, w]."""
+        return self.attend(z, *self.context_kv(context))
+
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Context features [B, t, C, h, w] -> the attention's keys and values, each
+        [B, heads, t*h*w, C/heads]. They depend on the context only, so imagination computes
+        them once per rollout instead of once per frame."""
         B, t, C, h, w = context.shape
-        T = z.shape[0] // B
         kv = self.kv_norm(context.transpose(1, 2).reshape(B, C, t * h, w))  # [B, C, t*h, w]
         kv = kv.flatten(2).transpose(1, 2) + self.kv_pos_emb  # [B, t*h*w, C]
+        _, w_k, w_v = self.att.in_proj_weight.chunk(3)
+        _, b_k, b_v = self.att.in_proj_bias.chunk(3)
+        return self._heads(F.linear(kv, w_k, b_k)), self._heads(F.linear(kv, w_v, b_v))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[B, L, C] -> [B, heads, L, C/heads]."""
+        return x.unflatten(-1, (self.att.num_heads, -1)).transpose(1, 2)
+
+    def attend(self, z: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        """z [B*T, C, h, w] with the context's ``context_kv`` -> [B*T, C, h, w]; the maths of
+        ``nn.MultiheadAttention`` (whose parameters these are) with the key/value half given."""
+        BT, C, h, w = z.shape
+        B = keys.shape[0]
         q = self.q_norm(z).flatten(2).transpose(1, 2) + self.q_pos_emb  # [B*T, h*w, C]
-        q = q.reshape(B, T * h * w, C)  # each frame's queries side by side: attention is per query
-        out, _ = self.att(q, kv, kv, need_weights=False)  # [B, T*h*w, C]
-        out = self.resid_dropout(out).reshape(B * T, h * w, C).transpose(1, 2).reshape(z.shape)
+        q = q.reshape(B, BT // B * h * w, C)  # each frame's queries side by side: attention is per query
+        w_q, b_q = self.att.in_proj_weight[:C], self.att.in_proj_bias[:C]
+        out = F.scaled_dot_product_attention(self._heads(F.linear(q, w_q, b_q)), keys, values,
+                                             dropout_p=self.att.dropout if self.training else 0.0)
+        out = self.att.out_proj(out.transpose(1, 2).flatten(2))  # [B, T*h*w, C]
+        out = self.resid_dropout(out).reshape(BT, h * w, C).transpose(1, 2).reshape(z.shape)
         return self.act(z + out.to(z.dtype))
 
 
@@ -244,12 +267,22 @@ class ConditionalDecoder(Decoder):
 
     def forward(self, z: Tensor, context: list[Tensor]) -> Tensor:  # type: ignore[override]
         """z [B*T, latent, h, w], context: one [B, t, C, h', w'] per cross-attention block -> image."""
-        att = dict(zip(self.att_levels, zip(self.cross_att_blocks, context)))
+        return self.decode_with_kv(z, self.context_kv(context))
+
+    def context_kv(self, context: list[Tensor]) -> list[Tensor]:
+        """The cross-attention blocks' keys and values of ``context`` (see
+        ``CrossAttentionBlock.context_kv``), flat: [keys_0, values_0, keys_1, ...]."""
+        return [t for block, c in zip(self.cross_att_blocks, context) for t in block.context_kv(c)]
+
+    def decode_with_kv(self, z: Tensor, kv: list[Tensor]) -> Tensor:
+        """``forward`` with the context given as ``context_kv``'s output."""
+        att = {level: (block, kv[2 * j], kv[2 * j + 1])
+               for j, (level, block) in enumerate(zip(self.att_levels, self.cross_att_blocks))}
         h = self.mid_block(self.conv_in(z), None)
         if 0 in att:
-            h = att[0][0](h, att[0][1])
+            h = att[0][0].attend(h, *att[0][1:])
         for i, block in enumerate(self.up_blocks):
             h = block(h, None)
             if i + 1 in att:
-                h = att[i + 1][0](h, att[i + 1][1])
+                h = att[i + 1][0].attend(h, *att[i + 1][1:])
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from worldmodel.ivideogpt.static_kv import OneTokenStep, StaticKVCache, run_layers
+from worldmodel.ivideogpt.static_kv import OneTokenStep, StaticKVCache, compute_dtype
 from worldmodel.ivideogpt.transformer_configs import llama_rope_parameters, transformer_config
 
 NUM_SPECIAL_TOKENS = 2  # scf (context-frame separator) and sdf (future-frame slot)
@@ -105,7 +105,14 @@ def sample_codes(logits: torch.Tensor, layout: TokenLayout, temperature: float, 
 
     Only future-code ids can be drawn (the official code samples the whole vocabulary and can
     emit an invalid id). ``temperature <= 0`` is greedy; ``top_k <= 0`` disables top-k."""
-    logits = logits[:, layout.context_vocab:layout.context_vocab + layout.future_vocab].float()
+    future = logits[:, layout.context_vocab:layout.context_vocab + layout.future_vocab]  # [B, Vf]
+    return sample_future_codes(future, temperature, top_k, generator)
+
+
+def sample_future_codes(logits: torch.Tensor, temperature: float, top_k: int,
+                        generator: torch.Generator | None) -> torch.Tensor:
+    """``sample_codes`` from the future codes' logits alone [B, Vf]; returns long [B] in [0, Vf)."""
+    logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -184,17 +191,16 @@ class VideoTransformer(nn.Module):
         imagination state) is gone, so two live rollouts never share a cache."""
         B = prelude.shape[0]
         compile = compile and prelude.is_cuda  # the CPU path stays eager
-        key = (B, max_len, prelude.device, self.llm.lm_head.weight.data_ptr(), compile)
+        key = (B, max_len, prelude.device, compute_dtype(prelude), self.llm.lm_head.weight.data_ptr(), compile)
         pool = self._static_pool.setdefault(key, [])
         step = next((s for s in pool if s.owner() is None), None)
         if step is None:
-            cache = StaticKVCache(self.llm.model, B, max_len)
-            step = OneTokenStep(self.llm.model, self.llm.lm_head, cache, compile)
+            lay = self.layout
+            future_rows = slice(lay.context_vocab, lay.context_vocab + lay.future_vocab)  # drawable codes
+            step = OneTokenStep(StaticKVCache(self.llm.model, self.llm.lm_head, future_rows, B, max_len), compile)
             pool.append(step)
         step.owner = weakref.ref(owner)
-        positions = torch.arange(prelude.shape[1], device=prelude.device)
-        run_layers(self.llm.model, step.cache, prelude, positions, visible=prelude.shape[1])  # causal prefill
-        step.cache.length = prelude.shape[1]
+        step.prefill(prelude)
         return step
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -247,11 +253,11 @@ class VideoTransformer(nn.Module):
         if isinstance(cache, OneTokenStep):  # static cache: one fixed-shape step per token
             codes = []
             for _ in range(self.layout.future_tokens + 1):
-                logits, hidden = cache(embeds, cache.cache.length)  # [B, V], [B, D]
+                logits, hidden = cache(embeds, cache.cache.length)  # [B, Vf] (future codes), [B, D]
                 cache.cache.length += 1
                 if len(codes) == self.layout.future_tokens:
                     break
-                code = sample_codes(logits, self.layout, temperature, top_k, generator)
+                code = sample_future_codes(logits, temperature, top_k, generator)
                 codes.append(code)
                 embeds = embed_tokens(code[:, None] + self.layout.context_vocab)
             return torch.stack(codes, 1), self.reward(hidden)
