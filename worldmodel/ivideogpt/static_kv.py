@@ -40,26 +40,24 @@ class StepWeights:
     keeps reading the same addresses. (iVideoGPT's Llama has no projection biases.)"""
 
     def __init__(self, llama: nn.Module, lm_head: nn.Linear, head_rows: slice, dtype: torch.dtype):
-        self._copies: list[tuple[torch.Tensor, nn.Linear, slice]] = []  # (destination rows, source, its rows)
+        self._copies: list[tuple[torch.Tensor, nn.Linear, slice]] = []  # (destination, source, its rows)
         self.qkv, self.o, self.gate_up, self.down = [], [], [], []
-        everything = slice(None)
         for layer in llama.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            self.qkv.append(self._stack([(attn.q_proj, everything), (attn.k_proj, everything),
-                                         (attn.v_proj, everything)], dtype))
-            self.o.append(self._stack([(attn.o_proj, everything)], dtype))
-            self.gate_up.append(self._stack([(mlp.gate_proj, everything), (mlp.up_proj, everything)], dtype))
-            self.down.append(self._stack([(mlp.down_proj, everything)], dtype))
-        self.head = self._stack([(lm_head, head_rows)], dtype)  # [V drawable, D]
+            self.qkv.append(self._stack([attn.q_proj, attn.k_proj, attn.v_proj], dtype))
+            self.o.append(self._stack([attn.o_proj], dtype))
+            self.gate_up.append(self._stack([mlp.gate_proj, mlp.up_proj], dtype))
+            self.down.append(self._stack([mlp.down_proj], dtype))
+        self.head = self._stack([lm_head], dtype, rows=head_rows)  # [V drawable, D]
         self.refresh()
 
-    def _stack(self, sources: list[tuple[nn.Linear, slice]], dtype: torch.dtype) -> torch.Tensor:
-        """An empty [sum of rows, in_features] matrix, registered to be filled from ``sources``."""
-        weights = [linear.weight[rows] for linear, rows in sources]
+    def _stack(self, linears: list[nn.Linear], dtype: torch.dtype, rows: slice = slice(None)) -> torch.Tensor:
+        """An empty matrix for the ``rows`` of the linears' weights stacked, registered for ``refresh``."""
+        weights = [linear.weight[rows] for linear in linears]
         out = torch.empty(sum(w.shape[0] for w in weights), weights[0].shape[1], dtype=dtype,
                           device=weights[0].device)
         start = 0
-        for (linear, rows), w in zip(sources, weights):
+        for linear, w in zip(linears, weights):
             if linear.bias is not None:
                 raise ValueError("StepWeights reads bias-free projections; this Llama has biases.")
             self._copies.append((out[start:start + w.shape[0]], linear, rows))
