@@ -109,6 +109,28 @@ def test_static_kv_steps_equal_full_recompute_over_several_frames():
 
 
 @torch.no_grad()
+def test_static_kv_step_under_bf16_autocast_as_on_a_gpu():
+    """The GPU path's dtypes, run on the CPU: under bf16 autocast the cache, rotary table and
+    stacked weights are bf16 (no weight casts per call), the graphed form's logits match the
+    Llama's own autocast forward to bf16 rounding, and an fp32 rollout gets its own decoder."""
+    k = 2
+    tf, embeds, _ = _sequence_and_full_logits(k)
+    P = SMALL.prelude_length
+    owner = _Owner()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = tf.logits(tf.run(embeds)).float()  # [B, L, V]
+        step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
+        assert {step.cache.keys[0].dtype, step.cache.cos.dtype, step.cache.weights.qkv[0].dtype,
+                step.cache.weights.head.dtype} == {torch.bfloat16}
+        for i in range(P, embeds.shape[1] - 1):
+            logits, _ = step._forward(embeds[:, i:i + 1], torch.tensor([i]))
+            torch.testing.assert_close(logits.float(), full[:, i, FUTURE_IDS], atol=1e-2, rtol=1e-2)
+    del owner  # the bf16 decoder is free again, but not for an fp32 rollout
+    fp32 = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=_Owner())
+    assert fp32 is not step and fp32.cache.weights.qkv[0].dtype == torch.float32
+
+
+@torch.no_grad()
 def test_pooled_static_decoder_reads_the_weights_training_left():
     """The step keeps its own stacked copies of the projections (StepWeights): a decoder handed
     out again after an optimiser step must use the new weights, not the ones it copied first."""
