@@ -113,8 +113,8 @@ def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
-def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
-               positions: torch.Tensor, visible: int | None = None) -> torch.Tensor:
+def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor, positions: torch.Tensor,
+               visible: int | None = None, keys_only: bool = False) -> torch.Tensor | None:
     """embeds [B, T, D] at ascending positions long [T] -> final-normed hidden states [B, T, D].
 
     Writes the T new keys and values into ``cache`` (``prepare``d) at ``positions``; each query
@@ -122,7 +122,8 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
     a mask: fixed shapes and no host synchronisation (CUDA-graph safe). An eager caller that
     knows how many positions are written (``visible``, the new ones included) reads only
     those, which is less work (the CPU path); ``visible == T`` is the prefill, plain causal
-    attention."""
+    attention. ``keys_only``: fill the cache and return None, skipping the last layer's attention
+    and MLP, whose outputs only the hidden states read (the prefill's are never used)."""
     B, T, _ = embeds.shape
     H, Hkv, d, w = cache.heads, cache.kv_heads, cache.head_dim, cache.weights
     cos, sin = cache.cos.index_select(0, positions), cache.sin.index_select(0, positions)  # [T, d]
@@ -139,6 +140,8 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor,
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
         cache.keys[i].index_copy_(2, positions, k)
         cache.values[i].index_copy_(2, positions, v)
+        if keys_only and i == len(llama.layers) - 1:
+            return None
         keys, values = cache.keys[i][:, :, :span], cache.values[i][:, :, :span]  # [B, Hkv, span, d]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, is_causal=visible == T,
                                              scale=attn.scaling, enable_gqa=H != Hkv)  # [B, H, T, d]
@@ -164,10 +167,10 @@ class OneTokenStep:
         self.owner: Callable[[], object | None] = lambda: None  # weakref to the imagination using it
 
     def prefill(self, embeds: torch.Tensor) -> None:
-        """Start the cache over with the prelude's embeddings [B, P, D] (causal attention)."""
+        """Start the cache over with the prelude's keys and values (embeddings [B, P, D], causal)."""
         self.cache.prepare(embeds)
         positions = torch.arange(embeds.shape[1], device=embeds.device)
-        run_layers(self.llama, self.cache, embeds, positions, visible=embeds.shape[1])
+        run_layers(self.llama, self.cache, embeds, positions, visible=embeds.shape[1], keys_only=True)
         self.cache.length = embeds.shape[1]
 
     def _forward(self, embeds: torch.Tensor, position: torch.Tensor,
