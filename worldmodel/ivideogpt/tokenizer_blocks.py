@@ -276,8 +276,7 @@ class ConditionalDecoder(Decoder):
 
     def decode_with_kv(self, z: Tensor, kv: list[Tensor]) -> Tensor:
         """``forward`` with the context given as ``context_kv``'s output."""
-        att = {level: (block, kv[2 * j], kv[2 * j + 1])
-               for j, (level, block) in enumerate(zip(self.att_levels, self.cross_att_blocks))}
+        att = dict(zip(self.att_levels, zip(self.cross_att_blocks, kv[0::2], kv[1::2])))  # level -> (block, k, v)
         h = self.mid_block(self.conv_in(z), None)
         if 0 in att:
             h = att[0][0].attend(h, *att[0][1:])
