@@ -128,6 +128,8 @@ def main() -> None:
         same = f"False ({(a == b).float().mean().item():.1%} of pixels equal)"
     n = B * k
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    if model._decoding_conv_dtype() is not None:
+        precision += " (decoder convolutions in bf16: sampling.cpu_bf16_decoding)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"iVideoGPT imagination: transformer={args.transformer} tokenizer={args.tokenizer} "
           f"({params:.1f}M parameters) device={device} {precision} B={B} k={k} "

@@ -343,6 +343,32 @@ def test_kv_cached_imagination_equals_reprefill():
     torch.testing.assert_close(r1, r2, atol=1e-5, rtol=1e-4)
 
 
+def test_cpu_bf16_decoding_setting(monkeypatch):
+    """``sampling.cpu_bf16_decoding``: auto follows the CPU's native bf16 support, true / false
+    force it, anything else is refused. bf16 decoding changes the frames by rounding only: the
+    sampled codes and rewards are the same (the transformer stays fp32)."""
+    import worldmodel.ivideogpt.model as model_module
+
+    with pytest.raises(WorldModelConfigError, match="cpu_bf16_decoding"):
+        tiny_model(sampling={"cpu_bf16_decoding": "fast"})
+    for native in (False, True):
+        monkeypatch.setattr(model_module.torch.cpu, "get_capabilities", lambda native=native: {"avx512_bf16": native})
+        assert model_module.cpu_has_native_bf16() is native
+        assert tiny_model()._decoding_conv_dtype() == (torch.bfloat16 if native else None)
+        assert tiny_model(sampling={"cpu_bf16_decoding": True})._decoding_conv_dtype() == torch.bfloat16
+        assert tiny_model(sampling={"cpu_bf16_decoding": False})._decoding_conv_dtype() is None
+    torch.manual_seed(0)
+    exact = randomise_heads(tiny_model(sampling={"cpu_bf16_decoding": False})).eval()
+    fast = tiny_model(sampling={"cpu_bf16_decoding": True}).eval()
+    fast.load_state_dict(exact.state_dict())
+    ctx, acts = context(2), torch.rand(2, 3, ACT) * 2 - 1
+    f1, r1 = imagine(exact, ctx, acts, seed=5)
+    f2, r2 = imagine(fast, ctx, acts, seed=5)
+    assert torch.equal(r1, r2)
+    diff = (f1.int() - f2.int()).abs()
+    assert 0 < diff.float().mean() < 1 and diff.max() <= 16  # grey levels of 255 (here 0.45 and 8)
+
+
 def test_interleaved_rollouts_of_one_batch_size_keep_their_own_caches():
     """Static caches are pooled by batch size: two live rollouts must not share one."""
     model = randomise_heads(tiny_model()).eval()

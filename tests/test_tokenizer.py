@@ -184,6 +184,41 @@ def test_upsampler_equals_diffusers_upsample_then_conv(channels_last):
     torch.testing.assert_close(y1.float(), y2.float(), atol=0.05, rtol=0.02)
 
 
+def test_decoder_convolutions_in_bf16_stay_close_to_fp32():
+    """Under ``conv_compute_dtype(bf16)`` every decoder convolution (the upsamplers' too) multiplies
+    in bf16 and hands back fp32: the frame is within bf16 rounding of the fp32 one but not equal
+    to it; outside the block, and in the encoders, nothing changes."""
+    from torch import nn
+
+    from worldmodel.ivideogpt.tokenizer_blocks import MixedPrecisionConv2d, conv_compute_dtype
+
+    torch.manual_seed(0)
+    tok = tiny().eval()
+    plain = [m for m in tok.modules() if type(m) is nn.Conv2d]
+    assert plain and all(not n.startswith(("decoder.", "cond_decoder.")) for n, m in tok.named_modules()
+                         if type(m) is nn.Conv2d)
+    assert all(type(m) is MixedPrecisionConv2d for m in tok.cond_decoder.modules() if isinstance(m, nn.Conv2d))
+    frames = torch.rand(2, T0, 3, 64, 64) * 2 - 1
+    future = torch.randint(0, tok.future_vocab_size, (2, 4, 4))
+    with torch.no_grad():
+        _, cache = tok.encode_context(frames)
+        kv = tok.decoder_kv(cache)
+        fp32 = tok.decode_newest(future, *kv)
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.dtype)) for m in tok.cond_decoder.modules()
+                 if type(m) is MixedPrecisionConv2d]
+        with conv_compute_dtype(torch.bfloat16):
+            bf16 = tok.decode_newest(future, *kv)
+        for h in hooks:
+            h.remove()
+        again = tok.decode_newest(future, *kv)
+    assert bf16.dtype == torch.float32 and seen and set(seen) == {torch.float32}
+    assert not torch.equal(bf16, fp32)  # the convolutions did run in bf16
+    torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0)
+    assert (bf16 - fp32).abs().mean() < 0.01
+    torch.testing.assert_close(again, fp32, atol=0, rtol=0)  # outside the block: fp32 again
+
+
 @pytest.mark.parametrize("max_att", [16, 32])
 def test_context_cache_runs_only_the_decoder_levels_it_needs(max_att):
     """The conditional decoder's context features equal the full context decoder's, and the

@@ -34,13 +34,14 @@ from worldmodel.cuda_graphs import GraphedCall
 from worldmodel.interface import (WEIGHTS_NAME, SegmentBatch, WorldModel, WorldModelConfigError,
                                   check_step_action, load_weights_checked, read_config)
 from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer
+from worldmodel.ivideogpt.tokenizer_blocks import conv_compute_dtype
 from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
 from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, symexp, symlog
 
 log = logging.getLogger(__name__)
 
 PIXEL_MAX = 255.0
-DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 100, "compile": False}
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 100, "compile": False, "cpu_bf16_decoding": "auto"}
 DEFAULT_TRAINING = {
     "lr": 1e-4,  # both parts (official tok_lr = model_lr = 1e-4)
     "weight_decay": 0.0,
@@ -53,6 +54,13 @@ DEFAULT_TRAINING = {
 }
 # Parameters that are missing in an action-free / reward-free checkpoint and start at zero.
 OPTIONAL_HEADS = ("transformer.action_linear.", "transformer.reward_linear.")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where a bf16
+    convolution costs about half an fp32 one; elsewhere it is emulated and slower."""
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def frames_to_unit(obs: torch.Tensor) -> torch.Tensor:
@@ -100,6 +108,9 @@ class IVideoGPT(WorldModel):
             unknown = sorted(set(given) - set(known))
             if unknown:
                 raise WorldModelConfigError(f"unknown {name} keys {unknown}; valid: {sorted(known)}.")
+        if self.sampling["cpu_bf16_decoding"] not in ("auto", True, False):
+            raise WorldModelConfigError(f"sampling.cpu_bf16_decoding must be auto, true or false; "
+                                        f"got {self.sampling['cpu_bf16_decoding']!r}.")
 
         self.tokenizer = CompressiveTokenizer(_resolve_tokenizer(tokenizer, image_size, context_frames))
         tok = self.tokenizer
@@ -151,6 +162,18 @@ class IVideoGPT(WorldModel):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _decoding_conv_dtype(self) -> torch.dtype | None:
+        """The dtype of imagination's decoder convolutions: bf16 on a CPU when
+        ``sampling.cpu_bf16_decoding`` allows (``auto``: when the CPU multiplies bf16 natively);
+        None (as the model is) elsewhere: CUDA decodes under autocast."""
+        wanted = self.sampling["cpu_bf16_decoding"]
+        if self.device.type == "cpu" and (wanted is True or (wanted == "auto" and cpu_has_native_bf16())):
+            return torch.bfloat16
+        return None
+
+    def _decoding_precision(self) -> contextlib.AbstractContextManager:
+        return conv_compute_dtype(self._decoding_conv_dtype())
 
     # ----- persistence -----
     def get_config(self) -> dict:
@@ -297,14 +320,18 @@ class IVideoGPT(WorldModel):
     # ----- step-level imagination -----
     @contextlib.contextmanager
     def _imagining(self) -> Iterator[None]:
-        """No grad, eval mode (no dropout while sampling), autocast on CUDA; restores the mode."""
+        """No grad, eval mode (no dropout while sampling), autocast on CUDA; restores the mode.
+        A model already in eval mode (``rollout`` sets it once) is left alone: switching the
+        mode walks every module, about 0.5 ms for the tiny model, once per step."""
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             with torch.no_grad(), self._autocast():
                 yield
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None, *,
               reprefill: bool = False) -> ImagineState:
@@ -323,7 +350,8 @@ class IVideoGPT(WorldModel):
         with self._imagining():
             frames = frames_to_unit(context_obs[:, -T0:].to(self.device))
             ctx_codes, context = self.tokenizer.encode_context(frames)  # [B, T0, hc, wc]
-            self.tokenizer.decoder_kv(context)  # computed once, cached in ``context``
+            with self._decoding_precision():
+                self.tokenizer.decoder_kv(context)  # computed once, cached in ``context``
             ids = self.layout.prelude(ctx_codes.flatten(2))  # [B, prelude]
             B = context_obs.shape[0]
             actions = torch.zeros(B, 0, self.action_dim, device=self.device)
@@ -355,8 +383,9 @@ class IVideoGPT(WorldModel):
                 prefix = tf.embed(state.ids, state.actions)
             codes, reward = tf.generate_frame(cache, action, B, s["temperature"], s["top_k"],
                                               state.generator, prefix=prefix)  # [B, Nf], [B]
-            frame = self._decode_newest(codes.view(B, *self.tokenizer.future_token_shape),
-                                        self.tokenizer.decoder_kv(state.context))  # [B, 3, H, W]
+            with self._decoding_precision():
+                frame = self._decode_newest(codes.view(B, *self.tokenizer.future_token_shape),
+                                            self.tokenizer.decoder_kv(state.context))  # [B, 3, H, W]
         state.ids = torch.cat([state.ids, self.layout.frames(codes[:, None])], 1)
         if action is not None:
             state.actions = torch.cat([state.actions, action[:, None]], 1)

@@ -16,6 +16,10 @@ compute nearest-2x-then-conv as one transposed convolution (``NearestUpsampleCon
 cross-attention keeps ``nn.MultiheadAttention``'s parameters but writes its maths out, split into
 the context's keys and values (``context_kv``, computed once per imagined rollout) and the rest.
 
+The decoders' convolutions can multiply in bf16 with fp32 activations in and out
+(``conv_compute_dtype``): imagination does that on CPUs that multiply bf16 natively, where a
+convolution then costs about half as much; the norms, attention and residual sums stay fp32.
+
 Context features are passed batch-first as ``[B, t, C, h, w]`` (t context frames) while the
 frames being encoded / decoded come as ``[B*T, C, H, W]`` (T frames per batch entry). The
 cross-attention folds the T frames into the query sequence instead of copying the context T
@@ -24,8 +28,11 @@ and every frame depends on the context only.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Iterator
+from contextvars import ContextVar
+from functools import partial
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,46 @@ from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
 from torch import Tensor, nn
 
 RESNET_EPS = 1e-6  # diffusers' VAE value, used by the official
+
+_CONV_COMPUTE_DTYPE: ContextVar[torch.dtype | None] = ContextVar("conv_compute_dtype", default=None)
+
+
+@contextlib.contextmanager
+def conv_compute_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block, the decoders' convolutions (``MixedPrecisionConv2d``, ``NearestUpsampleConv``)
+    cast their input and weights to ``dtype``, multiply, and hand back the input's dtype. ``None``:
+    plain convolutions. Unlike CPU autocast, nothing else changes dtype (a bf16 GroupNorm on a
+    CPU is several times slower than an fp32 one)."""
+    token = _CONV_COMPUTE_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _CONV_COMPUTE_DTYPE.reset(token)
+
+
+def _in_compute_dtype(conv: Callable[..., Tensor], x: Tensor, *params: Tensor | None) -> Tensor:
+    """``conv(x, *params)`` in the dtype of ``conv_compute_dtype``, handing back x's dtype; a plain
+    call outside it (so autocast, on CUDA, still decides)."""
+    dtype = _CONV_COMPUTE_DTYPE.get()
+    if dtype is None or dtype == x.dtype:
+        return conv(x, *params)
+    return conv(x.to(dtype), *(None if p is None else p.to(dtype) for p in params)).to(x.dtype)
+
+
+class MixedPrecisionConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that follows ``conv_compute_dtype``; same parameters and state dict."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return _in_compute_dtype(super()._conv_forward, x, weight, bias)
+
+
+def use_mixed_precision_convs(module: nn.Module) -> None:
+    """Turn every plain ``nn.Conv2d`` in ``module`` (diffusers' blocks build them) into a
+    ``MixedPrecisionConv2d`` in place: the subclass adds no state, so parameters, hooks and
+    checkpoints are untouched."""
+    for child in module.modules():
+        if type(child) is nn.Conv2d:
+            child.__class__ = MixedPrecisionConv2d
 
 
 def _mid_block(channels: int, groups: int, act_fn: str, attention: bool) -> UNetMidBlock2D:
@@ -67,7 +114,7 @@ class NearestUpsampleConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [N, C, h, w] -> [N, C, 2h, 2w]."""
         kernel = self._fold(self._fold(self.conv.weight, 2), 3).transpose(0, 1)  # [C_in, C_out, 4, 4]
-        return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
+        return _in_compute_dtype(partial(F.conv_transpose2d, stride=2, padding=1), x, kernel, self.conv.bias)
 
 
 class Encoder(nn.Module):
@@ -126,6 +173,7 @@ class Decoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(num_channels=chans[-1], num_groups=norm_num_groups, eps=RESNET_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
+        use_mixed_precision_convs(self)
 
     def _levels(self, z: Tensor) -> Iterator[Tensor]:
         """The outputs of conv_in, the mid block and each up block, computed as they are read."""
