@@ -67,10 +67,11 @@ def _with_random_heads(tf: VideoTransformer) -> VideoTransformer:
     return tf.eval()
 
 
-def _sequence_and_full_logits(k: int) -> tuple[VideoTransformer, torch.Tensor, torch.Tensor]:
-    """A random-headed transformer, the embeddings of a 2 x (prelude + k frames) sequence and
-    its logits from one full forward pass: the reference for the incremental paths."""
-    tf = _with_random_heads(VideoTransformer(SMALL, A, "tiny"))
+def _sequence_and_full_logits(k: int, kv_heads: int = 4) -> tuple[VideoTransformer, torch.Tensor, torch.Tensor]:
+    """A random-headed transformer (``kv_heads`` < 4: grouped-query attention), the embeddings
+    of a 2 x (prelude + k frames) sequence and its logits from one full forward pass: the
+    reference for the incremental paths."""
+    tf = _with_random_heads(VideoTransformer(SMALL, A, {"size": "tiny", "num_key_value_heads": kv_heads}))
     ctx, fut = random_codes(SMALL, 2, k)
     embeds = tf.embed(SMALL.sequence(ctx, fut), torch.randn(2, k, A))  # [B, L, D]
     return tf, embeds, tf.logits(tf.run(embeds))  # logits [B, L, V]
@@ -95,10 +96,12 @@ class _Owner:
 
 
 @torch.no_grad()
-def test_static_kv_steps_equal_full_recompute_over_several_frames():
-    """The imagination fast path (fixed-size cache, one token per step) against LlamaModel.forward."""
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_static_kv_steps_equal_full_recompute_over_several_frames(kv_heads):
+    """The imagination fast path (fixed-size cache, one token per step; on the CPU ``cpu_step``)
+    against LlamaModel.forward, with and without grouped-query attention."""
     k = 3
-    tf, embeds, full = _sequence_and_full_logits(k)
+    tf, embeds, full = _sequence_and_full_logits(k, kv_heads)
     P = SMALL.prelude_length
     owner = _Owner()  # the decoder is lent while its owner lives
     step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
@@ -150,14 +153,19 @@ def test_pooled_static_decoder_reads_the_weights_training_left():
 
 
 @torch.no_grad()
-def test_static_kv_masked_whole_buffer_equals_full_recompute():
-    """The CUDA-graph form of a step (the whole fixed buffer under a mask, ``visible=None``),
-    run eagerly on the CPU: same logits as the full forward and as the CPU's sliced step."""
+@pytest.mark.parametrize("transposed_keys", [False, True])
+def test_static_kv_masked_whole_buffer_equals_full_recompute(transposed_keys):
+    """The CUDA-graph form of a step (the whole fixed buffer under a mask), run eagerly on the
+    CPU in the GPU's key layout and in the CPU's: same logits as the full forward."""
+    from worldmodel.ivideogpt.static_kv import OneTokenStep, StaticKVCache
+
     k = 2
-    tf, embeds, full = _sequence_and_full_logits(k)
+    tf, embeds, full = _sequence_and_full_logits(k, kv_heads=2)
     P = SMALL.prelude_length
-    owner = _Owner()
-    step = tf.static_decoder(embeds[:, :P], max_len=SMALL.sequence_length(k), owner=owner)
+    cache = StaticKVCache(tf.llm.model, tf.llm.lm_head, FUTURE_IDS, 2, SMALL.sequence_length(k), transposed_keys)
+    step = OneTokenStep(cache)
+    step.prefill(embeds[:, :P])
+    assert cache.keys[0].shape[-1] == (SMALL.sequence_length(k) if transposed_keys else cache.head_dim)
     for i in range(P, embeds.shape[1] - 1):
         logits, _ = step._forward(embeds[:, i:i + 1], torch.tensor([i]))
         torch.testing.assert_close(logits, full[:, i, FUTURE_IDS], atol=1e-4, rtol=1e-4)

@@ -9,6 +9,9 @@ every one-token step has the same shapes and addresses: on CUDA it is captured o
 and replayed. A step is also kept to few ops, which is what a token costs on a CPU: the
 projections come from ``StepWeights`` (q|k|v and gate|up as one matrix each, already in the
 compute dtype), the norms are ``F.rms_norm``, and the rotary table is computed once per cache.
+On the CPU a step goes further (``cpu_step``): keys are stored transposed, [B, kv_heads, d, L],
+so a query's scores are one plain matmul over the positions written so far, and each
+position's rotary embedding is a d x d matrix, one matmul instead of six elementwise ops.
 The modules of the ``LlamaModel`` are otherwise read in place (training updates them; the
 weights are re-copied at every prefill). Results match ``LlamaModel.forward`` up to float
 rounding (tests/test_ivideogpt.py).
@@ -74,16 +77,21 @@ class StaticKVCache:
     """Keys and values of every layer for ``max_len`` positions, the rotary table for those
     positions and the step's weights, all in one compute dtype; allocated at the first prefill."""
 
-    def __init__(self, llama: nn.Module, lm_head: nn.Linear, head_rows: slice, batch: int, max_len: int):
+    def __init__(self, llama: nn.Module, lm_head: nn.Linear, head_rows: slice, batch: int, max_len: int,
+                 transposed_keys: bool | None = None):
+        """``transposed_keys``: the CPU layout and step; None picks it on the CPU."""
         cfg = llama.config
         self.llama, self.lm_head, self.head_rows = llama, lm_head, head_rows
         self.batch, self.max_len = batch, max_len
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []  # per layer [B, Hkv, L, d]; on the CPU [B, Hkv, d, L]
+        self.values: list[torch.Tensor] = []  # per layer [B, Hkv, L, d]
+        self.layout_choice = transposed_keys
+        self.transposed_keys = False  # the CPU layout (``cpu_step``), set by ``prepare``
         self.weights: StepWeights | None = None
         self.cos = self.sin = torch.empty(0)  # [max_len, d]: rotary factors of every position
+        self.rotation = torch.empty(0)  # CPU: [max_len, d, d], x @ rotation[t] rotates x to position t
         self.key_positions: torch.Tensor | None = None  # long [L]: 0 .. max_len - 1
         self.length = 0  # positions written so far (host-side)
 
@@ -93,13 +101,31 @@ class StaticKVCache:
             self.weights.refresh()
             return
         dtype, device = compute_dtype(embeds), embeds.device
-        shape = (self.batch, self.kv_heads, self.max_len, self.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.llama.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.llama.layers]
-        self.key_positions = torch.arange(self.max_len, device=device)  # [L]
+        choice = self.layout_choice
+        self.transposed_keys = device.type == "cpu" if choice is None else choice
+        B, Hkv, L, d = self.batch, self.kv_heads, self.max_len, self.head_dim
+        key_shape = (B, Hkv, d, L) if self.transposed_keys else (B, Hkv, L, d)
+        self.keys = [torch.zeros(key_shape, dtype=dtype, device=device) for _ in self.llama.layers]
+        self.values = [torch.zeros(B, Hkv, L, d, dtype=dtype, device=device) for _ in self.llama.layers]
+        self.key_positions = torch.arange(L, device=device)  # [L]
         cos, sin = self.llama.rotary_emb(embeds, self.key_positions[None])  # [1, L, d] (fp32 maths)
         self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)
+        if self.transposed_keys:
+            self.rotation = _rotate(torch.eye(d, dtype=dtype, device=device), self.cos[:, None], self.sin[:, None])
         self.weights = StepWeights(self.llama, self.lm_head, self.head_rows, dtype)
+
+    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store keys and values [B, Hkv, T, d] of layer ``layer`` at ``positions`` long [T]."""
+        if self.transposed_keys:
+            self.keys[layer].index_copy_(3, positions, k.transpose(-1, -2))
+        else:
+            self.keys[layer].index_copy_(2, positions, k)
+        self.values[layer].index_copy_(2, positions, v)
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, Hkv, L, d] of layer ``layer`` (views)."""
+        keys = self.keys[layer]
+        return (keys.transpose(-1, -2) if self.transposed_keys else keys), self.values[layer]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -114,23 +140,20 @@ def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor, positions: torch.Tensor,
-               visible: int | None = None, keys_only: bool = False) -> torch.Tensor | None:
+               prefill: bool = False) -> torch.Tensor | None:
     """embeds [B, T, D] at ascending positions long [T] -> final-normed hidden states [B, T, D].
 
-    Writes the T new keys and values into ``cache`` (``prepare``d) at ``positions``; each query
-    attends to the cached positions up to its own. ``visible=None`` reads the whole buffer under
-    a mask: fixed shapes and no host synchronisation (CUDA-graph safe). An eager caller that
-    knows how many positions are written (``visible``, the new ones included) reads only
-    those, which is less work (the CPU path); ``visible == T`` is the prefill, plain causal
-    attention. ``keys_only``: fill the cache and return None, skipping the last layer's attention
-    and MLP, whose outputs only the hidden states read (the prefill's are never used)."""
+    Writes the T new keys and values into ``cache`` (``prepare``d) at ``positions``.
+    ``prefill``: the T tokens are the start of the sequence (positions 0 .. T-1), attending
+    causally among themselves; the cache is only filled and None returned: the last layer's
+    attention and MLP are skipped, since only the hidden states would read them and the
+    prefill's are never used. Otherwise each query attends to the whole buffer under a mask of
+    the positions written up to its own: fixed shapes and no host synchronisation (the CUDA
+    graph's step)."""
     B, T, _ = embeds.shape
     H, Hkv, d, w = cache.heads, cache.kv_heads, cache.head_dim, cache.weights
     cos, sin = cache.cos.index_select(0, positions), cache.sin.index_select(0, positions)  # [T, d]
-    span = cache.max_len if visible is None else visible  # key positions the queries read
-    allowed = None  # one new token sees every written key; the prefill is causal among its own
-    if visible is None or (T > 1 and visible != T):
-        allowed = cache.key_positions[None, :span] <= positions[:, None]  # [T, span], True = may attend
+    allowed = None if prefill else cache.key_positions[None] <= positions[:, None]  # [T, L], True = may attend
     x = embeds
     for i, layer in enumerate(llama.layers):
         attn = layer.self_attn
@@ -138,14 +161,37 @@ def run_layers(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor, pos
         qkv = qkv.view(B, T, H + 2 * Hkv, d).transpose(1, 2)  # [B, H + 2 Hkv, T, d]
         qk = _rotate(qkv[:, :H + Hkv], cos, sin)  # queries and keys rotated in one go
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
-        cache.keys[i].index_copy_(2, positions, k)
-        cache.values[i].index_copy_(2, positions, v)
-        if keys_only and i == len(llama.layers) - 1:
+        cache.write(i, positions, k, v)
+        if prefill and i == len(llama.layers) - 1:
             return None
-        keys, values = cache.keys[i][:, :, :span], cache.values[i][:, :, :span]  # [B, Hkv, span, d]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, is_causal=visible == T,
+        if not prefill:
+            k, v = cache.read(i)  # [B, Hkv, L, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=prefill,
                                              scale=attn.scaling, enable_gqa=H != Hkv)  # [B, H, T, d]
         x = x + F.linear(out.transpose(1, 2).reshape(B, T, H * d), w.o[i])
+        gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), w.gate_up[i]).chunk(2, -1)
+        x = x + F.linear(layer.mlp.act_fn(gate) * up, w.down[i])
+    return _rms_norm(llama.norm, x)
+
+
+def cpu_step(llama: nn.Module, cache: StaticKVCache, embeds: torch.Tensor, position: int) -> torch.Tensor:
+    """``run_layers`` for one token [B, 1, D] at ``position`` in the CPU layout -> final-normed
+    hidden state [B, D]. The query reads only the positions written so far (its own included);
+    queries are grouped per key head ([B, Hkv, H / Hkv, d]), so grouped-query attention needs
+    no copies of the keys."""
+    B = embeds.shape[0]
+    H, Hkv, d, w = cache.heads, cache.kv_heads, cache.head_dim, cache.weights
+    rotation, span = cache.rotation[position], position + 1  # [d, d]
+    x = embeds[:, 0]  # [B, D]
+    for i, layer in enumerate(llama.layers):
+        qkv = F.linear(_rms_norm(layer.input_layernorm, x), w.qkv[i]).view(B, H + 2 * Hkv, d)
+        qk = qkv[:, :H + Hkv] @ rotation  # rotated queries and keys
+        keys, values = cache.keys[i], cache.values[i]  # [B, Hkv, d, L], [B, Hkv, L, d]
+        keys[:, :, :, position] = qk[:, H:]
+        values[:, :, position] = qkv[:, H + Hkv:]
+        q = qk[:, :H].view(B, Hkv, H // Hkv, d) * layer.self_attn.scaling
+        scores = (q @ keys[:, :, :, :span]).softmax(-1)  # [B, Hkv, H / Hkv, span]
+        x = x + F.linear((scores @ values[:, :, :span]).view(B, H * d), w.o[i])
         gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), w.gate_up[i]).chunk(2, -1)
         x = x + F.linear(layer.mlp.act_fn(gate) * up, w.down[i])
     return _rms_norm(llama.norm, x)
@@ -170,20 +216,20 @@ class OneTokenStep:
         """Start the cache over with the prelude's keys and values (embeddings [B, P, D], causal)."""
         self.cache.prepare(embeds)
         positions = torch.arange(embeds.shape[1], device=embeds.device)
-        run_layers(self.llama, self.cache, embeds, positions, visible=embeds.shape[1], keys_only=True)
+        run_layers(self.llama, self.cache, embeds, positions, prefill=True)
         self.cache.length = embeds.shape[1]
 
-    def _forward(self, embeds: torch.Tensor, position: torch.Tensor,
-                 visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = run_layers(self.llama, self.cache, embeds, position, visible)[:, -1]  # [B, D]
+    def _forward(self, embeds: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graphed step: the whole buffer under a mask (fixed shapes)."""
+        hidden = run_layers(self.llama, self.cache, embeds, position)[:, -1]  # [B, D]
         return F.linear(hidden, self.cache.weights.head), hidden  # [B, V'], [B, D]
 
     def __call__(self, embeds: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache.transposed_keys:  # the CPU: eager, reading only the positions written
+            hidden = cpu_step(self.llama, self.cache, embeds.float(), position)
+            return F.linear(hidden, self.cache.weights.head), hidden
         # The position goes in as a tensor, so one captured graph serves every position.
         if self.position is None:
             self.position = torch.zeros(1, dtype=torch.long, device=embeds.device)
         self.position.fill_(position)
-        if embeds.is_cuda:
-            return self.graphed(embeds.float(), self.position)
-        # eager (CPU): attention reads only the keys written so far, this token's included
-        return self._forward(embeds.float(), self.position, visible=position + 1)
+        return self.graphed(embeds.float(), self.position)
