@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from worldmodel.interface import SegmentBatch, WorldModelConfigError
-from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, sample_codes, symexp, symlog
+from worldmodel.ivideogpt.transformer import (TokenLayout, VideoTransformer, sample_codes, sample_future_codes,
+                                              symexp, symlog)
 
 # A small layout so the transformer tests are fast: 2 context frames of 16 codes, 4 codes per future frame.
 SMALL = TokenLayout(context_frames=2, context_tokens=16, future_tokens=4, context_vocab=32, future_vocab=24)
@@ -58,6 +59,20 @@ def test_sampling_draws_only_future_codes_and_respects_top_k():
     codes = sample_codes(logits, lay, 1.0, 2, torch.Generator().manual_seed(0))
     assert set(codes.unique().tolist()) == {5, 7}
     assert sample_codes(logits, lay, 0.0, 100, None).eq(5).all()  # temperature 0: greedy
+    # 4000 draws: the frequencies follow softmax([3, 2]) = [0.73, 0.27]
+    assert abs(codes.eq(5).float().mean().item() - 0.731) < 0.03
+
+
+def test_sampling_draws_what_torch_multinomial_draws():
+    """The sampler is torch.multinomial's algorithm without its input checks: same generator,
+    same codes, with temperature and top-k applied first."""
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(20):
+        logits = torch.randn(16, SMALL.future_vocab) * 3
+        ours = sample_future_codes(logits, 0.7, 10, g1)
+        kth = torch.topk(logits / 0.7, 10).values[:, -1:]
+        probs = torch.softmax((logits / 0.7).masked_fill(logits / 0.7 < kth, float("-inf")), -1)
+        assert torch.equal(ours, torch.multinomial(probs, 1, generator=g2).squeeze(1))
 
 
 # ----------------------------------------------------------------- KV cache == recompute

@@ -184,20 +184,46 @@ def test_upsampler_equals_diffusers_upsample_then_conv(channels_last):
     torch.testing.assert_close(y1.float(), y2.float(), atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("out_channels", [6, 4])
+def test_residual_block_equals_diffusers_resnet(out_channels):
+    """The lean resnet forward gives diffusers' ``ResnetBlock2D.forward`` bit for bit, with and
+    without a 1x1 shortcut, and the same gradients; every resnet of the stacks uses it."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from worldmodel.ivideogpt.tokenizer_blocks import ResidualBlock, use_lean_blocks
+
+    torch.manual_seed(0)
+    ref = ResnetBlock2D(in_channels=6, out_channels=out_channels, temb_channels=None, groups=2, eps=1e-6)
+    ours = ResnetBlock2D(in_channels=6, out_channels=out_channels, temb_channels=None, groups=2, eps=1e-6)
+    ours.load_state_dict(ref.state_dict())
+    use_lean_blocks(ours)
+    assert type(ours) is ResidualBlock and (ours.conv_shortcut is None) == (out_channels == 6)
+    x = torch.randn(3, 6, 8, 8)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = ours(x1, None), ref(x2, None)
+    assert torch.equal(y1, y2)
+    w = torch.randn_like(y2)
+    (y1 * w).sum().backward()
+    (y2 * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.conv1.weight.grad, ref.conv1.weight.grad, atol=1e-6, rtol=1e-5)
+    tok = tiny()
+    resnets = [m for m in tok.modules() if isinstance(m, ResnetBlock2D)]
+    assert resnets and all(type(m) is ResidualBlock for m in resnets)
+
+
 def test_decoder_convolutions_in_bf16_stay_close_to_fp32():
     """Under ``conv_compute_dtype(bf16)`` every decoder convolution (the upsamplers' too) multiplies
     in bf16 and hands back fp32: the frame is within bf16 rounding of the fp32 one but not equal
-    to it; outside the block, and in the encoders, nothing changes."""
+    to it; outside the block nothing changes."""
     from torch import nn
 
     from worldmodel.ivideogpt.tokenizer_blocks import MixedPrecisionConv2d, conv_compute_dtype
 
     torch.manual_seed(0)
     tok = tiny().eval()
-    plain = [m for m in tok.modules() if type(m) is nn.Conv2d]
-    assert plain and all(not n.startswith(("decoder.", "cond_decoder.")) for n, m in tok.named_modules()
-                         if type(m) is nn.Conv2d)
-    assert all(type(m) is MixedPrecisionConv2d for m in tok.cond_decoder.modules() if isinstance(m, nn.Conv2d))
+    for stack in (tok.encoder, tok.cond_encoder, tok.decoder, tok.cond_decoder):
+        assert all(type(m) is MixedPrecisionConv2d for m in stack.modules() if isinstance(m, nn.Conv2d))
     frames = torch.rand(2, T0, 3, 64, 64) * 2 - 1
     future = torch.randint(0, tok.future_vocab_size, (2, 4, 4))
     with torch.no_grad():

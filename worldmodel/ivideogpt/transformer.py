@@ -120,7 +120,9 @@ def sample_future_codes(logits: torch.Tensor, temperature: float, top_k: int,
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, -1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    # torch.multinomial's own draw for one sample, the exponential race argmax(p / E), E ~ Exp(1):
+    # the same codes for the same generator, without its input checks (a host sync on a GPU).
+    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1)
 
 
 class VideoTransformer(nn.Module):
