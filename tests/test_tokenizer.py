@@ -207,6 +207,9 @@ def test_residual_block_equals_diffusers_resnet(out_channels):
     (y2 * w).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ours.conv1.weight.grad, ref.conv1.weight.grad, atol=1e-6, rtol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 convs, fp32 input
+        y1, y2 = ours(x, None), ref(x, None)
+    assert y1.dtype == y2.dtype and torch.equal(y1, y2)
     tok = tiny()
     resnets = [m for m in tok.modules() if isinstance(m, ResnetBlock2D)]
     assert resnets and all(type(m) is ResidualBlock for m in resnets)

@@ -87,7 +87,9 @@ class ResidualBlock(ResnetBlock2D):
         h = self.conv2(self.dropout(self.nonlinearity(self.norm2(h))))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x.contiguous() if self.training else x)  # diffusers' DDP stride fix
-        h = h.add_(x)  # conv2's output is fresh (and its backward does not read it)
+        # In place into conv2's fresh output (its backward does not read it), unless autocast
+        # made it bf16 next to an fp32 input: then the sum is fp32, as in diffusers.
+        h = h.add_(x) if h.dtype == x.dtype else x + h
         return h if self.output_scale_factor == 1 else h / self.output_scale_factor
 
 
