@@ -3,6 +3,9 @@
     python scripts/bench_worldmodel.py                                  # tiny sizes, CPU defaults
     python scripts/bench_worldmodel.py --transformer small --tokenizer paper64 --batch 32 --device cuda
     # GPU options to compare: --compile, --channels-last, --cudnn-benchmark, --profile
+    # CPU: --cpu-bf16-decoding false decodes in fp32 (auto: bf16 convolutions where the CPU has them)
+
+The two paths take turns, repeat by repeat, so a slow spell of the machine hits both.
 
 Both paths run the same rollouts (same weights, same seed, same policy) and must give the same
 frames; the table shows imagined transitions per second end to end (reset + k steps including
@@ -40,6 +43,8 @@ def parse_args() -> argparse.Namespace:
                         "bf16 tensor-core kernels prefer; activations follow the weights")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="torch.backends.cudnn.benchmark: time cuDNN's convolution algorithms on first use (CUDA)")
+    p.add_argument("--cpu-bf16-decoding", default="auto", choices=["auto", "true", "false"],
+                   help="sampling.cpu_bf16_decoding: bf16 convolutions for the frames decoded on a CPU")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one cached rollout")
     return p.parse_args()
 
@@ -94,10 +99,11 @@ def main() -> None:
                           else ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    bf16_decoding = {"true": True, "false": False}.get(args.cpu_bf16_decoding, "auto")
     model = IVideoGPT(image_size=args.image_size, action_dim=args.action_dim, context_frames=2,
                       tokenizer=args.tokenizer, transformer=args.transformer,
                       max_future_frames=max(args.horizon, 1),
-                      sampling={"compile": args.compile}).to(device).eval()
+                      sampling={"compile": args.compile, "cpu_bf16_decoding": bf16_decoding}).to(device).eval()
     if args.channels_last:
         model.tokenizer.to(memory_format=torch.channels_last)
     B, k = args.batch, args.horizon
