@@ -87,8 +87,7 @@ class StaticKVCache:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.keys: list[torch.Tensor] = []  # per layer [B, Hkv, L, d]; on the CPU [B, Hkv, d, L]
         self.values: list[torch.Tensor] = []  # per layer [B, Hkv, L, d]
-        self.layout_choice = transposed_keys
-        self.transposed_keys = False  # the CPU layout (``cpu_step``), set by ``prepare``
+        self.transposed_keys = transposed_keys  # the CPU layout (``cpu_step``); None: decided by ``prepare``
         self.weights: StepWeights | None = None
         self.cos = self.sin = torch.empty(0)  # [max_len, d]: rotary factors of every position
         self.rotation = torch.empty(0)  # CPU: [max_len, d, d], x @ rotation[t] rotates x to position t
@@ -101,8 +100,8 @@ class StaticKVCache:
             self.weights.refresh()
             return
         dtype, device = compute_dtype(embeds), embeds.device
-        choice = self.layout_choice
-        self.transposed_keys = device.type == "cpu" if choice is None else choice
+        if self.transposed_keys is None:
+            self.transposed_keys = device.type == "cpu"
         B, Hkv, L, d = self.batch, self.kv_heads, self.max_len, self.head_dim
         key_shape = (B, Hkv, d, L) if self.transposed_keys else (B, Hkv, L, d)
         self.keys = [torch.zeros(key_shape, dtype=dtype, device=device) for _ in self.llama.layers]
