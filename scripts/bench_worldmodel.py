@@ -1,15 +1,23 @@
-"""Imagination speed of iVideoGPT: KV cache carried across frames vs. the official re-prefill.
+"""Imagination speed of iVideoGPT: KV cache carried across frames vs. the official re-prefill loop.
 
     python scripts/bench_worldmodel.py                                  # tiny sizes, CPU defaults
     python scripts/bench_worldmodel.py --transformer small --tokenizer paper64 --batch 32 --device cuda
     # GPU options to compare: --compile, --channels-last, --cudnn-benchmark, --profile
     # CPU: --cpu-bf16-decoding false decodes in fp32 (auto: bf16 convolutions where the CPU has them)
 
-The two paths take turns, repeat by repeat, so a slow spell of the machine hits both.
+Three paths imagine the same rollouts (same weights, same seed, same actions) and must give the
+same frames:
 
-Both paths run the same rollouts (same weights, same seed, same policy) and must give the same
-frames; the table shows imagined transitions per second end to end (reset + k steps including
-the tokenizer's decoding) and for the transformer alone. The last line is a one-line summary.
+* kv-cache: ``reset``/``step``, the KV cache carried across frames;
+* re-prefill: ``reset(..., reprefill=True)``, the same machinery but every frame re-runs the whole
+  sequence (HF forward passes, no generate()): the cache's own gain;
+* official loop: the official rollout (``worldmodel/ivideogpt/official_loop.py``): generate() per
+  frame over the whole sequence, plus the official tokenizer work (dummy future frames encoded,
+  the context decoded in full, the decoder's context keys and values recomputed per frame).
+
+The paths take turns, repeat by repeat, so a slow spell of the machine hits all of them. The
+table shows imagined transitions per second end to end (reset + k steps including the
+tokenizer's decoding) and for the transformer alone. The last line is a one-line summary.
 """
 from __future__ import annotations
 
@@ -24,6 +32,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
+from worldmodel.ivideogpt.official_loop import official_rollout  # noqa: E402
+
+PATHS = ("kv-cache", "re-prefill", "official loop")
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,15 +65,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor, reprefill: bool,
+def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor, path: str,
                  seed: int) -> tuple[float, float, float, torch.Tensor]:
-    """One rollout; returns (total seconds, seconds in the transformer, seconds in the
-    tokenizer, frames). The tokenizer's work (encoding the context, decoding each new frame
-    with the context features cached) is the same on both paths."""
+    """One rollout along ``path`` (one of PATHS); returns (total seconds, seconds in the
+    transformer, seconds in the tokenizer, frames). The tokenizer's work (encoding the context,
+    decoding each new frame with the context features cached) is the same on the first two
+    paths; the official loop does more of it, as the official code does."""
     device = model.device
     spent = {"transformer": 0.0, "tokenizer": 0.0}
-    patched = [(model.transformer, "generate_frame", "transformer"), (model, "_decode_newest", "tokenizer"),
-               (model.tokenizer, "encode_context", "tokenizer"), (model.tokenizer, "decoder_kv", "tokenizer")]
+    tok = model.tokenizer
+    patched = [(model.transformer, "generate_frame", "transformer"), (model.transformer.llm, "generate", "transformer"),
+               (model, "_decode_newest", "tokenizer")]
+    patched += [(tok, name, "tokenizer") for name in ("encode_context", "encode_future", "decoder_kv",
+                                                      "decode_context", "decode_future")]
 
     def timed(fn, part):
         def call(*a, **kw):
@@ -80,17 +95,21 @@ def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor,
         sync(device)
         start = time.perf_counter()
         g = torch.Generator(device=device).manual_seed(seed)
-        state = model.reset(context, g, reprefill=reprefill)
-        frames = []
-        for t in range(actions.shape[1]):
-            frame, _, state = model.step(state, actions[:, t])
-            frames.append(frame)
+        if path == "official loop":
+            frames, _ = official_rollout(model, context, actions, g)
+        else:
+            state = model.reset(context, g, reprefill=path == "re-prefill")
+            frames = []
+            for t in range(actions.shape[1]):
+                frame, _, state = model.step(state, actions[:, t])
+                frames.append(frame)
+            frames = torch.stack(frames, 1)
         sync(device)
         total = time.perf_counter() - start
     finally:
         for obj, name, _ in patched:
             delattr(obj, name)  # back to the class's method
-    return total, spent["transformer"], spent["tokenizer"], torch.stack(frames, 1)
+    return total, spent["transformer"], spent["tokenizer"], frames
 
 
 def main() -> None:
@@ -110,18 +129,17 @@ def main() -> None:
     context = torch.randint(0, 256, (B, 2, 3, args.image_size, args.image_size), dtype=torch.uint8, device=device)
     actions = torch.rand(B, k, args.action_dim, device=device) * 2 - 1
 
-    paths = {"kv-cache": False, "re-prefill": True}
-    results, peak_mib, runs = {}, {}, {name: [] for name in paths}
-    for name, reprefill in paths.items():
-        time_rollout(model, context, actions, reprefill, args.seed)  # warm-up
+    results, peak_mib, runs = {}, {}, {name: [] for name in PATHS}
+    for name in PATHS:
+        time_rollout(model, context, actions, name, args.seed)  # warm-up
         if device.type == "cuda":  # peak memory of one rollout per path
             torch.cuda.reset_peak_memory_stats(device)
-            time_rollout(model, context, actions, reprefill, args.seed)
+            time_rollout(model, context, actions, name, args.seed)
             peak_mib[name] = torch.cuda.max_memory_allocated(device) / 2**20
-    for _ in range(args.repeats):  # the paths take turns, so a slow spell of the machine hits both
-        for name, reprefill in paths.items():
-            runs[name].append(time_rollout(model, context, actions, reprefill, args.seed))
-    for name in paths:
+    for _ in range(args.repeats):  # the paths take turns, so a slow spell of the machine hits all
+        for name in PATHS:
+            runs[name].append(time_rollout(model, context, actions, name, args.seed))
+    for name in PATHS:
         total, tf, tok = (statistics.median(r[i] for r in runs[name]) for i in range(3))
         results[name] = (total, tf, tok, runs[name][0][3])
 
@@ -129,13 +147,15 @@ def main() -> None:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            time_rollout(model, context, actions, False, args.seed)
+            time_rollout(model, context, actions, "kv-cache", args.seed)
         sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60))
-    a, b = results["kv-cache"][3], results["re-prefill"][3]
-    same = torch.equal(a, b)
-    if not same:  # in bf16 the two orders of summation can sample a different token now and then
-        same = f"False ({(a == b).float().mean().item():.1%} of pixels equal)"
+    cached = results["kv-cache"][3]
+    same = {}
+    for name in PATHS[1:]:  # in bf16 two orders of summation can sample a different token now and then
+        other = results[name][3]
+        same[name] = ("yes" if torch.equal(cached, other)
+                      else f"no ({(cached == other).float().mean().item():.1%} of pixels equal)")
     n = B * k
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     if model._decoding_conv_dtype() is not None:
@@ -146,24 +166,27 @@ def main() -> None:
           f"threads={torch.get_num_threads()}"
           + "".join(f" {flag}" for flag, on in (("compile", args.compile), ("channels-last", args.channels_last),
                                                ("cudnn-benchmark", args.cudnn_benchmark)) if on))
-    print(f"{'path':<11} {'rollout s':>10} {'transitions/s':>14} {'transformer s':>14} {'tf transitions/s':>17} "
+    print(f"{'path':<13} {'rollout s':>10} {'transitions/s':>14} {'transformer s':>14} {'tf transitions/s':>17} "
           f"{'tokenizer s':>12}")
     for name, (total, tf, tok, _) in results.items():
-        print(f"{name:<11} {total:>10.3f} {n / total:>14.1f} {tf:>14.3f} {n / tf:>17.1f} {tok:>12.3f}")
-    ratio = results["re-prefill"][0] / results["kv-cache"][0]
-    tf_ratio = results["re-prefill"][1] / results["kv-cache"][1]
-    # Amdahl: the cache speeds up the transformer only; the rest is paid by both paths.
+        print(f"{name:<13} {total:>10.3f} {n / total:>14.1f} {tf:>14.3f} {n / tf:>17.1f} {tok:>12.3f}")
+    print("frames identical to kv-cache: " + ", ".join(f"{name} {v}" for name, v in same.items()))
+    ratio = {name: results[name][0] / results["kv-cache"][0] for name in PATHS[1:]}
+    tf_ratio = {name: results[name][1] / results["kv-cache"][1] for name in PATHS[1:]}
+    for name in PATHS[1:]:
+        print(f"kv-cache vs {name}: {ratio[name]:.2f}x end to end, {tf_ratio[name]:.2f}x transformer only")
+    # Amdahl: the cache speeds up the transformer only; the rest is paid by every path.
     shared = results["kv-cache"][0] - results["kv-cache"][1]
-    print(f"identical frames: {same}")
     print(f"the cached path spends {shared:.3f} s outside the transformer's token steps (tokenizer "
           f"{results['kv-cache'][2]:.3f} s, prefill and the rest): even free token steps would be "
-          f"{results['re-prefill'][0] / shared:.2f}x faster end to end")
+          f"{results['re-prefill'][0] / shared:.2f}x faster than re-prefill end to end")
     for name, mib in peak_mib.items():
         print(f"peak GPU memory, {name}: {mib:.0f} MiB (weights included)")
-    print(f"SUMMARY kv-cache {n / results['kv-cache'][0]:.1f} vs re-prefill {n / results['re-prefill'][0]:.1f} "
-          f"transitions/s: {ratio:.2f}x end to end, {tf_ratio:.2f}x transformer only "
+    print(f"SUMMARY kv-cache {n / results['kv-cache'][0]:.1f} transitions/s: "
+          f"{ratio['official loop']:.2f}x the official loop ({n / results['official loop'][0]:.1f}/s), "
+          f"{ratio['re-prefill']:.2f}x re-prefill ({n / results['re-prefill'][0]:.1f}/s) end to end; "
+          f"transformer only {tf_ratio['official loop']:.2f}x / {tf_ratio['re-prefill']:.2f}x "
           f"({args.transformer}/{args.tokenizer}, B={B}, k={k}, {device})")
-
 
 if __name__ == "__main__":
     main()

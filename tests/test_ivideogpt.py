@@ -5,6 +5,10 @@ real tokenizer (``tiny`` preset) at 64x64."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,6 +291,7 @@ def test_action_changes_prediction_once_action_projection_is_trained():
 
 # ----------------------------------------------------------------- the world model (real tokenizer)
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
+from worldmodel.ivideogpt.official_loop import official_rollout  # noqa: E402
 from worldmodel.registry import load_pretrained, world_model_class  # noqa: E402
 
 IMG, ACT = 32, 4  # 32 px: 8x8 context and 2x2 future tokens per frame keep the tests fast
@@ -364,6 +369,36 @@ def test_kv_cached_imagination_equals_reprefill():
     f2, r2 = imagine(model, ctx, acts, seed=3, reprefill=True)
     assert torch.equal(f1, f2)
     torch.testing.assert_close(r1, r2, atol=1e-5, rtol=1e-4)
+
+
+def test_official_loop_imagines_what_the_cached_path_imagines():
+    """The official rollout (generate() over the whole sequence per frame, the context decoded in
+    full, the decoder's context keys and values recomputed per frame) is the speed baseline: it must
+    draw the same codes and so give the same frames and rewards as ``reset``/``step``."""
+    model = randomise_heads(tiny_model()).eval()
+    ctx, acts = context(2), torch.rand(2, 4, ACT) * 2 - 1
+    f1, r1 = imagine(model, ctx, acts, seed=4)
+    f2, r2 = official_rollout(model, ctx, acts, torch.Generator().manual_seed(4))
+    assert f2.shape == f1.shape and f2.dtype == torch.uint8
+    assert torch.equal(f1, f2)
+    torch.testing.assert_close(r1, r2, atol=1e-5, rtol=1e-4)
+    # Greedy decoding goes through generate() without sampling; another seed gives other frames.
+    f3, _ = official_rollout(model, ctx, acts, torch.Generator().manual_seed(5))
+    assert not torch.equal(f1, f3)
+    model.sampling["temperature"] = 0.0
+    assert torch.equal(imagine(model, ctx, acts, seed=0)[0], official_rollout(model, ctx, acts)[0])
+
+
+def test_imagination_bench_runs_all_three_paths():
+    """``scripts/bench_worldmodel.py`` at a tiny setting: every path runs and gives the cached
+    path's frames, and the summary line names both baselines."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_worldmodel.py"
+    cmd = [sys.executable, str(script), "--batch", "2", "--horizon", "2", "--repeats", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "frames identical to kv-cache: re-prefill yes, official loop yes" in run.stdout
+    summary = run.stdout.strip().splitlines()[-1]
+    assert summary.startswith("SUMMARY kv-cache") and "the official loop" in summary and "re-prefill" in summary
 
 
 def test_cpu_bf16_decoding_setting(monkeypatch):

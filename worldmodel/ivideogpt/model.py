@@ -5,8 +5,9 @@ are separate parts with their own AdamW; the transformer is trained on the curre
 codes. Imagination (``reset``/``step``) differs from the official code on purpose:
 
 * the transformer's KV cache is carried across frames, so one imagined frame costs Nf + 1 = 17
-  new tokens, never a re-run of the 500-token prefix (``reset(..., reprefill=True)`` gives the
-  official re-prefill behaviour, for benchmarks and the equivalence test);
+  new tokens, never a re-run of the 500-token prefix (``reset(..., reprefill=True)`` re-runs it
+  as the official code does, for benchmarks and the equivalence test; ``official_loop.py`` runs
+  the official rollout itself, generate() and all);
 * only the newest frame is decoded, with the context features cached by the tokenizer;
 * the model is in eval mode while imagining (no attention dropout while sampling);
 * reward r_t is predicted for the frame o_{t+1} produced by a_t and returned by the step that
