@@ -188,5 +188,6 @@ def main() -> None:
           f"transformer only {tf_ratio['official loop']:.2f}x / {tf_ratio['re-prefill']:.2f}x "
           f"({args.transformer}/{args.tokenizer}, B={B}, k={k}, {device})")
 
+
 if __name__ == "__main__":
     main()
