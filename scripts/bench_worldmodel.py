@@ -3,6 +3,7 @@
     python scripts/bench_worldmodel.py                                  # tiny sizes, CPU defaults
     python scripts/bench_worldmodel.py --transformer small --tokenizer paper64 --batch 32 --device cuda
     # GPU options to compare: --compile, --channels-last, --cudnn-benchmark, --profile
+    # --flops: each path's work (GFLOP per rollout) and the rate it achieves
     # CPU: --cpu-bf16-decoding false decodes in fp32 (auto: bf16 convolutions where the CPU has them)
 
 Three paths imagine the same rollouts (same weights, same seed, same actions) and must give the
@@ -57,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cpu-bf16-decoding", default="auto", choices=["auto", "true", "false"],
                    help="sampling.cpu_bf16_decoding: bf16 convolutions for the frames decoded on a CPU")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one cached rollout")
+    p.add_argument("--flops", action="store_true",
+                   help="count each path's floating-point work (on the CPU at batch 1, scaled by --batch) and "
+                        "print the rate each path achieves")
     return p.parse_args()
 
 
@@ -112,17 +116,43 @@ def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor,
     return total, spent["transformer"], spent["tokenizer"], frames
 
 
+def build_model(args: argparse.Namespace) -> IVideoGPT:
+    bf16_decoding = {"true": True, "false": False}.get(args.cpu_bf16_decoding, "auto")
+    return IVideoGPT(image_size=args.image_size, action_dim=args.action_dim, context_frames=2,
+                     tokenizer=args.tokenizer, transformer=args.transformer, max_future_frames=max(args.horizon, 1),
+                     sampling={"compile": args.compile, "cpu_bf16_decoding": bf16_decoding})
+
+
+def count_flops(args: argparse.Namespace) -> dict[str, float]:
+    """Floating-point operations of one rollout per path at batch ``args.batch``.
+
+    Counted with ``FlopCounterMode`` (matmuls, convolutions and attention; elementwise ops are not
+    counted) on a fresh CPU model at batch 1, then scaled by the batch: every op's work grows
+    linearly with it. On the CPU because a replayed CUDA graph bypasses the dispatcher the counter
+    listens to. The count is the work the path asks for, not a kernel's: the CPU step reads only
+    the positions written so far, the GPU step masks its whole buffer (a few per cent more)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cpu = argparse.Namespace(**{**vars(args), "batch": 1, "compile": False})
+    torch.manual_seed(args.seed)
+    model = build_model(cpu).eval()
+    context = torch.randint(0, 256, (1, 2, 3, args.image_size, args.image_size), dtype=torch.uint8)
+    actions = torch.rand(1, args.horizon, args.action_dim) * 2 - 1
+    flops = {}
+    for name in PATHS:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            time_rollout(model, context, actions, name, args.seed)
+        flops[name] = counter.get_total_flops() * args.batch
+    return flops
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    bf16_decoding = {"true": True, "false": False}.get(args.cpu_bf16_decoding, "auto")
-    model = IVideoGPT(image_size=args.image_size, action_dim=args.action_dim, context_frames=2,
-                      tokenizer=args.tokenizer, transformer=args.transformer,
-                      max_future_frames=max(args.horizon, 1),
-                      sampling={"compile": args.compile, "cpu_bf16_decoding": bf16_decoding}).to(device).eval()
+    model = build_model(args).to(device).eval()
     if args.channels_last:
         model.tokenizer.to(memory_format=torch.channels_last)
     B, k = args.batch, args.horizon
@@ -180,6 +210,12 @@ def main() -> None:
     print(f"the cached path spends {shared:.3f} s outside the transformer's token steps (tokenizer "
           f"{results['kv-cache'][2]:.3f} s, prefill and the rest): even free token steps would be "
           f"{results['re-prefill'][0] / shared:.2f}x faster than re-prefill end to end")
+    if args.flops:
+        flops = count_flops(args)
+        for name in PATHS:
+            print(f"work, {name}: {flops[name] / 1e9:.1f} GFLOP per rollout "
+                  f"({flops[name] / flops['kv-cache']:.2f}x the cached path's), "
+                  f"{flops[name] / results[name][0] / 1e9:.0f} GFLOP/s achieved end to end")
     for name, mib in peak_mib.items():
         print(f"peak GPU memory, {name}: {mib:.0f} MiB (weights included)")
     print(f"SUMMARY kv-cache {n / results['kv-cache'][0]:.1f} transitions/s: "

@@ -391,12 +391,16 @@ def test_official_loop_imagines_what_the_cached_path_imagines():
 
 def test_imagination_bench_runs_all_three_paths():
     """``scripts/bench_worldmodel.py`` at a tiny setting: every path runs and gives the cached
-    path's frames, and the summary line names both baselines."""
+    path's frames, the counted work is larger on the paths that re-run the sequence, and the
+    summary line names both baselines."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_worldmodel.py"
-    cmd = [sys.executable, str(script), "--batch", "2", "--horizon", "2", "--repeats", "1"]
+    cmd = [sys.executable, str(script), "--batch", "2", "--horizon", "2", "--repeats", "1", "--flops"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "frames identical to kv-cache: re-prefill yes, official loop yes" in run.stdout
+    work = {line.split(":")[0][len("work, "):]: float(line.split(": ")[1].split()[0])
+            for line in run.stdout.splitlines() if line.startswith("work, ")}
+    assert 0 < work["kv-cache"] < work["re-prefill"] < work["official loop"], work
     summary = run.stdout.strip().splitlines()[-1]
     assert summary.startswith("SUMMARY kv-cache") and "the official loop" in summary and "re-prefill" in summary
 
