@@ -146,6 +146,19 @@ def count_flops(args: argparse.Namespace) -> dict[str, float]:
     return flops
 
 
+def token_step_bytes(model: IVideoGPT, batch: int) -> tuple[int, int, int]:
+    """What one imagined token step of the cached path reads from memory, from its static cache
+    at ``batch``: (bytes of the step's weight matrices, bytes of every layer's key and value
+    buffers, the buffer's positions). The GPU step reads the whole buffer under a mask; the CPU
+    step only the positions written so far."""
+    cache = next(step.cache for key, pool in model.transformer._static_pool.items()
+                 if key[0] == batch for step in pool)
+    w = cache.weights
+    weights = sum(t.numel() * t.element_size() for t in [*w.qkv, *w.o, *w.gate_up, *w.down, w.head])
+    kv = sum(t.numel() * t.element_size() for t in [*cache.keys, *cache.values])
+    return weights, kv, cache.max_len
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -216,6 +229,11 @@ def main() -> None:
             print(f"work, {name}: {flops[name] / 1e9:.1f} GFLOP per rollout "
                   f"({flops[name] / flops['kv-cache']:.2f}x the cached path's), "
                   f"{flops[name] / results[name][0] / 1e9:.0f} GFLOP/s achieved end to end")
+        weights, kv, positions = token_step_bytes(model, B)
+        steps = k * (model.layout.future_tokens + 1)
+        print(f"memory read per token step ({steps} steps per rollout): weights {weights / 2**20:.1f} MiB, "
+              f"keys and values {kv / 2**20:.1f} MiB ({positions} positions; the CPU step reads only "
+              f"those written so far)")
     for name, mib in peak_mib.items():
         print(f"peak GPU memory, {name}: {mib:.0f} MiB (weights included)")
     print(f"SUMMARY kv-cache {n / results['kv-cache'][0]:.1f} transitions/s: "

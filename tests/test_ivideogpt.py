@@ -349,7 +349,10 @@ def test_rollout_shapes_dtypes_seeding_and_eval_mode():
     model = randomise_heads(tiny_model(transformer={"size": "tiny", "attention_dropout": 0.5}))
     model.train()
     ctx = context(3)
-    policy = lambda frames: torch.tanh(frames[:, -1].float().mean((1, 2, 3), keepdim=False)[:, None].expand(-1, ACT) / 255)  # noqa: E731
+
+    def policy(frames: torch.Tensor) -> torch.Tensor:  # uint8 [B, T, 3, H, W] -> actions [B, ACT]
+        return torch.tanh(frames[:, -1].float().mean((1, 2, 3))[:, None].expand(-1, ACT) / 255)
+
     r1 = model.rollout(ctx, policy, horizon=4, generator=torch.Generator().manual_seed(1))
     assert model.training  # mode restored
     assert r1.obs.shape == (3, 5, 3, IMG, IMG) and r1.obs.dtype == torch.uint8
