@@ -59,8 +59,8 @@ def parse_args() -> argparse.Namespace:
                    help="sampling.cpu_bf16_decoding: bf16 convolutions for the frames decoded on a CPU")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one cached rollout")
     p.add_argument("--flops", action="store_true",
-                   help="count each path's floating-point work (on the CPU at batch 1, scaled by --batch) and "
-                        "print the rate each path achieves")
+                   help="count each path's floating-point work (on the CPU at batch 1, scaled by --batch), print "
+                        "the rate each path achieves and what a token step reads from memory")
     return p.parse_args()
 
 
@@ -146,13 +146,12 @@ def count_flops(args: argparse.Namespace) -> dict[str, float]:
     return flops
 
 
-def token_step_bytes(model: IVideoGPT, batch: int) -> tuple[int, int, int]:
-    """What one imagined token step of the cached path reads from memory, from its static cache
-    at ``batch``: (bytes of the step's weight matrices, bytes of every layer's key and value
-    buffers, the buffer's positions). The GPU step reads the whole buffer under a mask; the CPU
-    step only the positions written so far."""
-    cache = next(step.cache for key, pool in model.transformer._static_pool.items()
-                 if key[0] == batch for step in pool)
+def token_step_bytes(model: IVideoGPT, context: torch.Tensor) -> tuple[int, int, int]:
+    """What one imagined token step of the cached path reads from memory, from the static cache
+    that ``reset(context)`` fills: (bytes of the step's weight matrices, bytes of every layer's key
+    and value buffers, the buffer's positions). The GPU step reads the whole buffer under a mask;
+    the CPU step only the positions written so far."""
+    cache = model.reset(context).cache.cache
     w = cache.weights
     weights = sum(t.numel() * t.element_size() for t in [*w.qkv, *w.o, *w.gate_up, *w.down, w.head])
     kv = sum(t.numel() * t.element_size() for t in [*cache.keys, *cache.values])
@@ -229,7 +228,7 @@ def main() -> None:
             print(f"work, {name}: {flops[name] / 1e9:.1f} GFLOP per rollout "
                   f"({flops[name] / flops['kv-cache']:.2f}x the cached path's), "
                   f"{flops[name] / results[name][0] / 1e9:.0f} GFLOP/s achieved end to end")
-        weights, kv, positions = token_step_bytes(model, B)
+        weights, kv, positions = token_step_bytes(model, context)
         steps = k * (model.layout.future_tokens + 1)
         print(f"memory read per token step ({steps} steps per rollout): weights {weights / 2**20:.1f} MiB, "
               f"keys and values {kv / 2**20:.1f} MiB ({positions} positions; the CPU step reads only "
