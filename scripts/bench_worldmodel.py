@@ -3,7 +3,7 @@
     python scripts/bench_worldmodel.py                                  # tiny sizes, CPU defaults
     python scripts/bench_worldmodel.py --transformer small --tokenizer paper64 --batch 32 --device cuda
     # GPU options to compare: --compile, --channels-last, --cudnn-benchmark, --profile
-    # --flops: each path's work (GFLOP per rollout) and the rate it achieves
+    # --flops: each path's work (GFLOP per rollout), the rate it achieves, what a token step reads
     # CPU: --cpu-bf16-decoding false decodes in fp32 (auto: bf16 convolutions where the CPU has them)
 
 Three paths imagine the same rollouts (same weights, same seed, same actions) and must give the
