@@ -59,6 +59,9 @@ class MBPO:
                              f"trains the parts {list(world_model.parts)}")
         self.wm_batch_size = int(wm_cfg["batch_size"])
         self.segment_length = int(wm_cfg["segment_length"])
+        # Refused now, not after the first world-model updates.
+        world_model.check_segment_length(self.segment_length)
+        world_model.check_horizon(int(cfg["gen_horizon"]))
         self.imagined = ImaginedReplayBuffer(cfg["imagined_capacity"], cfg["gen_horizon"],
                                              world_model.image_size, world_model.action_dim,
                                              frame_stack, nstep, discount)

@@ -7,26 +7,32 @@ import torch
 from omegaconf import OmegaConf
 
 from worldmodel.interface import WorldModel, WorldModelConfigError
-from worldmodel.registry import load_pretrained, world_model_class
+from worldmodel.registry import load_pretrained, pretrained_model_type, world_model_class
 
 
 def build_world_model(wm_cfg: Mapping[str, Any], image_size: int, action_dim: int,
                       device: torch.device) -> WorldModel | None:
     """The world model that ``world_model=<name>`` asks for (None for ``none``), built fresh or
-    loaded from ``world_model.pretrained``, and checked against the env."""
+    loaded from ``world_model.pretrained``, and checked against the env. A loaded model keeps
+    the checkpoint's architecture and takes the run's ``run_settings`` (sampling, training, ...)
+    from ``world_model.model``."""
     name = wm_cfg["name"]
     if name == "none":
         return None
+    config = OmegaConf.to_container(wm_cfg["model"], resolve=True) if OmegaConf.is_config(wm_cfg["model"]) \
+        else dict(wm_cfg["model"])
     pretrained = wm_cfg.get("pretrained")
     if pretrained:
-        model = load_pretrained(pretrained, action_dim=action_dim)
-        print(f"[world model] loaded {name} weights from {pretrained}")
+        held = pretrained_model_type(pretrained)
+        if held != name:
+            raise WorldModelConfigError(f"world_model={name} but {pretrained} holds a '{held}' model; "
+                                        f"set world_model={held}.")
+        settings = world_model_class(name).run_overrides(config)
+        model = load_pretrained(pretrained, action_dim=action_dim, **settings)
+        print(f"[world model] loaded {name} weights from {pretrained}; from this run's config: "
+              f"{', '.join(world_model_class(name).run_settings) or 'nothing'}")
     else:
-        config = OmegaConf.to_container(wm_cfg["model"], resolve=True) if OmegaConf.is_config(wm_cfg["model"]) \
-            else dict(wm_cfg["model"])
         model = world_model_class(name).from_config({**config, "image_size": image_size, "action_dim": action_dim})
-    if model.model_type != name:
-        raise WorldModelConfigError(f"world_model={name} but {pretrained} holds a '{model.model_type}' model")
     if model.image_size != image_size or model.action_dim != action_dim:
         raise WorldModelConfigError(
             f"the world model works on {model.image_size}x{model.image_size} frames with {model.action_dim}-dim "

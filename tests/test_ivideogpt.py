@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -479,6 +480,87 @@ def test_horizon_beyond_max_future_frames_is_refused_and_bad_input_named():
         tiny_model(max_future_frames=200)
 
 
+def test_rollout_and_step_refuse_bad_input_before_any_work():
+    model = tiny_model(max_future_frames=2)
+    calls = []
+
+    def policy(frames: torch.Tensor) -> torch.Tensor:
+        calls.append(frames.shape[1])
+        return torch.zeros(frames.shape[0], ACT)
+
+    for horizon, match in ((0, "horizon >= 1"), (3, "longer than max_future_frames=2")):
+        with pytest.raises(WorldModelConfigError, match=match):
+            model.rollout(context(1), policy, horizon)
+    assert calls == []  # refused before the first step, not after max_future_frames of them
+    with pytest.raises(WorldModelConfigError, match="policy must return a torch.Tensor"):
+        model.rollout(context(1), lambda frames: np.zeros((1, ACT), np.float32), 1)
+    with pytest.raises(WorldModelConfigError, match="action must be a torch.Tensor"):
+        model.step(model.reset(context(1)), np.zeros((1, ACT), np.float32))
+    with pytest.raises(ValueError, match="the state that reset"):
+        model.step(None, torch.zeros(1, ACT))
+    with pytest.raises(ValueError, match="B>=1"):
+        model.reset(context(1)[:0])
+    for length in (2, 5):  # no future frame / more than max_future_frames
+        with pytest.raises(WorldModelConfigError, match="segment_length between 3 and 4"):
+            model.check_segment_length(length)
+    model.check_segment_length(4)
+    no_action = _segments(1, 3, 0)
+    no_action.action = None
+    with pytest.raises(ValueError, match=r"segment action must be \[B, T-1, A\]"):
+        model.update(no_action)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sampling": {"top_k": None}}, "sampling.top_k must be an integer"),
+    ({"sampling": {"temperature": "hot"}}, "sampling.temperature must be a number"),
+    ({"sampling": {"compile": "yes"}}, "sampling.compile must be true or false"),
+    ({"training": {"lr": "1e-4"}}, "training.lr must be a number"),
+    ({"training": {"betas": 0.9}}, "training.betas must be two numbers"),
+    ({"training": {"tokenizer_future_frames": 0}}, "training.tokenizer_future_frames must be an integer >= 1"),
+    ({"action_dim": 4.0}, "action_dim must be an integer >= 0"),
+])
+def test_settings_of_the_wrong_kind_are_refused_when_the_model_is_built(kwargs, match):
+    with pytest.raises(WorldModelConfigError, match=match):
+        tiny_model(**kwargs)
+
+
+def test_a_step_that_fails_part_way_leaves_the_state_as_it_was(monkeypatch):
+    """E.g. out of memory while decoding: the frame's tokens are already in the KV cache. The
+    state must not keep them, or every later frame would be conditioned on a frame nobody saw."""
+    model = randomise_heads(tiny_model(max_future_frames=2)).eval()
+    ctx, acts = context(1), torch.rand(1, 2, ACT) * 2 - 1
+    expected, _ = imagine(model, ctx, acts, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    state = model.reset(ctx, generator)
+    draws, written = generator.get_state(), state.cache.cache.length
+
+    def out_of_memory(*args):
+        raise RuntimeError("out of memory (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "_decode_newest", out_of_memory)
+        with pytest.raises(RuntimeError, match="simulated"):
+            model.step(state, acts[:, 0])
+    assert state.cache.cache.length == written and state.future_frames == 0
+    generator.set_state(draws)  # the same draws again: the retried steps must imagine what a clean run does
+    frames = [model.step(state, acts[:, t])[0] for t in range(2)]  # and the whole horizon still fits
+    assert torch.equal(torch.stack(frames, 1), expected)
+
+
+def test_load_overrides_merge_into_the_saved_settings(tmp_path):
+    tiny_model(sampling={"temperature": 0.5, "top_k": 10}, training={"lr": 3e-4}).save_pretrained(tmp_path / "ck")
+    loaded = IVideoGPT.from_pretrained(tmp_path / "ck", sampling={"top_k": 7}, training={"grad_clip": 0.5},
+                                       transformer={"attention_dropout": 0.1})
+    assert loaded.sampling["temperature"] == 0.5 and loaded.sampling["top_k"] == 7
+    assert loaded.training_cfg["lr"] == 3e-4 and loaded.training_cfg["grad_clip"] == 0.5
+    assert loaded.transformer.llm.config.attention_dropout == 0.1
+    # What a run hands a checkpoint: only the run_settings of its model config.
+    run_cfg = {"context_frames": 3, "tokenizer": {"size": "paper64"}, "max_future_frames": 3,
+               "transformer": {"size": "small", "attention_dropout": 0.2}, "sampling": {"top_k": 5}}
+    assert IVideoGPT.run_overrides(run_cfg) == {"max_future_frames": 3, "sampling": {"top_k": 5},
+                                                "transformer": {"attention_dropout": 0.2}}
+
+
 def test_save_load_round_trip_reproduces_imagination(tmp_path):
     model = randomise_heads(tiny_model())
     model.save_pretrained(tmp_path / "ckpt")
@@ -508,6 +590,11 @@ def test_action_free_checkpoint_loads_into_action_conditioned_model(tmp_path, ca
     f_free, _ = imagine(free.eval(), ctx, torch.zeros(1, 2, 0), seed=0)
     f_act, _ = imagine(model.eval(), ctx, torch.rand(1, 2, ACT), seed=0)
     assert torch.equal(f_free, f_act)
+    # An action-free model takes no action (None or [B, 0]); one it would ignore is refused.
+    state = free.reset(ctx)
+    with pytest.raises(WorldModelConfigError, match="action-free"):
+        free.step(state, torch.rand(1, ACT))
+    assert free.step(state, None)[0].shape == (1, 3, IMG, IMG)
 
 
 def _segments(B: int, T: int, seed: int, size: int = IMG) -> SegmentBatch:

@@ -87,3 +87,24 @@ def test_world_model_that_does_not_fit_the_env_is_refused(tmp_path):
     with pytest.raises(WorldModelConfigError, match="64x64"):
         make_trainer(tmp_path / "b", "world_model=ivideogpt", f"world_model.pretrained={tmp_path / 'wm'}",
                      "task.image_size=84")
+
+
+def test_pretrained_world_model_takes_the_runs_settings_and_bad_lengths_fail_at_start(tmp_path):
+    """A checkpoint brings its weights and sizes; sampling and training come from the run's config."""
+    from worldmodel.interface import WorldModelConfigError
+
+    trainer = make_trainer(tmp_path / "a", "world_model=ivideogpt")
+    trainer.mbpo.world_model.save_pretrained(tmp_path / "wm")
+    trainer.close()
+    loaded = make_trainer(tmp_path / "b", "world_model=ivideogpt", f"world_model.pretrained={tmp_path / 'wm'}",
+                          "world_model.model.sampling.top_k=7", "world_model.model.training.lr=0.0005")
+    model = loaded.mbpo.world_model
+    assert model.sampling["top_k"] == 7 and model.optimizers["transformer"].param_groups[0]["lr"] == 5e-4
+    loaded.close()
+    with pytest.raises(WorldModelConfigError, match="holds a 'ivideogpt' model; set world_model=ivideogpt"):
+        make_trainer(tmp_path / "c", "world_model=vid2world", f"world_model.pretrained={tmp_path / 'wm'}")
+    # Refused when the run starts, not after the world model's first updates.
+    with pytest.raises(WorldModelConfigError, match="segment_length between"):
+        make_trainer(tmp_path / "d", "world_model=ivideogpt", "world_model.segment_length=40")
+    with pytest.raises(WorldModelConfigError, match="longer than max_future_frames"):
+        make_trainer(tmp_path / "e", "world_model=ivideogpt", "mbpo.gen_horizon=40")

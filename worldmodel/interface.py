@@ -15,7 +15,7 @@ import abc
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -60,12 +60,27 @@ def check_step_action(action: torch.Tensor | None, batch: int, action_dim: int) 
     entries (a diverged policy). Sampling from such an action would fail deep inside torch, and
     on a GPU as a device-side assert that ends the process. The finiteness check reads one bool
     back from the device: one wait per imagined frame, not per token."""
+    if action is not None and not isinstance(action, torch.Tensor):
+        raise WorldModelConfigError(f"action must be a torch.Tensor [B, A] = {(batch, action_dim)}; got a "
+                                    f"{type(action).__name__} (convert with torch.as_tensor).")
     if action is None or tuple(action.shape) != (batch, action_dim):
         raise WorldModelConfigError(f"action must be [B, A] = {(batch, action_dim)}; got "
                                     f"{None if action is None else tuple(action.shape)}.")
     if not bool(torch.isfinite(action).all()):
         raise WorldModelConfigError("action has NaN or inf entries (a diverged policy?): imagination "
                                     "needs finite actions.")
+
+
+def merge_config(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` laid over it, nested dicts merged key by key (a
+    ``sampling={"top_k": 10}`` override keeps the other sampling keys)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class WorldModel(nn.Module, abc.ABC):
@@ -77,6 +92,10 @@ class WorldModel(nn.Module, abc.ABC):
 
     model_type: str = ""  # registry name, written into config.json
     parts: tuple[str, ...] = ()  # separately trained sub-models, e.g. ("tokenizer", "transformer")
+    # Config keys (dotted for nested ones) that say how the model is trained and imagines, not
+    # what its weights are: when a run loads a checkpoint (``world_model.pretrained``), the run's
+    # values of these keys replace the checkpoint's (``run_overrides``); the rest is the checkpoint's.
+    run_settings: tuple[str, ...] = ()
     image_size: int
     action_dim: int
     context_frames: int
@@ -133,6 +152,36 @@ class WorldModel(nn.Module, abc.ABC):
         if "counters" in state and hasattr(self, "counters"):
             self.counters.update(state["counters"])
 
+    @classmethod
+    def run_overrides(cls, model_cfg: Mapping[str, Any]) -> dict:
+        """The ``run_settings`` that a run's model config holds, as nested overrides for
+        ``from_pretrained``."""
+        out: dict = {}
+        for path in cls.run_settings:
+            *parents, leaf = path.split(".")
+            source, target = model_cfg, out
+            for key in parents:
+                source = source.get(key) if isinstance(source, Mapping) else None
+                target = target.setdefault(key, {})
+            if isinstance(source, Mapping) and leaf in source:
+                target[leaf] = source[leaf]
+        return _drop_empty(out)
+
+    # ----- what a run may ask of the model -----
+    def check_segment_length(self, length: int) -> None:
+        """Refuse training segments of ``length`` frames that this model cannot learn from, before
+        any training starts (the default: the context plus at least one future frame)."""
+        if length < self.context_frames + 1:
+            raise WorldModelConfigError(
+                f"segments of {length} frames leave no future frame after the model's {self.context_frames} "
+                f"context frames; use segment_length >= {self.context_frames + 1}.")
+
+    def check_horizon(self, horizon: int) -> None:
+        """Refuse a rollout of ``horizon`` imagined steps before any is imagined (the default: any
+        horizon >= 1)."""
+        if horizon < 1:
+            raise WorldModelConfigError(f"a rollout needs horizon >= 1 imagined steps; got {horizon}.")
+
     # ----- step-level imagination -----
     @abc.abstractmethod
     def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None) -> Any:
@@ -148,6 +197,8 @@ class WorldModel(nn.Module, abc.ABC):
                 generator: torch.Generator | None = None) -> Rollout:
         """Batched k-step imagination built on ``reset``/``step``; the policy acts on the
         frames so far. Models may override it with a faster path with the same result."""
+        self.check_horizon(horizon)
+        context_obs = context_obs.to(next(self.parameters()).device)  # frames stack with imagined ones
         was_training = self.training
         self.eval()
         try:
@@ -155,7 +206,11 @@ class WorldModel(nn.Module, abc.ABC):
             frames = [context_obs[:, i] for i in range(context_obs.shape[1])]
             actions, rewards = [], []
             for _ in range(horizon):
-                action = policy(torch.stack(frames, 1)).to(torch.float32)  # [B, A]
+                action = policy(torch.stack(frames, 1))  # [B, A]
+                if not isinstance(action, torch.Tensor):
+                    raise WorldModelConfigError(f"the policy must return a torch.Tensor [B, A]; it returned a "
+                                                f"{type(action).__name__}.")
+                action = action.to(torch.float32)
                 frame, reward, state = self.step(state, action)
                 frames.append(frame)
                 actions.append(action)
@@ -193,17 +248,30 @@ class WorldModel(nn.Module, abc.ABC):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "WorldModel":
-        """Rebuild from ``save_pretrained`` output; ``overrides`` replace config entries.
+        """Rebuild from ``save_pretrained`` output; ``overrides`` replace config entries (nested
+        dicts key by key, ``merge_config``).
         Weights whose shapes disagree with the config fail naming the key and both shapes."""
         config = read_config(directory)
         model_type = config.pop("model_type")
         if cls.model_type and model_type != cls.model_type:
             raise WorldModelConfigError(
                 f"{directory} holds a '{model_type}' world model, not '{cls.model_type}'.")
-        config.update(overrides)
+        config = merge_config(config, overrides)
         model = cls.from_config(config)
         load_weights_checked(model, os.path.join(directory, WEIGHTS_NAME))
         return model
+
+
+def _drop_empty(tree: dict) -> dict:
+    """``tree`` without the dicts that ended up empty."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _drop_empty(value)
+            if not value:
+                continue
+        out[key] = value
+    return out
 
 
 def read_config(directory: str | os.PathLike) -> dict:

@@ -21,11 +21,18 @@ def world_model_class(name: str) -> type[WorldModel]:
     return getattr(importlib.import_module(module), attr)
 
 
-def load_pretrained(directory: str | os.PathLike, **overrides: Any) -> WorldModel:
-    """Load any world model saved with ``save_pretrained``, whatever its type; an official
-    thuml/iVideoGPT download (tokenizer/ + transformer/, no config.json) is imported on the fly."""
+def pretrained_model_type(directory: str | os.PathLike) -> str:
+    """The registry name of the model a checkpoint directory holds: its config.json's
+    ``model_type``, or ``ivideogpt`` for an official thuml/iVideoGPT download (tokenizer/ +
+    transformer/, no config.json)."""
     d = os.fspath(directory)
     if not os.path.isfile(os.path.join(d, CONFIG_NAME)) and (
             os.path.isdir(os.path.join(d, "tokenizer")) or os.path.isdir(os.path.join(d, "transformer"))):
-        return world_model_class("ivideogpt").from_pretrained(directory, **overrides)
-    return world_model_class(read_config(directory)["model_type"]).from_pretrained(directory, **overrides)
+        return "ivideogpt"
+    return read_config(directory)["model_type"]
+
+
+def load_pretrained(directory: str | os.PathLike, **overrides: Any) -> WorldModel:
+    """Load any world model saved with ``save_pretrained``, whatever its type; an official
+    thuml/iVideoGPT download is imported on the fly."""
+    return world_model_class(pretrained_model_type(directory)).from_pretrained(directory, **overrides)

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import logging
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from worldmodel.cuda_graphs import GraphedCall
 from worldmodel.interface import (WEIGHTS_NAME, SegmentBatch, WorldModel, WorldModelConfigError,
-                                  check_step_action, load_weights_checked, read_config)
+                                  check_step_action, load_weights_checked, merge_config, read_config)
 from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer
 from worldmodel.ivideogpt.tokenizer_blocks import conv_compute_dtype
 from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
@@ -90,16 +91,19 @@ class ImagineState:
 class IVideoGPT(WorldModel):
     model_type = "ivideogpt"
     parts = ("tokenizer", "transformer")
+    # A checkpoint keeps its sizes, codebooks and context length; a run sets these.
+    run_settings = ("max_future_frames", "sampling", "training", "transformer.attention_dropout")
 
     def __init__(self, image_size: int, action_dim: int, context_frames: int = 2,
                  tokenizer: dict[str, Any] | str = "tiny", transformer: dict[str, Any] | str = "tiny",
                  max_future_frames: int = 10, sampling: dict[str, Any] | None = None,
                  training: dict[str, Any] | None = None):
         super().__init__()
-        if action_dim < 0 or context_frames < 1 or max_future_frames < 1:
-            raise WorldModelConfigError(
-                f"need action_dim >= 0, context_frames >= 1, max_future_frames >= 1; got "
-                f"{action_dim}, {context_frames}, {max_future_frames}.")
+        for name, value, low in (("action_dim", action_dim, 0), ("context_frames", context_frames, 1),
+                                 ("max_future_frames", max_future_frames, 1)):
+            if not _integer(value) or value < low:
+                raise WorldModelConfigError(f"{name} must be an integer >= {low}; got {value!r}.")
+        action_dim, context_frames, max_future_frames = int(action_dim), int(context_frames), int(max_future_frames)
         self.image_size, self.action_dim, self.context_frames = image_size, action_dim, context_frames
         self.max_future_frames = max_future_frames
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
@@ -109,9 +113,7 @@ class IVideoGPT(WorldModel):
             unknown = sorted(set(given) - set(known))
             if unknown:
                 raise WorldModelConfigError(f"unknown {name} keys {unknown}; valid: {sorted(known)}.")
-        if self.sampling["cpu_bf16_decoding"] not in ("auto", True, False):
-            raise WorldModelConfigError(f"sampling.cpu_bf16_decoding must be auto, true or false; "
-                                        f"got {self.sampling['cpu_bf16_decoding']!r}.")
+        _check_settings(self.sampling, self.training_cfg)
 
         self.tokenizer = CompressiveTokenizer(_resolve_tokenizer(tokenizer, image_size, context_frames))
         tok = self.tokenizer
@@ -216,8 +218,7 @@ class IVideoGPT(WorldModel):
         model_type = config.pop("model_type")
         if model_type != cls.model_type:
             raise WorldModelConfigError(f"{directory} holds a '{model_type}' world model, not '{cls.model_type}'.")
-        config.update(overrides)
-        model = cls.from_config(config)
+        model = cls.from_config(merge_config(config, overrides))
         path = f"{directory}/{WEIGHTS_NAME}"
         try:
             with safe_open(path, framework="pt") as f:
@@ -235,6 +236,22 @@ class IVideoGPT(WorldModel):
                         "into an action-conditioned model).", directory, optional)
         return model
 
+    # ----- what a run may ask of the model -----
+    def check_segment_length(self, length: int) -> None:
+        k = length - self.context_frames
+        if not 1 <= k <= self.max_future_frames:
+            raise WorldModelConfigError(
+                f"segments of {length} frames give {k} future frames after {self.context_frames} context "
+                f"frames; need 1..{self.max_future_frames} (max_future_frames): segment_length between "
+                f"{self.context_frames + 1} and {self.context_frames + self.max_future_frames}.")
+
+    def check_horizon(self, horizon: int) -> None:
+        super().check_horizon(horizon)
+        if horizon > self.max_future_frames:
+            raise WorldModelConfigError(
+                f"a rollout of {horizon} steps is longer than max_future_frames={self.max_future_frames} (the "
+                "transformer's trained length); shorten it, or rebuild with a larger max_future_frames.")
+
     # ----- training -----
     def _check_batch(self, batch: SegmentBatch) -> None:
         obs, act, rew = batch.obs, batch.action, batch.reward
@@ -242,15 +259,14 @@ class IVideoGPT(WorldModel):
             raise ValueError(f"segment obs must be uint8 [B, T, 3, {self.image_size}, {self.image_size}]; "
                              f"got {obs.dtype} {tuple(obs.shape)}.")
         B, T = obs.shape[:2]
-        k = T - self.context_frames
-        if not 1 <= k <= self.max_future_frames:
-            raise ValueError(f"segments of {T} frames give {k} future frames after {self.context_frames} "
-                             f"context frames; need 1..{self.max_future_frames} (max_future_frames).")
+        self.check_segment_length(T)
         want_a = (B, T - 1, self.action_dim)
-        if self.action_dim > 0 and tuple(act.shape) != want_a:
-            raise ValueError(f"segment action must be [B, T-1, A] = {want_a}; got {tuple(act.shape)}.")
-        if tuple(rew.shape) != (B, T - 1):
-            raise ValueError(f"segment reward must be [B, T-1] = {(B, T - 1)}; got {tuple(rew.shape)}.")
+        if self.action_dim > 0 and (act is None or tuple(act.shape) != want_a):
+            raise ValueError(f"segment action must be [B, T-1, A] = {want_a}; got "
+                             f"{None if act is None else tuple(act.shape)}.")
+        if rew is None or tuple(rew.shape) != (B, T - 1):
+            raise ValueError(f"segment reward must be [B, T-1] = {(B, T - 1)}; got "
+                             f"{None if rew is None else tuple(rew.shape)}.")
 
     def update(self, batch: SegmentBatch, parts: tuple[str, ...] | None = None) -> dict[str, float]:
         parts = self.parts if parts is None else tuple(parts)
@@ -341,10 +357,11 @@ class IVideoGPT(WorldModel):
         frames). ``reprefill=True`` recomputes the whole sequence for every frame, as the
         official code does: slower, same result; for benchmarks and tests."""
         T0, S = self.context_frames, self.image_size
-        if (context_obs.dtype != torch.uint8 or context_obs.ndim != 5 or context_obs.shape[1] < T0
-                or context_obs.shape[2:] != (3, S, S)):
-            raise ValueError(f"context_obs must be uint8 [B, T>={T0}, 3, {S}, {S}]; "
-                             f"got {context_obs.dtype} {tuple(context_obs.shape)}.")
+        if (not isinstance(context_obs, torch.Tensor) or context_obs.dtype != torch.uint8 or context_obs.ndim != 5
+                or context_obs.shape[0] < 1 or context_obs.shape[1] < T0 or context_obs.shape[2:] != (3, S, S)):
+            got = (f"{context_obs.dtype} {tuple(context_obs.shape)}" if isinstance(context_obs, torch.Tensor)
+                   else type(context_obs).__name__)
+            raise ValueError(f"context_obs must be a uint8 tensor [B>=1, T>={T0}, 3, {S}, {S}]; got {got}.")
         if generator is not None and generator.device.type != self.device.type:
             raise ValueError(f"the generator is on {generator.device} but the model is on {self.device}: "
                              f"make it with torch.Generator(device='{self.device.type}').")
@@ -364,7 +381,11 @@ class IVideoGPT(WorldModel):
         return state
 
     def step(self, state: ImagineState, action: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, ImagineState]:
-        """action float [B, A] (a_t) -> (o_{t+1} uint8 [B, 3, H, W], r_t float [B], state)."""
+        """action float [B, A] (a_t) -> (o_{t+1} uint8 [B, 3, H, W], r_t float [B], state).
+        An action-free model (action_dim 0) takes None or an empty [B, 0] action. A step that
+        fails part-way (e.g. out of memory) leaves ``state`` as it was."""
+        if not isinstance(state, ImagineState):
+            raise ValueError(f"step needs the state that reset() returned; got {type(state).__name__}.")
         B = state.ids.shape[0]
         if state.future_frames >= self.max_future_frames:
             raise ValueError(f"imagination is limited to max_future_frames={self.max_future_frames} steps "
@@ -373,25 +394,72 @@ class IVideoGPT(WorldModel):
         if self.action_dim > 0:
             check_step_action(action, B, self.action_dim)
             action = action.to(self.device, torch.float32)
+        elif action is not None and (not isinstance(action, torch.Tensor) or action.numel() > 0):
+            raise WorldModelConfigError(
+                "this model is action-free (action_dim=0) and would ignore the action it was given; load it "
+                "with action_dim=A (e.g. from_pretrained(dir, action_dim=4)) to condition on actions.")
         else:
             action = None
         s = self.sampling
         tf = self.transformer
-        with self._imagining():
-            prefix, cache = None, state.cache
-            if cache is None:  # re-prefill: a fresh cache and the whole sequence so far
-                cache = tf.new_cache()
-                prefix = tf.embed(state.ids, state.actions)
-            codes, reward = tf.generate_frame(cache, action, B, s["temperature"], s["top_k"],
-                                              state.generator, prefix=prefix)  # [B, Nf], [B]
-            with self._decoding_precision():
-                frame = self._decode_newest(codes.view(B, *self.tokenizer.future_token_shape),
-                                            self.tokenizer.decoder_kv(state.context))  # [B, 3, H, W]
+        written = None if state.cache is None else state.cache.cache.length
+        try:
+            with self._imagining():
+                prefix, cache = None, state.cache
+                if cache is None:  # re-prefill: a fresh cache and the whole sequence so far
+                    cache = tf.new_cache()
+                    prefix = tf.embed(state.ids, state.actions)
+                codes, reward = tf.generate_frame(cache, action, B, s["temperature"], s["top_k"],
+                                                  state.generator, prefix=prefix)  # [B, Nf], [B]
+                with self._decoding_precision():
+                    frame = self._decode_newest(codes.view(B, *self.tokenizer.future_token_shape),
+                                                self.tokenizer.decoder_kv(state.context))  # [B, 3, H, W]
+        except BaseException:
+            if written is not None:  # forget the frame's tokens; the next step writes over them
+                state.cache.cache.length = written
+            raise
         state.ids = torch.cat([state.ids, self.layout.frames(codes[:, None])], 1)
         if action is not None:
             state.actions = torch.cat([state.actions, action[:, None]], 1)
         state.future_frames += 1
         return unit_to_frames(frame), symexp(reward.float()), state
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_settings(sampling: dict[str, Any], training: dict[str, Any]) -> None:
+    """Refuse sampling / training settings of the wrong kind when the model is built, not at the
+    first rollout or update."""
+    problems = []
+    if not _number(sampling["temperature"]):
+        problems.append(f"sampling.temperature must be a number (<= 0: greedy); got {sampling['temperature']!r}")
+    if not _integer(sampling["top_k"]):
+        problems.append(f"sampling.top_k must be an integer (<= 0: whole codebook); got {sampling['top_k']!r}")
+    if not isinstance(sampling["compile"], bool):
+        problems.append(f"sampling.compile must be true or false; got {sampling['compile']!r}")
+    if sampling["cpu_bf16_decoding"] not in ("auto", True, False):
+        problems.append(f"sampling.cpu_bf16_decoding must be auto, true or false; "
+                        f"got {sampling['cpu_bf16_decoding']!r}")
+    for key in ("lr", "weight_decay", "eps", "reward_weight"):
+        if not _number(training[key]) or training[key] < 0:
+            problems.append(f"training.{key} must be a number >= 0; got {training[key]!r}")
+    betas = training["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in betas):
+        problems.append(f"training.betas must be two numbers in [0, 1); got {betas!r}")
+    if training["grad_clip"] is not None and (not _number(training["grad_clip"]) or training["grad_clip"] < 0):
+        problems.append(f"training.grad_clip must be a number >= 0 (0 or null: no clipping); "
+                        f"got {training['grad_clip']!r}")
+    for key, low in (("warmup_steps", 0), ("tokenizer_future_frames", 1)):
+        if not _integer(training[key]) or training[key] < low:
+            problems.append(f"training.{key} must be an integer >= {low}; got {training[key]!r}")
+    if problems:
+        raise WorldModelConfigError("; ".join(problems) + ".")
 
 
 def _resolve_tokenizer(spec: dict[str, Any] | str, image_size: int, context_frames: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldModelConfigError, load_weights_checked
-from worldmodel.registry import load_pretrained, world_model_class
+from worldmodel.registry import load_pretrained, pretrained_model_type, world_model_class
 from worldmodel.training.csv_log import CsvLog
 from worldmodel.training.data import build_datasets, eval_batches, position_loader
 from worldmodel.training.evaluation import EvalTools, evaluate
@@ -176,21 +176,18 @@ class Pretrainer:
         cfg = self.cfg
         if cfg.get("init_from"):
             directory = resolve_pretrained_dir(cfg["init_from"])
-            model = load_pretrained(directory, action_dim=action_dim)
+            held, name = pretrained_model_type(directory), cfg["world_model"]["name"]
+            # The run's training and sampling settings apply to a checkpoint of the configured kind.
+            settings = world_model_class(held).run_overrides(dict(cfg["world_model"]["model"])) if held == name else {}
+            model = load_pretrained(directory, action_dim=action_dim, **settings)
             self.print(f"initialised from {directory} ({model.model_type}, action_dim {action_dim})")
-            if model.model_type != cfg["world_model"]["name"]:
-                self.print(f"note: init_from holds a {model.model_type} model; world_model="
-                           f"{cfg['world_model']['name']} is ignored")
+            if held != name:
+                self.print(f"note: init_from holds a {held} model; world_model={name} is ignored")
         else:
             spec = dict(cfg["world_model"]["model"])
             model = world_model_class(cfg["world_model"]["name"]).from_config(
                 {**spec, "image_size": image_size, "action_dim": action_dim})
-        segment_length = self.cfg["segment_length"] or self.cfg["world_model"]["segment_length"]
-        future = segment_length - model.context_frames
-        if future < 1 or future > getattr(model, "max_future_frames", future):
-            raise WorldModelConfigError(
-                f"segment_length={segment_length} gives {future} future frames after the model's "
-                f"{model.context_frames} context frames; need 1..{getattr(model, 'max_future_frames', 'any')}.")
+        model.check_segment_length(self.cfg["segment_length"] or self.cfg["world_model"]["segment_length"])
         if model.image_size != image_size:
             raise WorldModelConfigError(f"the model works on {model.image_size}x{model.image_size} frames but the "
                                         f"data has {image_size}x{image_size}; convert the data or change the model.")

@@ -90,6 +90,11 @@ class HistoryContext:
 class Vid2World(WorldModel):
     model_type = "vid2world"
     parts = ("diffusion", "reward")
+    # A checkpoint keeps its backbone, noise schedule and history noise level; a run sets these
+    # (``causal`` on a non-causal checkpoint causalises it on load, see from_pretrained).
+    run_settings = ("causal", "causal_transfer", "min_snr_gamma", "history_mix_prob", "action_dropout",
+                    "guidance_scale", "sampling_steps", "max_context_frames", "memory", "lr", "reward_lr",
+                    "weight_decay", "grad_clip")
 
     def __init__(self, config: Vid2WorldConfig | None = None, **kwargs: Any):
         super().__init__()
