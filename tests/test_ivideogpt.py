@@ -491,7 +491,7 @@ def test_rollout_and_step_refuse_bad_input_before_any_work():
     for horizon, match in ((0, "horizon >= 1"), (3, "longer than max_future_frames=2")):
         with pytest.raises(WorldModelConfigError, match=match):
             model.rollout(context(1), policy, horizon)
-    assert calls == []  # refused before the first step, not after max_future_frames of them
+    assert calls == [] and model.max_horizon == 2  # refused before the first step, not after two of them
     with pytest.raises(WorldModelConfigError, match="policy must return a torch.Tensor"):
         model.rollout(context(1), lambda frames: np.zeros((1, ACT), np.float32), 1)
     with pytest.raises(WorldModelConfigError, match="action must be a torch.Tensor"):
@@ -620,6 +620,34 @@ def test_update_metrics_and_non_finite_loss_is_skipped():
         model.update(_segments(2, 8, 0))  # 6 future frames > max_future_frames=4
     with pytest.raises(ValueError, match="unknown parts"):
         model.update(_segments(2, 4, 0), parts=("policy",))
+
+
+def test_loaded_codebooks_stay_fixed_and_a_gan_can_be_switched_on_at_load(tmp_path):
+    """Official MBPO fine-tunes a pretrained tokenizer with its codebooks frozen: a trained or
+    re-initialised code would renumber what the transformer has learnt."""
+    fresh = tiny_model()
+    assert fresh.tokenizer.quantize.embedding.weight.requires_grad  # built fresh: the codebooks train
+    fresh.save_pretrained(tmp_path / "ck")
+    # dead_code_steps=1: every code not picked by a batch would be re-initialised at once
+    loaded = IVideoGPT.from_pretrained(tmp_path / "ck", tokenizer={"gan": True, "disc_start": 1,
+                                                                   "dead_code_steps": 1})
+    books = [loaded.tokenizer.quantize.embedding.weight, loaded.tokenizer.dynamics_quantize.embedding.weight]
+    before = [b.detach().clone() for b in books]
+    for _ in range(3):
+        loaded.update(_segments(2, 4, 0), parts=("tokenizer",))
+    assert all(torch.equal(a, b) for a, b in zip(before, books))
+    assert loaded.counters["updates_tokenizer"] == 3
+    assert loaded.counters["updates_discriminator"] == 2  # none before disc_start
+    # control: codebooks=train trains and revives them
+    trained = IVideoGPT.from_pretrained(tmp_path / "ck", tokenizer={"dead_code_steps": 1},
+                                        training={"codebooks": "train"})
+    trained.update(_segments(2, 4, 0), parts=("tokenizer",))
+    assert not torch.equal(trained.tokenizer.quantize.embedding.weight, before[0])
+    # a GAN checkpoint loads into a model without the GAN: its discriminator is left out
+    loaded.save_pretrained(tmp_path / "gan")
+    plain = IVideoGPT.from_pretrained(tmp_path / "gan", tokenizer={"gan": False})
+    assert plain.tokenizer.discriminator is None
+    torch.testing.assert_close(plain.tokenizer.quantize.embedding.weight, before[0])
 
 
 def test_imagined_reward_belongs_to_the_action_of_the_same_step():

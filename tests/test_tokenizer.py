@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from worldmodel.ivideogpt.losses import PerceptualLoss
+from worldmodel.ivideogpt.quantizer import VectorQuantizer
 from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer, ContextCache, TokenizerInputError
 from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
 
@@ -352,6 +353,22 @@ def test_dead_codes_are_revived():
         for step in range(3):
             assert off(x, global_step=step)[1]["dead_codes_reset"].item() == 0
     assert distinct_ctx_codes(off) <= alive
+
+
+def test_a_non_finite_batch_leaves_the_codebook_alone_and_revived_codes_are_not_counted_as_used():
+    q = VectorQuantizer(16, 4, dead_code_steps=2).train()
+    z = q.embedding.weight.detach()[:2].repeat(4, 1)  # [8, 4]: picks codes 0 and 1 only
+    before = q.embedding.weight.detach().clone()
+    diverged = z.clone()
+    diverged[0, 0] = float("nan")  # e.g. a bf16 overflow in the encoder
+    for _ in range(3):
+        stats = q(diverged)[3]
+    assert torch.equal(q.embedding.weight, before) and (q.steps_unused == 0).all()
+    assert stats["dead_codes_reset"] == 0
+    stats = [q(z)[3] for _ in range(3)]  # 14 codes revived at the second step, from z
+    assert stats[1]["dead_codes_reset"] == 14 and torch.isfinite(q.embedding.weight).all()
+    # z still picks 0 and 1: the revived codes, never chosen since, are not in use
+    assert stats[2]["codes_used"] == pytest.approx(2 / 16)
 
 
 def test_gan_adaptive_weight_only_after_disc_start():

@@ -32,6 +32,11 @@ class GraphedCall:
     def __call__(self, *inputs: torch.Tensor) -> Outputs:
         if not inputs[0].is_cuda:
             return self.fn(*inputs)
+        # Streams, capture and replay on the inputs' GPU, which need not be the current one (cuda:1).
+        with torch.cuda.device(inputs[0].device):
+            return self._replay(inputs)
+
+    def _replay(self, inputs: tuple[torch.Tensor, ...]) -> Outputs:
         if self.graph is None:
             self.inputs = [t.clone() for t in inputs]
             # Autocast's cache of casted weights must be off: a cached cast made outside the
@@ -48,6 +53,10 @@ class GraphedCall:
                 self.outputs = self.fn(*self.inputs)
         else:
             for buffer, t in zip(self.inputs, inputs):
+                if t.shape != buffer.shape:  # copy_ would broadcast into the captured shapes silently
+                    captured = [tuple(b.shape) for b in self.inputs]
+                    raise ValueError(f"this CUDA graph was captured for inputs {captured}; got "
+                                     f"{[tuple(x.shape) for x in inputs]}: make one GraphedCall per shape.")
                 buffer.copy_(t)
         self.graph.replay()
         return self.outputs

@@ -176,11 +176,19 @@ class WorldModel(nn.Module, abc.ABC):
                 f"segments of {length} frames leave no future frame after the model's {self.context_frames} "
                 f"context frames; use segment_length >= {self.context_frames + 1}.")
 
+    @property
+    def max_horizon(self) -> int | None:
+        """The most imagined steps one ``reset`` allows; None: unbounded (the default)."""
+        return None
+
     def check_horizon(self, horizon: int) -> None:
-        """Refuse a rollout of ``horizon`` imagined steps before any is imagined (the default: any
-        horizon >= 1)."""
+        """Refuse a rollout of ``horizon`` imagined steps before any is imagined: it needs
+        1 <= horizon <= ``max_horizon``."""
         if horizon < 1:
             raise WorldModelConfigError(f"a rollout needs horizon >= 1 imagined steps; got {horizon}.")
+        if self.max_horizon is not None and horizon > self.max_horizon:
+            raise WorldModelConfigError(f"a rollout of {horizon} steps is longer than the {self.max_horizon} this "
+                                        f"{self.model_type} model imagines after one reset; shorten it.")
 
     # ----- step-level imagination -----
     @abc.abstractmethod

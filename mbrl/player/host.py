@@ -88,8 +88,7 @@ class WorldModelHost:
     @property
     def horizon(self) -> int | None:
         """Imagined steps the model allows after one reset (iVideoGPT's max_future_frames), if bounded."""
-        value = getattr(self.model, "max_future_frames", None)
-        return int(value) if value is not None else None
+        return self.model.max_horizon
 
     def info(self) -> dict[str, Any]:
         m = self.model

@@ -53,9 +53,15 @@ DEFAULT_TRAINING = {
     "warmup_steps": 0,  # linear LR warm-up per part; 0 = none
     "reward_weight": 1.0,  # weight of the symlog reward MSE in the transformer loss
     "tokenizer_future_frames": 5,  # future frames per segment the tokenizer trains on (official max_target_frames)
+    # train | frozen | auto: frozen for weights loaded by from_pretrained (the transformer was
+    # trained on their codes; official MBPO's selected_params), trained in a model built fresh
+    "codebooks": "auto",
 }
 # Parameters that are missing in an action-free / reward-free checkpoint and start at zero.
 OPTIONAL_HEADS = ("transformer.action_linear.", "transformer.reward_linear.")
+# The GAN discriminator: trained only with the tokenizer loss, so a checkpoint with one loads into a
+# model without (it is dropped) and one without loads into a GAN model (it starts fresh).
+DISCRIMINATOR = "tokenizer.discriminator."
 
 
 def cpu_has_native_bf16() -> bool:
@@ -78,7 +84,9 @@ def unit_to_frames(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class ImagineState:
     """Opaque imagination state. ``step`` advances it in place (the KV cache grows), so a state
-    cannot be branched: call ``reset`` again for another rollout from the same context."""
+    cannot be branched: call ``reset`` again for another rollout from the same context. The state
+    holds the weights' copies of its ``reset`` (the transformer's step weights, the context
+    features): after an ``update``, reset again rather than stepping an older state."""
 
     context: Any  # the tokenizer's ContextCache
     cache: Any  # OneTokenStep over a static KV cache (cached path) or None (re-prefill path)
@@ -91,8 +99,13 @@ class ImagineState:
 class IVideoGPT(WorldModel):
     model_type = "ivideogpt"
     parts = ("tokenizer", "transformer")
-    # A checkpoint keeps its sizes, codebooks and context length; a run sets these.
-    run_settings = ("max_future_frames", "sampling", "training", "transformer.attention_dropout")
+    # A checkpoint keeps its sizes, codebooks and context length; a run sets these (the
+    # tokenizer's loss terms included: a GAN or perceptual loss can be switched on or off).
+    run_settings = ("max_future_frames", "sampling", "training", "transformer.attention_dropout",
+                    *(f"tokenizer.{key}" for key in ("commit_beta", "rec_weight", "perceptual_weight",
+                                                     "perceptual_weights_path", "gan", "disc_start", "disc_weight",
+                                                     "adaptive_weight_max", "dead_code_reset", "dead_code_steps",
+                                                     "cross_attn_dropout")))
 
     def __init__(self, image_size: int, action_dim: int, context_frames: int = 2,
                  tokenizer: dict[str, Any] | str = "tiny", transformer: dict[str, Any] | str = "tiny",
@@ -129,6 +142,21 @@ class IVideoGPT(WorldModel):
                 f"the transformer has max_position_embeddings={self.transformer.max_positions}: lower "
                 "max_future_frames or raise transformer.max_position_embeddings.")
 
+        if self.training_cfg["codebooks"] == "frozen":
+            self._freeze_codebooks()
+        self._build_optimizers()
+        # Per-step frame decoding, a CUDA graph per batch size on GPU (worldmodel/cuda_graphs.py).
+        self._frame_decoders: dict[tuple, GraphedCall] = {}
+
+    def _freeze_codebooks(self) -> None:
+        """Keep both codebooks as they are: no gradient steps and no dead-code re-initialisation
+        (either would renumber the codes the transformer has learnt)."""
+        for quantizer in (self.tokenizer.quantize, self.tokenizer.dynamics_quantize):
+            quantizer.embedding.weight.requires_grad_(False)
+            quantizer.dead_code_reset = False
+
+    def _build_optimizers(self) -> None:
+        """An AdamW (and warm-up schedule) per part over its trainable parameters; fresh counters."""
         tcfg = self.training_cfg
         self.optimizers = {
             "tokenizer": self._adamw(self.tokenizer.generator_parameters()),
@@ -142,8 +170,13 @@ class IVideoGPT(WorldModel):
             self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm))
                                for k, o in self.optimizers.items()}
         self.counters = {f"{kind}_{part}": 0 for kind in ("updates", "skipped") for part in self.optimizers}
-        # Per-step frame decoding, a CUDA graph per batch size on GPU (worldmodel/cuda_graphs.py).
-        self._frame_decoders: dict[tuple, GraphedCall] = {}
+
+    def _loaded(self) -> "IVideoGPT":
+        """After from_pretrained: ``training.codebooks=auto`` keeps the loaded codebooks."""
+        if self.training_cfg["codebooks"] == "auto":
+            self._freeze_codebooks()
+            self._build_optimizers()
+        return self
 
     def _decode_newest(self, codes: torch.Tensor, context_kv: tuple[torch.Tensor, ...]) -> torch.Tensor:
         key = (codes.shape[0], codes.device, self.tokenizer.post_quant_linear.weight.data_ptr())
@@ -213,7 +246,7 @@ class IVideoGPT(WorldModel):
         if official.looks_official(directory):
             model, report = official.import_official(directory, **overrides)
             log.warning("%s", report.summary())
-            return model
+            return model._loaded()
         config = read_config(directory)
         model_type = config.pop("model_type")
         if model_type != cls.model_type:
@@ -229,12 +262,17 @@ class IVideoGPT(WorldModel):
         missing = sorted(own - keys) if keys is not None else []
         unexpected = sorted(keys - own) if keys is not None else []
         optional = [k for k in missing if k.startswith(OPTIONAL_HEADS)]
-        lenient = bool(optional) and len(optional) == len(missing) and not unexpected
-        load_weights_checked(model, path, strict=not lenient)
+        fresh_discriminator = [k for k in missing if k.startswith(DISCRIMINATOR)]
+        dropped = [k for k in unexpected if k.startswith(DISCRIMINATOR)]
+        lenient = len(optional) + len(fresh_discriminator) == len(missing) and len(dropped) == len(unexpected)
+        load_weights_checked(model, path, strict=not (lenient and (missing or unexpected)))
         if optional:
             log.warning("%s has no %s: they start at zero (e.g. an action-free checkpoint loaded "
                         "into an action-conditioned model).", directory, optional)
-        return model
+        if fresh_discriminator or dropped:
+            log.warning("%s: the GAN discriminator %s (tokenizer.gan=%s).", directory,
+                        "starts fresh" if fresh_discriminator else "is not loaded", model.tokenizer.config["gan"])
+        return model._loaded()
 
     # ----- what a run may ask of the model -----
     def check_segment_length(self, length: int) -> None:
@@ -245,12 +283,16 @@ class IVideoGPT(WorldModel):
                 f"frames; need 1..{self.max_future_frames} (max_future_frames): segment_length between "
                 f"{self.context_frames + 1} and {self.context_frames + self.max_future_frames}.")
 
+    @property
+    def max_horizon(self) -> int:
+        return self.max_future_frames
+
     def check_horizon(self, horizon: int) -> None:
-        super().check_horizon(horizon)
-        if horizon > self.max_future_frames:
+        if horizon > self.max_future_frames:  # named by its config key
             raise WorldModelConfigError(
                 f"a rollout of {horizon} steps is longer than max_future_frames={self.max_future_frames} (the "
                 "transformer's trained length); shorten it, or rebuild with a larger max_future_frames.")
+        super().check_horizon(horizon)
 
     # ----- training -----
     def _check_batch(self, batch: SegmentBatch) -> None:
@@ -294,15 +336,17 @@ class IVideoGPT(WorldModel):
         if n < k:  # a random subset of future frames (each is conditioned on the context only)
             pick = torch.randperm(k, device=frames.device)[:n].sort().values + T0
             frames = torch.cat([frames[:, :T0], frames[:, pick]], 1)
+        step = self.counters["updates_tokenizer"]  # the generator's and the discriminator's step
         with self._autocast():
-            loss, tok_metrics = self.tokenizer(frames, global_step=self.counters["updates_tokenizer"])
+            loss, tok_metrics = self.tokenizer(frames, global_step=step)
         out = self._step("tokenizer", loss, [p for g in self.optimizers["tokenizer"].param_groups
                                               for p in g["params"]])
         out.update({f"tokenizer/{k}": float(v) for k, v in tok_metrics.items()})
-        if "discriminator" in self.optimizers:
+        # Like the official, the discriminator takes no steps before disc_start (a zero loss would
+        # still decay its weights and age AdamW's moments).
+        if "discriminator" in self.optimizers and step >= self.tokenizer.config["disc_start"]:
             with self._autocast():
-                d_loss, d_metrics = self.tokenizer.discriminator_loss(
-                    frames, self.tokenizer.last_recon, self.counters["updates_tokenizer"])
+                d_loss, d_metrics = self.tokenizer.discriminator_loss(frames, self.tokenizer.last_recon, step)
             out.update(self._step("discriminator", d_loss, list(self.tokenizer.discriminator_parameters())))
             out.update({f"tokenizer/{k}": float(v) for k, v in d_metrics.items()})
         return out
@@ -458,6 +502,8 @@ def _check_settings(sampling: dict[str, Any], training: dict[str, Any]) -> None:
     for key, low in (("warmup_steps", 0), ("tokenizer_future_frames", 1)):
         if not _integer(training[key]) or training[key] < low:
             problems.append(f"training.{key} must be an integer >= {low}; got {training[key]!r}")
+    if training["codebooks"] not in ("auto", "train", "frozen"):
+        problems.append(f"training.codebooks must be auto, train or frozen; got {training['codebooks']!r}")
     if problems:
         raise WorldModelConfigError("; ".join(problems) + ".")
 

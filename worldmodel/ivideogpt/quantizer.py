@@ -28,8 +28,10 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(num_codes, dim)
         # diffusers' VectorQuantizer initialisation
         self.embedding.weight.data.uniform_(-1.0 / num_codes, 1.0 / num_codes)
-        # training steps since each code was last chosen
+        # training steps since each code was last chosen (or re-initialised)
         self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long), persistent=False)
+        # re-initialised and not chosen since: not counted as used
+        self.register_buffer("revived", torch.zeros(num_codes, dtype=torch.bool), persistent=False)
 
     def lookup(self, codes: Tensor) -> Tensor:
         """codes [...] -> vectors [..., dim]."""
@@ -72,17 +74,24 @@ class VectorQuantizer(nn.Module):
     def _usage(self, codes: Tensor, z: Tensor) -> dict[str, Tensor]:
         stats = self._batch_stats(codes, sync=True)
         used = stats.pop("counts") > 0
-        self.steps_unused += 1
-        self.steps_unused[used] = 0
+        finite = torch.isfinite(z).all().float()
+        if dist.is_available() and dist.is_initialized():  # every rank decides alike
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        # A diverged batch (its loss is skipped) leaves no trace: codes revived from non-finite
+        # encoder outputs would be NaN and attract every input from then on.
+        finite = bool(finite)
+        if finite:
+            self.steps_unused += 1
+            self.steps_unused[used] = 0
+            self.revived &= ~used
         # fraction of the codebook chosen at least once within the last dead_code_steps steps
-        stats["codes_used"] = (self.steps_unused < self.dead_code_steps).float().mean()
-        n_reset = torch.zeros((), device=codes.device)
-        if self.dead_code_reset:
+        stats["codes_used"] = ((self.steps_unused < self.dead_code_steps) & ~self.revived).float().mean()
+        stats["dead_codes_reset"] = torch.zeros((), device=codes.device)
+        if self.dead_code_reset and finite:
             dead = (self.steps_unused >= self.dead_code_steps).nonzero().squeeze(1)
             if dead.numel() > 0:
                 self._reinit(dead, z)
-                n_reset = torch.tensor(float(dead.numel()), device=codes.device)
-        stats["dead_codes_reset"] = n_reset
+                stats["dead_codes_reset"] += dead.numel()
         return stats
 
     @torch.no_grad()
@@ -95,3 +104,4 @@ class VectorQuantizer(nn.Module):
             dist.broadcast(new, src=0)
         self.embedding.weight.data[dead] = new.to(self.embedding.weight.dtype)
         self.steps_unused[dead] = 0
+        self.revived[dead] = True
