@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -410,3 +412,23 @@ def test_bad_directories_get_clear_errors(official, breakage, match):
         root = os.path.join(root, "tokenizer", "config.json")
     with pytest.raises(OfficialCheckpointError, match=match):
         import_official(root, action_dim=ACTION_DIM, image_size=SIZE)
+
+
+def _run_equivalence_check(repo: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "check_official_equivalence.py"),
+                           "--official-repo", str(repo)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_official_equivalence_check_names_a_directory_that_is_no_checkout(tmp_path):
+    result = _run_equivalence_check(tmp_path)
+    assert result.returncode != 0 and "is not a checkout of thuml/iVideoGPT" in result.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("IVIDEOGPT_OFFICIAL_REPO"),
+                    reason="needs a checkout of thuml/iVideoGPT: set IVIDEOGPT_OFFICIAL_REPO=<dir>")
+def test_outputs_equal_the_official_code_given_the_same_weights():
+    """Token ids, decoded frames, logits and rewards of the official classes against ours."""
+    result = _run_equivalence_check(Path(os.environ["IVIDEOGPT_OFFICIAL_REPO"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUMMARY matches the official code" in result.stdout
