@@ -622,6 +622,22 @@ def test_update_metrics_and_non_finite_loss_is_skipped():
         model.update(_segments(2, 4, 0), parts=("policy",))
 
 
+def test_weight_decay_spares_biases_embeddings_and_norms():
+    assert len(tiny_model().optimizers["transformer"].param_groups) == 1  # no decay: one group
+    model = tiny_model(training={"weight_decay": 0.1})
+    decayed, spared = model.optimizers["transformer"].param_groups
+    llm = model.transformer.llm
+    spared_ids = {id(p) for p in spared["params"]}
+    assert spared["weight_decay"] == 0.0 and decayed["weight_decay"] == 0.1
+    for p in (llm.model.embed_tokens.weight, llm.model.norm.weight, llm.model.layers[0].input_layernorm.weight,
+              model.transformer.reward_linear.bias):
+        assert id(p) in spared_ids
+    for p in (llm.model.layers[0].self_attn.q_proj.weight, llm.lm_head.weight, model.transformer.reward_linear.weight):
+        assert id(p) in {id(q) for q in decayed["params"]}
+    groups = model.optimizers["tokenizer"].param_groups
+    assert sum(len(g["params"]) for g in groups) == len(list(model.tokenizer.generator_parameters()))
+
+
 def test_loaded_codebooks_stay_fixed_and_a_gan_can_be_switched_on_at_load(tmp_path):
     """Official MBPO fine-tunes a pretrained tokenizer with its codebooks frozen: a trained or
     re-initialised code would renumber what the transformer has learnt."""

@@ -185,9 +185,17 @@ class IVideoGPT(WorldModel):
         return self._frame_decoders[key](codes, *context_kv)
 
     def _adamw(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        """AdamW over the trainable ``params``. With weight decay, biases and the weights of
+        embeddings and norms form a second group without it (official ``embed_no_wd``)."""
         t = self.training_cfg
-        return torch.optim.AdamW([p for p in params if p.requires_grad], lr=t["lr"], betas=tuple(t["betas"]),
-                                 eps=t["eps"], weight_decay=t["weight_decay"])
+        params = [p for p in params if p.requires_grad]
+        groups: list = params
+        if t["weight_decay"] > 0:
+            undecayed = _undecayed_parameters(self)
+            groups = [{"params": [p for p in params if id(p) not in undecayed]},
+                      {"params": [p for p in params if id(p) in undecayed], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
+                                 weight_decay=t["weight_decay"])
 
     @property
     def device(self) -> torch.device:
@@ -467,6 +475,16 @@ class IVideoGPT(WorldModel):
             state.actions = torch.cat([state.actions, action[:, None]], 1)
         state.future_frames += 1
         return unit_to_frames(frame), symexp(reward.float()), state
+
+
+def _undecayed_parameters(model: nn.Module) -> set[int]:
+    """ids of the biases and of the embedding and norm weights in ``model``."""
+    norms = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+    out = set()
+    for module in model.modules():
+        whole = isinstance(module, norms) or type(module).__name__.endswith("RMSNorm")  # LlamaRMSNorm
+        out |= {id(p) for name, p in module.named_parameters(recurse=False) if whole or name == "bias"}
+    return out
 
 
 def _number(value: Any) -> bool:
