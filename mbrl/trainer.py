@@ -5,7 +5,8 @@ DrQ-v2), ``episode`` counts finished training episodes. Finished episodes are wr
 ``episodes/`` as soon as they end; that folder *is* the persistent real replay buffer. A checkpoint
 (agent, optimisers, world model, counters, RNG) is written atomically at episode ends. A resumed
 run reloads the checkpoint and then every episode on disk, including those finished after the
-checkpoint, so no finished episode is lost.
+checkpoint, so no finished episode is lost. Training episode i is reset with a seed drawn from
+(seed, i), so a resumed run meets the same starts as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -90,6 +91,11 @@ class Trainer:
         print(f"[train] seeded the replay buffer with {len(demos)} demonstrations "
               f"({sum(len(d) for d in demos)} transitions)")
 
+    def train_episode_seed(self) -> int:
+        """The seed of training episode ``self.episode``: a function of the run's seed and the
+        episode's index, so a resumed run meets the starts an uninterrupted one would have."""
+        return int(np.random.SeedSequence([self.cfg.seed, self.episode]).generate_state(1)[0])
+
     # ----- acting -----
     def act(self, obs: np.ndarray, eval_mode: bool) -> np.ndarray:
         obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
@@ -126,9 +132,8 @@ class Trainer:
         a = self.cfg.agent
         if self.frame < self.cfg.num_seed_frames or len(self.replay) == 0 or self.step % a.update_every_steps:
             return
-        times = self.cfg.mbpo.agent_update_times if self.mbpo is not None and self.mbpo.started else 1
         with self.timer("agent_update"):
-            for _ in range(times):
+            for _ in range(a.update_times):
                 batch = (self.mbpo.agent_batch(a.batch_size) if self.mbpo is not None
                          else self.replay.sample(a.batch_size, self.rng))
                 self.last_agent_metrics = self.agent.update(batch.to(self.device), self.step)
@@ -212,7 +217,7 @@ class Trainer:
             if cfg.eval_every_frames and self.frame - self.last_eval_frame >= cfg.eval_every_frames:
                 last_eval = self.evaluate()
             start_frame, start_time = self.frame, time.time()
-            episode, _ = self.run_episode(self.train_env, eval_mode=False)
+            episode, _ = self.run_episode(self.train_env, eval_mode=False, seed=self.train_episode_seed())
             self.store_episode(episode)
             self.episode += 1
             row = {"frame": self.frame, "step": self.step, "episode": self.episode,

@@ -108,3 +108,46 @@ def test_pretrained_world_model_takes_the_runs_settings_and_bad_lengths_fail_at_
         make_trainer(tmp_path / "d", "world_model=ivideogpt", "world_model.segment_length=40")
     with pytest.raises(WorldModelConfigError, match="longer than max_future_frames"):
         make_trainer(tmp_path / "e", "world_model=ivideogpt", "mbpo.gen_horizon=40")
+
+
+def test_agent_updates_every_step_times_the_config_without_a_world_model_too(tmp_path):
+    """The official DrQ-v2 baseline and MBPO alike update the agent update_times times per update step."""
+    overrides = [o for o in TINY_MBPO if not o.startswith("world_model.")]
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+        cfg = compose("config", overrides=[*overrides, "world_model=none", "agent.update_every_steps=1",
+                                           "agent.update_times=2"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    steps = []
+    update = trainer.agent.update
+
+    def counting_update(batch, step):
+        steps.append(step)
+        return update(batch, step)
+
+    trainer.agent.update = counting_update
+    trainer.train()
+    per_step = {s: steps.count(s) for s in steps}
+    assert set(per_step.values()) == {2} and max(per_step) == trainer.step
+    assert sorted(per_step) == list(range(min(per_step), trainer.step + 1))  # every agent step after seeding
+
+
+def test_a_resumed_run_meets_the_episode_starts_of_an_uninterrupted_one(tmp_path):
+    from worldmodel.episodes import iter_episodes
+
+    overrides = [o for o in TINY_MBPO if not o.startswith("world_model.")] + ["world_model=none"]
+
+    def run(run_dir: Path, *extra: str) -> None:
+        with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+            cfg = compose("config", overrides=[*overrides, *extra])
+        trainer = Trainer(cfg, run_dir)
+        trainer.train()
+        trainer.close()
+
+    run(tmp_path / "whole", "num_train_frames=120")  # 4 episodes of 30 frames
+    run(tmp_path / "split", "num_train_frames=60")
+    run(tmp_path / "split", "num_train_frames=120", "resume=true")
+    starts = {name: [ep.obs[0] for _, ep in iter_episodes(tmp_path / name / "episodes", 64, 4)]
+              for name in ("whole", "split")}
+    assert len(starts["whole"]) == len(starts["split"]) == 4
+    assert all(np.array_equal(a, b) for a, b in zip(starts["whole"], starts["split"]))
+    assert not np.array_equal(starts["whole"][0], starts["whole"][2])  # the starts do vary

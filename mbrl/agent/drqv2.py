@@ -22,7 +22,7 @@ from mbrl.replay.batch import TransitionBatch
 from worldmodel.interface import Policy
 
 # Keys of cfgs/agent/drqv2.yaml read by the training loop / replay, not by this class.
-LOOP_KEYS = ("nstep", "discount", "batch_size", "update_every_steps")
+LOOP_KEYS = ("nstep", "discount", "batch_size", "update_every_steps", "update_times")
 _NETS = ("encoder", "actor", "critic", "critic_target")
 _OPTS = ("encoder_opt", "actor_opt", "critic_opt")
 FRAME_CHANNELS = 3  # RGB frames are stacked along channels: obs_shape[0] = 3 * frame_stack
