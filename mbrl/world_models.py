@@ -30,7 +30,7 @@ def build_world_model(wm_cfg: Mapping[str, Any], image_size: int, action_dim: in
         settings = world_model_class(name).run_overrides(config)
         model = load_pretrained(pretrained, action_dim=action_dim, **settings)
         print(f"[world model] loaded {name} weights from {pretrained}; from this run's config: "
-              f"{', '.join(world_model_class(name).run_settings) or 'nothing'}")
+              f"{', '.join(sorted(settings)) or 'nothing'}")
     else:
         model = world_model_class(name).from_config({**config, "image_size": image_size, "action_dim": action_dim})
     if model.image_size != image_size or model.action_dim != action_dim:

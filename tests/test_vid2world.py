@@ -316,3 +316,19 @@ def test_hydra_config_builds_the_model():
     model_cfg = {**OmegaConf.to_container(cfg.model), "size": "tiny", "image_size": 32, "action_dim": 4}
     model = Vid2World.from_config(model_cfg)
     assert model.config.guidance_scale == 2.5 and model.config.causal_transfer == "extrapolative"
+
+
+def test_a_runs_settings_apply_to_a_loaded_checkpoint(tmp_path):
+    """world_model.pretrained: the checkpoint's backbone; the run's causality, guidance, sampling and memory."""
+    from omegaconf import OmegaConf
+
+    micro_model(causal=False).save_pretrained(tmp_path / "noncausal")
+    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "cfgs", "world_model", "vid2world.yaml"))
+    run = OmegaConf.to_container(cfg.model)
+    run.update(guidance_scale=1.5, sampling_steps=3, memory={**run["memory"], "name": "history"})
+    settings = Vid2World.run_overrides(run)
+    assert "size" not in settings and "backbone" not in settings and settings["causal"] is True
+    loaded = Vid2World.from_pretrained(tmp_path / "noncausal", **settings)
+    assert loaded.config.causal and loaded.backbone.causal  # causalised on load, as the yaml says
+    assert loaded.config.guidance_scale == 1.5 and loaded.config.sampling_steps == 3
+    assert loaded.config.memory["name"] == "history" and loaded.config.backbone == micro_model().config.backbone
