@@ -159,13 +159,15 @@ class WorldModel(nn.Module, abc.ABC):
         out: dict = {}
         for path in cls.run_settings:
             *parents, leaf = path.split(".")
-            source, target = model_cfg, out
+            source = model_cfg
             for key in parents:
                 source = source.get(key) if isinstance(source, Mapping) else None
-                target = target.setdefault(key, {})
             if isinstance(source, Mapping) and leaf in source:
+                target = out
+                for key in parents:
+                    target = target.setdefault(key, {})
                 target[leaf] = source[leaf]
-        return _drop_empty(out)
+        return out
 
     # ----- what a run may ask of the model -----
     def check_segment_length(self, length: int) -> None:
@@ -206,7 +208,8 @@ class WorldModel(nn.Module, abc.ABC):
         """Batched k-step imagination built on ``reset``/``step``; the policy acts on the
         frames so far. Models may override it with a faster path with the same result."""
         self.check_horizon(horizon)
-        context_obs = context_obs.to(next(self.parameters()).device)  # frames stack with imagined ones
+        if isinstance(context_obs, torch.Tensor):  # (reset names what else is wrong with it)
+            context_obs = context_obs.to(next(self.parameters()).device)  # frames stack with imagined ones
         was_training = self.training
         self.eval()
         try:
@@ -268,18 +271,6 @@ class WorldModel(nn.Module, abc.ABC):
         model = cls.from_config(config)
         load_weights_checked(model, os.path.join(directory, WEIGHTS_NAME))
         return model
-
-
-def _drop_empty(tree: dict) -> dict:
-    """``tree`` without the dicts that ended up empty."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            value = _drop_empty(value)
-            if not value:
-                continue
-        out[key] = value
-    return out
 
 
 def read_config(directory: str | os.PathLike) -> dict:
