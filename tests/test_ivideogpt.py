@@ -622,6 +622,20 @@ def test_update_metrics_and_non_finite_loss_is_skipped():
         model.update(_segments(2, 4, 0), parts=("policy",))
 
 
+def test_training_state_keeps_the_codebook_usage_counters():
+    """MBPO's checkpoints: a resumed model must re-initialise the dead codes the uninterrupted one would."""
+    model = tiny_model()
+    for seed in range(2):
+        model.update(_segments(2, 4, seed), parts=("tokenizer",))
+    counters = model.training_statistics()
+    assert any(v.any() for k, v in counters.items() if k.endswith("steps_unused"))
+    resumed = tiny_model()
+    resumed.load_state_dict(model.state_dict())
+    resumed.load_training_state(model.training_state())
+    for key, value in resumed.training_statistics().items():
+        assert torch.equal(value, counters[key]), key
+
+
 def test_weight_decay_spares_biases_embeddings_and_norms():
     assert len(tiny_model().optimizers["transformer"].param_groups) == 1  # no decay: one group
     model = tiny_model(training={"weight_decay": 0.1})

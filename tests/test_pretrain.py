@@ -215,3 +215,48 @@ def test_freeze_patterns():
     assert model.tokenizer.quantize.embedding.weight.requires_grad
     with pytest.raises(WorldModelConfigError, match="matches no parameter"):
         freeze(model, ["transformer.llm.layerz.*"])
+
+
+def test_a_crash_in_the_tokenizer_stage_resumes_exactly_with_dead_codes_revived(tmp_path):
+    """The codebooks' usage counters are not weights, but they decide which codes are
+    re-initialised: checkpoints keep them (``training_statistics``)."""
+    driver = tmp_path / "crash_after_checkpoint.py"
+    driver.write_text(
+        "import runpy, sys\n"
+        "from worldmodel.training import trainer\n"
+        "crash_at, save = int(sys.argv.pop(1)), trainer.Pretrainer._save_checkpoint\n"
+        "def save_then_crash(self, idx, name):\n"
+        "    save(self, idx, name)\n"
+        "    if self.state.step == crash_at:\n"
+        "        raise SystemExit(3)\n"
+        "trainer.Pretrainer._save_checkpoint = save_then_crash\n"
+        f"sys.argv[0] = {SCRIPT!r}\n"
+        f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n")
+    args = ["stages=[tokenizer]", "steps.tokenizer=6", "checkpoint.every=3", "eval.every=100",
+            "log.tensorboard=false", "+world_model.model.tokenizer.dead_code_steps=2"]
+    reference = tmp_path / "whole"
+    pretrain(reference, *args)
+    out = tmp_path / "crashed"
+    env = {**_env(), "PYTHONPATH": str(REPO)}
+    crashed = subprocess.run([sys.executable, str(driver), "3", f"out={out}", *TINY, *args], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert crashed.returncode == 3, crashed.stderr[-3000:]
+    rerun = pretrain(out, *args)
+    assert "resuming stage tokenizer at step 3" in rerun.stdout
+    log = (reference / "logs" / "tokenizer_train.csv").read_text()
+    header, *rows = log.splitlines()
+    column = header.split(",").index("ctx_dead_codes_reset")
+    assert any(float(r.split(",")[column]) > 0 for r in rows[3:])  # codes are revived after the crash point
+    ref, got = (load_file(str(d / "model" / "model.safetensors")) for d in (reference, out))
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), f"{key} differs from the uninterrupted run"
+
+
+def test_auto_precision_is_bf16_on_a_gpu_unless_the_launch_config_asks_for_another():
+    from worldmodel.training.trainer import mixed_precision
+
+    assert mixed_precision("auto", None, bf16_gpu=True) == "bf16"
+    assert mixed_precision("auto", "no", bf16_gpu=True) == "bf16"  # a plain `accelerate launch`
+    assert mixed_precision("auto", "fp16", bf16_gpu=True) == "fp16"
+    assert mixed_precision("auto", None, bf16_gpu=False) == "no"  # CPU
+    assert mixed_precision("no", "bf16", bf16_gpu=True) == "no"  # the config's explicit choice wins

@@ -135,12 +135,22 @@ class WorldModel(nn.Module, abc.ABC):
         return {f"{part}/grad_norm": float(norm), f"{part}/lr": lr}
 
     def training_state(self) -> dict[str, Any]:
-        """Optimiser / scheduler states and counters, for checkpoints (weights excluded)."""
+        """Optimiser / scheduler states, counters and ``training_statistics``, for checkpoints
+        (weights excluded)."""
         return {
             "optimizers": {k: o.state_dict() for k, o in getattr(self, "optimizers", {}).items()},
             "schedulers": {k: s.state_dict() for k, s in getattr(self, "schedulers", {}).items()},
             "counters": dict(getattr(self, "counters", {})),
+            "statistics": self.training_statistics(),
         }
+
+    def training_statistics(self) -> dict[str, torch.Tensor]:
+        """Running statistics that training reads and the weights leave out (e.g. codebook usage),
+        so that a resumed run continues exactly; none by default."""
+        return {}
+
+    def load_training_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
+        """Restore what ``training_statistics`` returned."""
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         for k, o in getattr(self, "optimizers", {}).items():
@@ -151,6 +161,7 @@ class WorldModel(nn.Module, abc.ABC):
                 s.load_state_dict(state["schedulers"][k])
         if "counters" in state and hasattr(self, "counters"):
             self.counters.update(state["counters"])
+        self.load_training_statistics(state.get("statistics", {}))
 
     @classmethod
     def run_overrides(cls, model_cfg: Mapping[str, Any]) -> dict:

@@ -35,10 +35,12 @@ from torch import nn
 from worldmodel.cuda_graphs import GraphedCall
 from worldmodel.interface import (WEIGHTS_NAME, SegmentBatch, WorldModel, WorldModelConfigError,
                                   check_step_action, load_weights_checked, merge_config, read_config)
+from worldmodel.ivideogpt.quantizer import VectorQuantizer
 from worldmodel.ivideogpt.tokenizer import CompressiveTokenizer
 from worldmodel.ivideogpt.tokenizer_blocks import conv_compute_dtype
 from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
 from worldmodel.ivideogpt.transformer import TokenLayout, VideoTransformer, symexp, symlog
+from worldmodel.optim import adamw
 
 log = logging.getLogger(__name__)
 
@@ -185,17 +187,8 @@ class IVideoGPT(WorldModel):
         return self._frame_decoders[key](codes, *context_kv)
 
     def _adamw(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-        """AdamW over the trainable ``params``. With weight decay, biases and the weights of
-        embeddings and norms form a second group without it (official ``embed_no_wd``)."""
         t = self.training_cfg
-        params = [p for p in params if p.requires_grad]
-        groups: list = params
-        if t["weight_decay"] > 0:
-            undecayed = _undecayed_parameters(self)
-            groups = [{"params": [p for p in params if id(p) not in undecayed]},
-                      {"params": [p for p in params if id(p) in undecayed], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
-                                 weight_decay=t["weight_decay"])
+        return adamw(params, self, lr=t["lr"], betas=t["betas"], eps=t["eps"], weight_decay=t["weight_decay"])
 
     @property
     def device(self) -> torch.device:
@@ -281,6 +274,22 @@ class IVideoGPT(WorldModel):
             log.warning("%s: the GAN discriminator %s (tokenizer.gan=%s).", directory,
                         "starts fresh" if fresh_discriminator else "is not loaded", model.tokenizer.config["gan"])
         return model._loaded()
+
+    # ----- training checkpoints -----
+    def _quantizers(self) -> dict[str, VectorQuantizer]:
+        return {"quantize": self.tokenizer.quantize, "dynamics_quantize": self.tokenizer.dynamics_quantize}
+
+    def training_statistics(self) -> dict[str, torch.Tensor]:
+        """Both codebooks' usage counters (``tokenizer.<quantizer>.<counter>``)."""
+        return {f"tokenizer.{name}.{key}": value for name, q in self._quantizers().items()
+                for key, value in q.usage_state().items()}
+
+    def load_training_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
+        for name, q in self._quantizers().items():
+            prefix = f"tokenizer.{name}."
+            state = {k[len(prefix):]: v for k, v in statistics.items() if k.startswith(prefix)}
+            if state:
+                q.load_usage_state(state)
 
     # ----- what a run may ask of the model -----
     def check_segment_length(self, length: int) -> None:
@@ -475,16 +484,6 @@ class IVideoGPT(WorldModel):
             state.actions = torch.cat([state.actions, action[:, None]], 1)
         state.future_frames += 1
         return unit_to_frames(frame), symexp(reward.float()), state
-
-
-def _undecayed_parameters(model: nn.Module) -> set[int]:
-    """ids of the biases and of the embedding and norm weights in ``model``."""
-    norms = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-    out = set()
-    for module in model.modules():
-        whole = isinstance(module, norms) or type(module).__name__.endswith("RMSNorm")  # LlamaRMSNorm
-        out |= {id(p) for name, p in module.named_parameters(recurse=False) if whole or name == "bias"}
-    return out
 
 
 def _number(value: Any) -> bool:

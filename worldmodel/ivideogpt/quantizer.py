@@ -33,6 +33,15 @@ class VectorQuantizer(nn.Module):
         # re-initialised and not chosen since: not counted as used
         self.register_buffer("revived", torch.zeros(num_codes, dtype=torch.bool), persistent=False)
 
+    def usage_state(self) -> dict[str, Tensor]:
+        """The usage counters, for training checkpoints: they are non-persistent buffers (the
+        state-dict keys stay the official ones) but decide which codes are re-initialised."""
+        return {"steps_unused": self.steps_unused.clone(), "revived": self.revived.clone()}
+
+    def load_usage_state(self, state: dict[str, Tensor]) -> None:
+        self.steps_unused.copy_(state["steps_unused"])
+        self.revived.copy_(state["revived"])
+
     def lookup(self, codes: Tensor) -> Tensor:
         """codes [...] -> vectors [..., dim]."""
         return self.embedding(codes)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldModelConfigError, load_weights_checked
+from worldmodel.optim import adamw
 from worldmodel.registry import load_pretrained, pretrained_model_type, world_model_class
 from worldmodel.training.csv_log import CsvLog
 from worldmodel.training.data import build_datasets, eval_batches, position_loader
@@ -101,6 +102,17 @@ def resolve_pretrained_dir(path: str | os.PathLike) -> Path:
                                 f"{path / 'model'}); give a save_pretrained directory or a pretraining output.")
 
 
+def mixed_precision(setting: str, launch: str | None, bf16_gpu: bool) -> str:
+    """The precision to train in: ``setting`` (no | fp16 | bf16), or for ``auto`` the one that
+    accelerate's launch config asks for (``launch``), else bf16 on a GPU that has it. A plain
+    ``accelerate launch`` sets ``launch="no"``: that is no request for fp32."""
+    if setting != "auto":
+        return setting
+    if launch and launch != "no":
+        return launch
+    return "bf16" if bf16_gpu else "no"
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's state dict (names, dtypes and bytes), to compare ranks."""
     h = hashlib.sha256()
@@ -112,16 +124,18 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 class TrainState:
-    """Counters and the LR schedule of the current stage; saved in every checkpoint by accelerate
-    (``register_for_checkpointing``)."""
+    """Counters, the LR schedule of the current stage and the model's ``training_statistics``;
+    saved in every checkpoint by accelerate (``register_for_checkpointing``)."""
 
     def __init__(self) -> None:
         self.stage, self.step, self.skipped = 0, 0, 0
         self.scheduler: Any = None
+        self.model: WorldModel | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "step": self.step, "skipped": self.skipped,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "statistics": self.model.training_statistics() if self.model is not None else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["stage"] != self.stage:
@@ -129,6 +143,8 @@ class TrainState:
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.model is not None:
+            self.model.load_training_statistics(state.get("statistics", {}))
 
 
 @contextlib.contextmanager
@@ -155,14 +171,13 @@ class Pretrainer:
         self.out = Path(cfg["out"]).absolute()
         log = cfg["log"]
         trackers = (["tensorboard"] if log["tensorboard"] else []) + (["wandb"] if log["wandb"] != "disabled" else [])
-        mixed = cfg["mixed_precision"]
-        if mixed == "auto":  # accelerate's launch config decides; else bf16 on a GPU that has it
-            mixed = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else (
-                "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+        mixed = mixed_precision(cfg["mixed_precision"], os.environ.get("ACCELERATE_MIXED_PRECISION"),
+                                torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         # cpu=True without CUDA: several processes then form a gloo group (MULTI_CPU), e.g. under
         # `accelerate launch --multi_gpu --num_processes 2` or torchrun on a CPU-only machine.
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(), mixed_precision=mixed, gradient_accumulation_steps=cfg["grad_accum"], log_with=trackers or None,
+            cpu=not torch.cuda.is_available(), mixed_precision=mixed, gradient_accumulation_steps=cfg["grad_accum"],
+            log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg["find_unused_parameters"])])
         self.state = TrainState()
@@ -225,8 +240,9 @@ class Pretrainer:
             val_folders=ev["val_folders"], root=dl["root"], allow_missing=dl["allow_missing"],
             cache_episodes=dl["cache_episodes"])
         action_dim = self.train_data.segment_action_dim
-        self.model = model = self._build_model(self.train_data.image_size, action_dim)
-        train_reward = cfg["train_reward"] if cfg["train_reward"] != "auto" else not cfg["data"].get("action_free", False)
+        self.model = self.state.model = model = self._build_model(self.train_data.image_size, action_dim)
+        train_reward = (cfg["train_reward"] if cfg["train_reward"] != "auto"
+                        else not cfg["data"].get("action_free", False))
         if cfg.get("freeze"):
             frozen = freeze(model, list(cfg["freeze"]))
             self.print(f"frozen: {len(frozen)} parameter tensors ({', '.join(cfg['freeze'])})")
@@ -288,7 +304,7 @@ class Pretrainer:
         params = [p for p in stage.parameters() if p.requires_grad]
         if not params:
             raise WorldModelConfigError(f"stage '{stage.name}' has nothing to train: every parameter is frozen.")
-        opt = torch.optim.AdamW(params, lr=lr, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+        opt = adamw(params, self.model, lr=lr, betas=o["betas"], eps=o["eps"], weight_decay=o["weight_decay"])
         kwargs = {"min_lr_rate": o["min_lr_ratio"]} if o["schedule"] == "cosine_with_min_lr" else {}
         sched = get_scheduler(o["schedule"], opt, num_warmup_steps=min(o["warmup_steps"], steps),
                               num_training_steps=steps, scheduler_specific_kwargs=kwargs)
@@ -342,8 +358,14 @@ class Pretrainer:
                     acc.backward(loss)
                     if acc.sync_gradients:
                         norm = acc.clip_grad_norm_(stage_p.parameters(), clip)
-                        if torch.isfinite(norm):  # grads are synced: every rank decides alike
-                            opt_p.step()
+                        if acc.scaler is not None:  # fp16: the grad scaler skips a non-finite step and
+                            opt_p.step()            # lowers its scale itself (it must see every step)
+                            stepped = not opt_p.step_was_skipped
+                        else:
+                            stepped = bool(torch.isfinite(norm))  # synced grads: every rank decides alike
+                            if stepped:
+                                opt_p.step()
+                        if stepped:
                             sched.step()
                         else:
                             state.skipped += 1
