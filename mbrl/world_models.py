@@ -27,10 +27,9 @@ def build_world_model(wm_cfg: Mapping[str, Any], image_size: int, action_dim: in
         if held != name:
             raise WorldModelConfigError(f"world_model={name} but {pretrained} holds a '{held}' model; "
                                         f"set world_model={held}.")
-        settings = world_model_class(name).run_overrides(config)
-        model = load_pretrained(pretrained, action_dim=action_dim, **settings)
+        model = load_pretrained(pretrained, run_config=config, action_dim=action_dim)
         print(f"[world model] loaded {name} weights from {pretrained}; from this run's config: "
-              f"{', '.join(sorted(settings)) or 'nothing'}")
+              f"{', '.join(sorted(world_model_class(name).run_overrides(config))) or 'nothing'}")
     else:
         model = world_model_class(name).from_config({**config, "image_size": image_size, "action_dim": action_dim})
     if model.image_size != image_size or model.action_dim != action_dim:

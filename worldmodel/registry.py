@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from worldmodel.interface import CONFIG_NAME, WorldModel, WorldModelConfigError, read_config
 
@@ -32,7 +32,11 @@ def pretrained_model_type(directory: str | os.PathLike) -> str:
     return read_config(directory)["model_type"]
 
 
-def load_pretrained(directory: str | os.PathLike, **overrides: Any) -> WorldModel:
+def load_pretrained(directory: str | os.PathLike, run_config: Mapping[str, Any] | None = None,
+                    **overrides: Any) -> WorldModel:
     """Load any world model saved with ``save_pretrained``, whatever its type; an official
-    thuml/iVideoGPT download is imported on the fly."""
-    return world_model_class(pretrained_model_type(directory)).from_pretrained(directory, **overrides)
+    thuml/iVideoGPT download is imported on the fly. ``run_config``: a run's model config, whose
+    ``run_settings`` (sampling, training, ...) replace the checkpoint's."""
+    cls = world_model_class(pretrained_model_type(directory))
+    settings = cls.run_overrides(run_config) if run_config is not None else {}
+    return cls.from_pretrained(directory, **settings, **overrides)

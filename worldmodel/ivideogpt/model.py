@@ -153,7 +153,7 @@ class IVideoGPT(WorldModel):
     def _freeze_codebooks(self) -> None:
         """Keep both codebooks as they are: no gradient steps and no dead-code re-initialisation
         (either would renumber the codes the transformer has learnt)."""
-        for quantizer in (self.tokenizer.quantize, self.tokenizer.dynamics_quantize):
+        for quantizer in self._quantizers().values():
             quantizer.embedding.weight.requires_grad_(False)
             quantizer.dead_code_reset = False
 

@@ -83,21 +83,22 @@ class VectorQuantizer(nn.Module):
     def _usage(self, codes: Tensor, z: Tensor) -> dict[str, Tensor]:
         stats = self._batch_stats(codes, sync=True)
         used = stats.pop("counts") > 0
-        finite = torch.isfinite(z).all().float()
-        if dist.is_available() and dist.is_initialized():  # every rank decides alike
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         # A diverged batch (its loss is skipped) leaves no trace: codes revived from non-finite
-        # encoder outputs would be NaN and attract every input from then on.
-        finite = bool(finite)
-        if finite:
-            self.steps_unused += 1
-            self.steps_unused[used] = 0
-            self.revived &= ~used
+        # encoder outputs would be NaN and attract every input from then on. Decided on the
+        # device: no host sync beyond the one re-initialisation already needs.
+        finite = torch.isfinite(z).all()
+        if dist.is_available() and dist.is_initialized():  # every rank decides alike
+            vote = finite.float()
+            dist.all_reduce(vote, op=dist.ReduceOp.MIN)
+            finite = vote > 0
+        aged = torch.where(used, torch.zeros_like(self.steps_unused), self.steps_unused + 1)
+        self.steps_unused.copy_(torch.where(finite, aged, self.steps_unused))
+        self.revived &= ~(used & finite)
         # fraction of the codebook chosen at least once within the last dead_code_steps steps
         stats["codes_used"] = ((self.steps_unused < self.dead_code_steps) & ~self.revived).float().mean()
         stats["dead_codes_reset"] = torch.zeros((), device=codes.device)
-        if self.dead_code_reset and finite:
-            dead = (self.steps_unused >= self.dead_code_steps).nonzero().squeeze(1)
+        if self.dead_code_reset:
+            dead = ((self.steps_unused >= self.dead_code_steps) & finite).nonzero().squeeze(1)
             if dead.numel() > 0:
                 self._reinit(dead, z)
                 stats["dead_codes_reset"] += dead.numel()

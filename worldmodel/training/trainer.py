@@ -193,8 +193,8 @@ class Pretrainer:
             directory = resolve_pretrained_dir(cfg["init_from"])
             held, name = pretrained_model_type(directory), cfg["world_model"]["name"]
             # The run's training and sampling settings apply to a checkpoint of the configured kind.
-            settings = world_model_class(held).run_overrides(dict(cfg["world_model"]["model"])) if held == name else {}
-            model = load_pretrained(directory, action_dim=action_dim, **settings)
+            run_config = dict(cfg["world_model"]["model"]) if held == name else None
+            model = load_pretrained(directory, run_config=run_config, action_dim=action_dim)
             self.print(f"initialised from {directory} ({model.model_type}, action_dim {action_dim})")
             if held != name:
                 self.print(f"note: init_from holds a {held} model; world_model={name} is ignored")
