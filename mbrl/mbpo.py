@@ -25,6 +25,12 @@ from mbrl.video import comparison_video, write_video
 from worldmodel.interface import WorldModel
 
 
+# The first rollouts come before any agent update: the policy acts as at the agent's step 0
+# (uniform random actions during num_expl_steps), like the real seed data the world model has
+# just been trained on. The official code does the same (its "random action for init gen").
+INITIAL_ROLLOUT_STEP = 0
+
+
 def crossed(prev_frame: int, frame: int, every: int) -> int:
     """How many multiples of ``every`` lie in (prev_frame, frame]."""
     return 0 if every <= 0 else frame // every - prev_frame // every
@@ -84,7 +90,7 @@ class MBPO:
                     metrics = self.train_world_model(None)
             with timer("imagination"):
                 for _ in range(self.cfg["init_rollout_batches"]):
-                    self.generate(step)
+                    self.generate(INITIAL_ROLLOUT_STEP)
             return metrics
         if self.needs_refill:
             self.needs_refill = False

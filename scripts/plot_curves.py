@@ -79,8 +79,8 @@ def draw_references(ax: plt.Axes, task: str, xmax: float) -> None:
         keep = curve.frame <= xmax
         if keep.sum() == 0:
             continue
-        ax.plot(curve.frame[keep], curve.mean[keep], REFERENCE_STYLE.get(curve.obs, "--"), color=reference_color(curve.method),
-                lw=1.2, alpha=0.9, label=f"{curve.label}, {curve.seeds} seeds")
+        ax.plot(curve.frame[keep], curve.mean[keep], REFERENCE_STYLE.get(curve.obs, "--"),
+                color=reference_color(curve.method), lw=1.2, alpha=0.9, label=f"{curve.label}, {curve.seeds} seeds")
     draw_read_offs(ax, task, xmax)
 
 

@@ -38,7 +38,7 @@ def test_compare_both_models_on_same_data(capsys):
     assert ratio < 1.5 and ratio > 1 / 1.5, ratio
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("SUMMARY ") and "ivideogpt" in lines[-1] and "vid2world" in lines[-1]
-    rows = [l for l in lines if l.split("|")[0].strip() in results]
+    rows = [line for line in lines if line.split("|")[0].strip() in results]
     assert len(rows) == 2
 
 

@@ -260,3 +260,32 @@ def test_auto_precision_is_bf16_on_a_gpu_unless_the_launch_config_asks_for_anoth
     assert mixed_precision("auto", "fp16", bf16_gpu=True) == "fp16"
     assert mixed_precision("auto", None, bf16_gpu=False) == "no"  # CPU
     assert mixed_precision("no", "bf16", bf16_gpu=True) == "no"  # the config's explicit choice wins
+
+
+def test_a_folder_whose_held_out_episodes_are_short_is_left_out_of_evaluation(tmp_path):
+    from worldmodel.episodes import Episode, save_episode
+    from worldmodel.training.data import build_datasets, held_out_files
+
+    def write(folder: Path, name: str, steps: int) -> None:
+        rng = np.random.default_rng(steps)
+        save_episode(folder / name, Episode(obs=rng.integers(0, 255, (steps + 1, 3, 16, 16), dtype=np.uint8),
+                                            action=np.zeros((steps, 2), np.float32),
+                                            reward=np.zeros(steps, np.float32), success=np.zeros(steps, bool)))
+
+    for folder in ("long", "mixed"):
+        for i in range(6):
+            write(tmp_path / folder, f"ep{i}.npz", 8)
+    _, val = held_out_files([str(tmp_path / "long"), str(tmp_path / "mixed")], 0.3)
+    assert any("/mixed/" in p for p in val) and any("/long/" in p for p in val)
+    for p in val:  # the held-out episodes of "mixed" become too short for a segment
+        if "/mixed/" in p:
+            write(tmp_path / "mixed", Path(p).name, 2)
+    cfg = {"root": str(tmp_path), "image_size": 16,
+           "datasets": {"long": {"path": "long"}, "mixed": {"path": "mixed"}}}
+    train, held = build_datasets(cfg, segment_length=4, val_fraction=0.3)
+    assert held.folders == [str(tmp_path / "long")] and len(train.folders) == 2
+    assert held.sample(np.random.default_rng(0))[0].shape == (4, 3, 16, 16)
+    for p in val:  # no held-out episode is long enough anywhere: a clear error, with the fix
+        write(Path(p).parent, Path(p).name, 2)
+    with pytest.raises(ValueError, match="held-out episodes: .*eval.val_folders"):
+        build_datasets(cfg, segment_length=4, val_fraction=0.3)

@@ -35,8 +35,19 @@ def frame_keys(frames: np.ndarray) -> set[bytes]:
 @pytest.mark.parametrize("world_model", ["ivideogpt", "vid2world"])
 def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
     trainer = make_trainer(tmp_path / "run", f"world_model={world_model}")
+    act, policy_steps = trainer.agent.act, []
+
+    def recording_act(obs, step, eval_mode, generator=None):
+        if obs.shape[0] > 1:  # a rollout batch (the env acts one observation at a time)
+            policy_steps.append(step)
+        return act(obs, step, eval_mode, generator)
+    trainer.agent.act = recording_act
     trainer.train()
     mbpo = trainer.mbpo
+    # the initial rollouts act as at the agent's step 0 (uniform random, as the real seed
+    # data the world model was trained on), later ones at the current step
+    assert policy_steps[:HORIZON] == [0] * HORIZON
+    assert policy_steps[HORIZON:] and min(policy_steps[HORIZON:]) >= 30 > trainer.cfg.agent.num_expl_steps
     assert mbpo.started and mbpo.wm_updates > 2
     # rollouts: the initial batch plus one every gen_every_frames after the start
     assert mbpo.imagined.total_added >= 4 * 2

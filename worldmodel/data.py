@@ -97,12 +97,15 @@ class SegmentDataset(IterableDataset):
         skip_bad: skip (and report) unreadable or invalid files instead of failing.
         seed: base seed of the sampling streams.
         cache_episodes: episodes each worker keeps in memory.
+        skip_short_folders: leave out (with a warning) a folder none of whose episodes is long
+            enough for a segment, instead of failing; it fails only if every folder is left
+            out. For held-out sets, whose few files per folder may all be short.
     """
 
     def __init__(self, folders: list[str] | dict[str, float], segment_length: int,
                  frame_step: int | dict[str, int] = 1, image_size: int | None = None,
                  action_dim: int | None = None, skip_bad: bool = False, seed: int = 0,
-                 cache_episodes: int = DEFAULT_CACHE_EPISODES):
+                 cache_episodes: int = DEFAULT_CACHE_EPISODES, skip_short_folders: bool = False):
         super().__init__()
         if segment_length < 2:
             raise ValueError(f"segment_length must be >= 2 (got {segment_length}).")
@@ -139,14 +142,20 @@ class SegmentDataset(IterableDataset):
                             "at frame_step %d and are never sampled", folder, short, len(entries),
                             segment_length, k)
             if counts.sum() == 0 and weight > 0:
-                raise ValueError(
-                    f"folder {folder} has no episode long enough for a segment of "
-                    f"{segment_length} frames at frame_step {k} ({len(entries)} episodes).")
+                problem = (f"folder {folder} has no episode long enough for a segment of "
+                           f"{segment_length} frames at frame_step {k} ({len(entries)} episodes)")
+                if not skip_short_folders:
+                    raise ValueError(problem + ".")
+                log.warning("%s: left out", problem)
+                continue
             self.folders.append(str(folder))
             self.frame_steps.append(k)
             self.entries.append(entries)
             self.num_segments.append(counts)
             folder_weights.append(float(weight))
+        if sum(folder_weights) <= 0:
+            raise ValueError(f"no folder of {sorted(weights)} with a positive weight has an episode long "
+                             f"enough for a segment of {segment_length} frames.")
         self.folder_probs = np.array(folder_weights) / sum(folder_weights)
         self.folder_cdf = np.cumsum(self.folder_probs)
         self.episode_cdfs = [np.cumsum(c) / max(1, c.sum()) for c in self.num_segments]

@@ -348,7 +348,8 @@ def aggregate_methods(summaries: Sequence[GroupSummary], reps: int = BOOTSTRAP_R
     return out
 
 
-def aggregate_curve(summaries: Sequence[GroupSummary], statistic: Callable[[np.ndarray], np.ndarray] = AGGREGATES["Mean"],
+def aggregate_curve(summaries: Sequence[GroupSummary],
+                    statistic: Callable[[np.ndarray], np.ndarray] = AGGREGATES["Mean"],
                     reps: int = BOOTSTRAP_REPS, confidence: float = CONFIDENCE, seed: int = 0,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One method's normalized score over frames, pooled over its tasks (frames all tasks share):

@@ -172,8 +172,9 @@ class CompressiveTokenizer(nn.Module):
             raise TokenizerInputError(f"{what} must be [B, T, {shape[0]}, {shape[1]}, {shape[2]}], "
                                       f"got {tuple(frames.shape)}.")
         if frames.numel() and frames.detach().abs().max() > 1 + _RANGE_TOLERANCE:
-            raise TokenizerInputError(f"{what} must lie in [-1, 1] (got values up to "
-                                      f"{frames.detach().abs().max().item():.3g}); scale uint8 frames with x / 127.5 - 1.")
+            largest = frames.detach().abs().max().item()
+            raise TokenizerInputError(f"{what} must lie in [-1, 1] (got values up to {largest:.3g}); "
+                                      f"scale uint8 frames with x / 127.5 - 1.")
         if n_frames is not None and frames.shape[1] != n_frames:
             raise TokenizerInputError(f"{what} must have {n_frames} frames (context_frames of the "
                                       f"config), got {frames.shape[1]}.")
@@ -181,8 +182,9 @@ class CompressiveTokenizer(nn.Module):
     def _check_codes(self, codes: Tensor, what: str, token_shape: tuple[int, int], vocab: int) -> None:
         if not torch.is_tensor(codes) or codes.dtype != torch.long or codes.dim() != 4 \
                 or tuple(codes.shape[2:]) != token_shape:
+            got = f"{getattr(codes, 'dtype', type(codes))} {tuple(getattr(codes, 'shape', ()))}"
             raise TokenizerInputError(f"{what} must be a long tensor [B, T, {token_shape[0]}, {token_shape[1]}], "
-                                      f"got {getattr(codes, 'dtype', type(codes))} {tuple(getattr(codes, 'shape', ()))}.")
+                                      f"got {got}.")
         if codes.numel() and (codes.min() < 0 or codes.max() >= vocab):
             raise TokenizerInputError(f"{what} must lie in [0, {vocab}), got [{int(codes.min())}, {int(codes.max())}].")
 
@@ -368,7 +370,8 @@ class CompressiveTokenizer(nn.Module):
         metrics = {k: v.detach().float() for k, v in metrics.items()}
         metrics["loss"] = loss.detach()
 
-        recon = torch.cat([ctx_rec.reshape(B, T0, *ctx_rec.shape[1:]), fut_rec.reshape(B, T_all - T0, *fut_rec.shape[1:])], 1)
+        recon = torch.cat([ctx_rec.reshape(B, T0, *ctx_rec.shape[1:]),
+                           fut_rec.reshape(B, T_all - T0, *fut_rec.shape[1:])], 1)
         self.last_recon = self._from_net(recon).detach()
         return loss, metrics
 
@@ -379,7 +382,8 @@ class CompressiveTokenizer(nn.Module):
             raise RuntimeError("discriminator_loss needs a GAN tokenizer: build it with config gan=True.")
         self._check_frames(frames, "frames")
         if recon.shape != frames.shape:
-            raise TokenizerInputError(f"recon {tuple(recon.shape)} must have the shape of frames {tuple(frames.shape)}.")
+            raise TokenizerInputError(f"recon {tuple(recon.shape)} must have the shape of frames "
+                                      f"{tuple(frames.shape)}.")
         real = self.discriminator(self._to_net(frames.flatten(0, 1)))
         fake = self.discriminator(self._to_net(recon.detach().flatten(0, 1)))
         active = float(global_step >= self.config["disc_start"])

@@ -4,7 +4,9 @@ Held-out split: an episode file is held out when a hash of its name (folder name
 the folder) falls below ``val_fraction``, so the split is the same on every machine, for every
 rank and across restarts, and adding files to a folder never moves old ones between splits. A
 folder always keeps at least one training episode; if the hash holds out nothing at all, the
-file with the smallest hash is held out. Alternatively ``val_folders`` names folders of their own.
+file with the smallest hash is held out. A folder whose held-out files are all shorter than a
+segment is left out of evaluation (with a warning). Alternatively ``val_folders`` names folders
+of their own.
 
 Data position: the segment that sample ``i`` of micro-batch ``m`` of stage ``s`` on rank ``r``
 gets is drawn by a generator seeded with ``(seed, s, m, r, i)`` (``KeyedSegments``). A batch is
@@ -97,7 +99,12 @@ def build_datasets(data_cfg: Mapping[str, Any], segment_length: int, seed: int =
     train_files, val_files = held_out_files(list(weights), val_fraction)
     train = cls(weights, segment_length, frame_step=steps, only=train_files, **common)
     held = {f: w for f, w in weights.items() if any(p.startswith(str(Path(f)) + "/") for p in val_files)}
-    val = cls(held, segment_length, frame_step={f: steps[f] for f in held}, only=val_files, **common)
+    try:
+        val = cls(held, segment_length, frame_step={f: steps[f] for f in held}, only=val_files,
+                  skip_short_folders=True, **common)
+    except ValueError as e:
+        raise ValueError(f"held-out episodes: {e} Set eval.val_folders to folders of longer episodes, raise "
+                         f"eval.val_fraction, or set eval.every=0 to train without evaluation.") from None
     return train, val
 
 
