@@ -22,7 +22,7 @@ from mbrl.replay import TransitionBatch
 from mbrl.replay.imagined_buffer import ImaginedReplayBuffer
 from mbrl.replay.real_buffer import RealReplayBuffer
 from mbrl.video import comparison_video, write_video
-from worldmodel.interface import WorldModel
+from worldmodel.interface import WorldModel, WorldModelConfigError
 
 
 # The first rollouts come before any agent update: the policy acts as at the agent's step 0
@@ -68,6 +68,10 @@ class MBPO:
         # Refused now, not after the first world-model updates.
         world_model.check_segment_length(self.segment_length)
         world_model.check_horizon(int(cfg["gen_horizon"]))
+        if world_model.needs_frame_keys:
+            raise WorldModelConfigError(
+                "this world model needs a state key per frame (e.g. memory.key=state), which the MBPO loop does "
+                "not record (it keeps frames, actions and rewards); use memory.key=pixel.")
         self.imagined = ImaginedReplayBuffer(cfg["imagined_capacity"], cfg["gen_horizon"],
                                              world_model.image_size, world_model.action_dim,
                                              frame_stack, nstep, discount)

@@ -79,6 +79,28 @@ def test_config_errors_are_clear():
         build_memory({"name": "vrag", "window": 10, "retrieved": 10, "max_frames": 8}, 7)
     with pytest.raises(WorldModelConfigError, match="unknown memory keys"):
         MemoryConfig.from_any({"name": "vrag", "topk": 3})
+    with pytest.raises(WorldModelConfigError, match="key_size, key_dim and max_frames must be >= 1"):
+        MemoryConfig(name="vrag", key_size=0)
+    with pytest.raises(WorldModelConfigError, match="memory.window must be an integer"):
+        MemoryConfig(name="vrag", window=2.7)
+    with pytest.raises(WorldModelConfigError, match="the window memory retrieves nothing"):
+        MemoryConfig(name="window", retrieved=5)
+    assert MemoryConfig(name="history", key="state").key_dim is None  # history uses no keys
+
+
+@pytest.mark.parametrize("memory, shortest", [
+    ({"name": "window", "window": 3}, 4),  # a full window, then the target
+    ({"name": "history", "window": 3, "retrieved": 2}, 5),  # + the nearest older frame, at t-4
+    ({"name": "vrag", "window": 3, "retrieved": 2, "key_size": 4}, 7),  # + one candidate more than retrieved
+])
+def test_segments_too_short_for_the_memorys_clips_are_refused_at_start(memory, shortest):
+    model = micro_model(memory)
+    model.check_segment_length(shortest)
+    with pytest.raises(WorldModelConfigError, match=f"segment_length >= {shortest}"):
+        model.check_segment_length(shortest - 1)
+    if memory["name"] == "vrag":  # at the shortest length, retrieval chooses: clips have gaps
+        idx = model.memory.training_clip(64, shortest, torch.rand(64, shortest, 48), torch.device("cpu"))
+        assert gaps(idx)[:, 1:].any()
 
 
 def test_vrag_bound_drops_the_newer_frame_of_the_closest_key_pair():
@@ -204,12 +226,15 @@ def test_hydra_selects_a_memory():
 
     with initialize_config_dir(os.path.abspath(os.path.join(REPO, "cfgs")), version_base=None):
         for override, name in [("world_model.model.memory.name=vrag", "vrag"),
-                               ("world_model.model.memory=history", "history")]:
+                               ("world_model.model.memory=history", "history"),
+                               ("memory=vrag", "vrag"), ("memory=history", "history"), ("memory=window", "window")]:
             cfg = compose("config", overrides=["world_model=vid2world", override])
             model_cfg = {**OmegaConf.to_container(cfg.world_model.model), "size": "tiny", "image_size": 16,
                          "action_dim": 2}
             model = Vid2World.from_config(model_cfg)
             assert model.memory.cfg.name == name and model.memory.window == cfg.world_model.model.max_context_frames
+            if override.startswith("memory="):  # the group's segments suit its memory
+                model.check_segment_length(cfg.world_model.segment_length)
 
 
 # ----- the benchmark -----

@@ -146,7 +146,8 @@ def test_two_gloo_processes_end_with_the_same_weights(tmp_path):
 
 def test_vid2world_pretraining(tmp_path):
     out = tmp_path / "v2w"
-    pretrain(out, "world_model=vid2world", "segment_length=4", "steps.diffusion=3", "steps.reward=2",
+    pretrain(out, "world_model=vid2world", "segment_length=4", "world_model.model.max_context_frames=3",
+             "steps.diffusion=3", "steps.reward=2",
              "eval.every=3", "checkpoint.every=2", "log.tensorboard=false")
     model = load_pretrained(out / "model", action_dim=4)
     assert model.model_type == "vid2world"

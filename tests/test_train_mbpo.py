@@ -34,7 +34,8 @@ def frame_keys(frames: np.ndarray) -> set[bytes]:
 
 @pytest.mark.parametrize("world_model", ["ivideogpt", "vid2world"])
 def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
-    trainer = make_trainer(tmp_path / "run", f"world_model={world_model}")
+    fit = ["world_model.model.max_context_frames=5"] if world_model == "vid2world" else []  # segments of 6
+    trainer = make_trainer(tmp_path / "run", f"world_model={world_model}", *fit)
     act, policy_steps = trainer.agent.act, []
 
     def recording_act(obs, step, eval_mode, generator=None):
@@ -98,6 +99,14 @@ def test_world_model_that_does_not_fit_the_env_is_refused(tmp_path):
     with pytest.raises(WorldModelConfigError, match="64x64"):
         make_trainer(tmp_path / "b", "world_model=ivideogpt", f"world_model.pretrained={tmp_path / 'wm'}",
                      "task.image_size=84")
+
+
+def test_a_world_model_that_needs_state_keys_is_refused_at_start(tmp_path):
+    from worldmodel.interface import WorldModelConfigError
+
+    with pytest.raises(WorldModelConfigError, match="use memory.key=pixel"):
+        make_trainer(tmp_path / "run", "world_model=vid2world", "world_model.segment_length=16",
+                     "+world_model.model.memory={name: vrag, window: 2, retrieved: 2, key: state, key_dim: 2}")
 
 
 def test_pretrained_world_model_takes_the_runs_settings_and_bad_lengths_fail_at_start(tmp_path):

@@ -293,7 +293,7 @@ def test_rollout_shapes_and_input_errors():
 
 
 def test_save_load_round_trip_gives_the_same_imagination(tmp_path):
-    model = micro_model(sampling_steps=3)
+    model = micro_model(sampling_steps=4)
     model.update(random_batch())
     model.save_pretrained(tmp_path)
     loaded = Vid2World.from_pretrained(tmp_path)
@@ -325,10 +325,80 @@ def test_a_runs_settings_apply_to_a_loaded_checkpoint(tmp_path):
     micro_model(causal=False).save_pretrained(tmp_path / "noncausal")
     cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "cfgs", "world_model", "vid2world.yaml"))
     run = OmegaConf.to_container(cfg.model)
-    run.update(guidance_scale=1.5, sampling_steps=3, memory={**run["memory"], "name": "history"})
+    run.update(guidance_scale=1.5, sampling_steps=4, memory={**run["memory"], "name": "history"})
     settings = Vid2World.run_overrides(run)
     assert "size" not in settings and "backbone" not in settings and settings["causal"] is True
     loaded = Vid2World.from_pretrained(tmp_path / "noncausal", **settings)
     assert loaded.config.causal and loaded.backbone.causal  # causalised on load, as the yaml says
-    assert loaded.config.guidance_scale == 1.5 and loaded.config.sampling_steps == 3
+    assert loaded.config.guidance_scale == 1.5 and loaded.config.sampling_steps == 4
     assert loaded.config.memory["name"] == "history" and loaded.config.backbone == micro_model().config.backbone
+
+
+VRAG_STATE = {"name": "vrag", "window": 2, "retrieved": 2, "key": "state", "key_dim": 2, "max_frames": 8}
+
+
+def keyed_model(**kw) -> Vid2World:
+    """A VRAG state-key model whose key modules hold values (a learned key embedding, fitted
+    key dynamics), so a load that dropped them would show."""
+    from worldmodel.memory import KeyedSegmentBatch
+
+    model = micro_model(memory=VRAG_STATE, **kw)
+    batch = random_batch(T=7)
+    model.update(KeyedSegmentBatch(batch.obs, batch.action, batch.reward, torch.randn(2, 7, 2)), parts=("diffusion",))
+    with torch.no_grad():
+        model.key_embedding.weight.normal_()
+    return model
+
+
+def test_causalising_keeps_every_module_and_a_causal_checkpoint_stays_causal(tmp_path):
+    noncausal = keyed_model(causal=False)
+    causal = causalize(noncausal, "masked")
+    for name in ("key_embedding.weight", "key_dynamics.weight", "key_dynamics.count", "reward_head.mlp.0.weight"):
+        assert torch.equal(causal.state_dict()[name], noncausal.state_dict()[name]), name
+    causal.save_pretrained(tmp_path / "causal")
+    with pytest.raises(WorldModelConfigError, match="cannot be run non-causally"):
+        Vid2World.from_pretrained(tmp_path / "causal", causal=False)
+
+
+def test_key_modules_start_fresh_or_are_left_out_when_the_runs_memory_changes(tmp_path):
+    """``memory`` is a run setting: a window checkpoint fine-tunes with a VRAG state-key memory
+    (new key modules at their fresh values) and a VRAG checkpoint runs with a window memory."""
+    window = micro_model()
+    window.save_pretrained(tmp_path / "window")
+    keyed = Vid2World.from_pretrained(tmp_path / "window", memory=VRAG_STATE)
+    assert keyed.key_embedding.weight.abs().sum() == 0 and int(keyed.key_dynamics.count) == 0
+    torch.testing.assert_close(keyed.backbone.state_dict(), window.backbone.state_dict(), rtol=0, atol=0)
+    keyed_model().save_pretrained(tmp_path / "vrag")
+    plain = Vid2World.from_pretrained(tmp_path / "vrag", memory="window")
+    assert plain.key_embedding is None and plain.key_dynamics is None
+    with pytest.raises(WorldModelConfigError, match="key_dynamics"):  # a shape mismatch still fails
+        Vid2World.from_pretrained(tmp_path / "vrag", memory={**VRAG_STATE, "key_dim": 3})
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"min_snr_gamma": 0.0}, "min_snr_gamma must be > 0"),
+    ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+    ({"sampling_steps": 7}, "must divide num_train_timesteps"),
+    ({"sampling_steps": 2000}, "must divide num_train_timesteps"),
+    ({"history_mix_prob": 1.5}, "history_mix_prob"),
+    ({"reward_channels": 0}, "reward_channels"),
+    ({"image_size": 48}, "reward head needs image_size"),
+])
+def test_bad_settings_are_refused_at_construction(settings, message):
+    with pytest.raises(WorldModelConfigError, match=message):
+        micro_model(**settings)
+
+
+def test_imagination_is_reproducible_in_train_mode_with_dropout():
+    """``step`` samples in eval mode (no dropout), whatever mode training left the model in."""
+    model = Vid2World(image_size=16, action_dim=ACTION_DIM, backbone={**MICRO, "dropout": 0.5})
+    context = random_batch().obs
+    frames = []
+    for _ in range(2):
+        model.train()
+        state = model.reset(context, generator=torch.Generator().manual_seed(0))
+        frames.append(model.step(state, torch.zeros(2, ACTION_DIM))[0])
+        assert model.training  # the mode is restored
+    assert torch.equal(frames[0], frames[1])
+    with pytest.raises(WorldModelConfigError, match="torch uint8 tensor"):
+        model.reset(context.numpy())

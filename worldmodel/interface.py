@@ -12,13 +12,17 @@ at the env's resolution, so a policy sees imagined frames scaled exactly as real
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -96,6 +100,9 @@ class WorldModel(nn.Module, abc.ABC):
     # what its weights are: when a run loads a checkpoint (``world_model.pretrained``), the run's
     # values of these keys replace the checkpoint's (``run_overrides``); the rest is the checkpoint's.
     run_settings: tuple[str, ...] = ()
+    # Weight-name prefixes of modules that a run setting adds or removes: ``from_pretrained``
+    # starts them fresh when the checkpoint lacks them and leaves them out when the model does.
+    optional_weights: tuple[str, ...] = ()
     image_size: int
     action_dim: int
     context_frames: int
@@ -190,6 +197,12 @@ class WorldModel(nn.Module, abc.ABC):
                 f"context frames; use segment_length >= {self.context_frames + 1}.")
 
     @property
+    def needs_frame_keys(self) -> bool:
+        """Whether training and imagination need a state key per frame besides the pixels (e.g. a
+        VRAG memory on camera poses); a loop that records only frames cannot drive such a model."""
+        return False
+
+    @property
     def max_horizon(self) -> int | None:
         """The most imagined steps one ``reset`` allows; None: unbounded (the default)."""
         return None
@@ -213,6 +226,20 @@ class WorldModel(nn.Module, abc.ABC):
         """Imagine one step: action [B, A] -> (next frame uint8 [B, 3, H, W], reward [B], state).
         Implementations refuse a bad action with ``check_step_action`` before changing ``state``."""
 
+    @contextlib.contextmanager
+    def sampling_mode(self) -> Iterator[None]:
+        """Eval mode for imagination (no dropout: seeded steps repeat), restoring the mode after. A
+        model already in eval mode (``rollout`` sets it once) is left alone: switching walks every
+        module, a cost per step."""
+        was_training = self.training
+        if was_training:
+            self.eval()
+        try:
+            yield
+        finally:
+            if was_training:
+                self.train()
+
     @torch.no_grad()
     def rollout(self, context_obs: torch.Tensor, policy: Policy, horizon: int,
                 generator: torch.Generator | None = None) -> Rollout:
@@ -221,9 +248,7 @@ class WorldModel(nn.Module, abc.ABC):
         self.check_horizon(horizon)
         if isinstance(context_obs, torch.Tensor):  # (reset names what else is wrong with it)
             context_obs = context_obs.to(next(self.parameters()).device)  # frames stack with imagined ones
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling_mode():
             state = self.reset(context_obs, generator=generator)
             frames = [context_obs[:, i] for i in range(context_obs.shape[1])]
             actions, rewards = [], []
@@ -237,8 +262,6 @@ class WorldModel(nn.Module, abc.ABC):
                 frames.append(frame)
                 actions.append(action)
                 rewards.append(reward)
-        finally:
-            self.train(was_training)
         start = context_obs.shape[1] - 1
         return Rollout(obs=torch.stack(frames[start:], 1), action=torch.stack(actions, 1),
                        reward=torch.stack(rewards, 1))
@@ -280,7 +303,7 @@ class WorldModel(nn.Module, abc.ABC):
                 f"{directory} holds a '{model_type}' world model, not '{cls.model_type}'.")
         config = merge_config(config, overrides)
         model = cls.from_config(config)
-        load_weights_checked(model, os.path.join(directory, WEIGHTS_NAME))
+        load_weights_checked(model, os.path.join(directory, WEIGHTS_NAME), optional=cls.optional_weights)
         return model
 
 
@@ -300,8 +323,11 @@ def read_config(directory: str | os.PathLike) -> dict:
     return config
 
 
-def load_weights_checked(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
-    """Load safetensors weights, failing with the key and both shapes on any mismatch."""
+def load_weights_checked(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                         optional: tuple[str, ...] = ()) -> None:
+    """Load safetensors weights, failing with the key and both shapes on any mismatch. Weights
+    whose names start with one of ``optional`` may be missing (they keep their fresh values) or
+    left over (they are not loaded); a shape mismatch fails for them too."""
     from safetensors.torch import load_file
 
     if not os.path.isfile(path):
@@ -319,7 +345,13 @@ def load_weights_checked(model: nn.Module, path: str | os.PathLike, strict: bool
                 "(action dim, vocabulary or size).")
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    if strict and (missing or unexpected):
+    fresh = [k for k in missing if k.startswith(optional)] if optional else []
+    left_out = [k for k in unexpected if k.startswith(optional)] if optional else []
+    if strict and (len(missing) > len(fresh) or len(unexpected) > len(left_out)):
+        missing, unexpected = sorted(set(missing) - set(fresh)), sorted(set(unexpected) - set(left_out))
         raise WorldModelConfigError(
             f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    model.load_state_dict(state, strict=strict)
+    if fresh or left_out:
+        log.warning("%s: %s start fresh, %s are not loaded (modules this run's settings add or remove).",
+                    path, fresh or "none", left_out or "none")
+    model.load_state_dict({k: v for k, v in state.items() if k not in left_out}, strict=strict and not fresh)

@@ -401,15 +401,8 @@ class IVideoGPT(WorldModel):
         """No grad, eval mode (no dropout while sampling), autocast on CUDA; restores the mode.
         A model already in eval mode (``rollout`` sets it once) is left alone: switching the
         mode walks every module, about 0.5 ms for the tiny model, once per step."""
-        was_training = self.training
-        if was_training:
-            self.eval()
-        try:
-            with torch.no_grad(), self._autocast():
-                yield
-        finally:
-            if was_training:
-                self.train()
+        with torch.no_grad(), self.sampling_mode(), self._autocast():
+            yield
 
     def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None, *,
               reprefill: bool = False) -> ImagineState:

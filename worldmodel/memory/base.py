@@ -56,7 +56,17 @@ class MemoryConfig:
         if self.distance not in DISTANCES:
             raise WorldModelConfigError(
                 f"unknown memory distance '{self.distance}'; choose one of {list(DISTANCES)}.")
-        if self.key == "state" and not self.key_dim:
+        for name in ("window", "retrieved", "key_size", "key_dim", "max_frames"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise WorldModelConfigError(f"memory.{name} must be an integer, got {value!r}.")
+        if self.key_size < 1 or self.max_frames < 1 or (self.key_dim is not None and self.key_dim < 1):
+            raise WorldModelConfigError(f"memory.key_size, key_dim and max_frames must be >= 1, got "
+                                        f"{self.key_size}, {self.key_dim}, {self.max_frames}.")
+        if self.name == "window" and self.retrieved:
+            raise WorldModelConfigError(f"memory.retrieved={self.retrieved} applies to the history and vrag "
+                                        "memories; the window memory retrieves nothing (set memory.name).")
+        if self.name == "vrag" and self.key == "state" and not self.key_dim:
             raise WorldModelConfigError("memory.key=state needs memory.key_dim (the width of the per-frame "
                                         "state/pose vector), e.g. key_dim: 2 for a 2-D camera pose.")
         if self.weights is not None:
@@ -140,6 +150,12 @@ class Memory(abc.ABC):
     def capacity(self) -> int:
         """Most frames a rollout stores."""
         return self.cfg.max_frames
+
+    @property
+    def min_segment_length(self) -> int:
+        """The shortest training segment whose clips show the model the kind of context it is
+        sampled with (here: a full window, then the target frame)."""
+        return self.window + 1
 
     @property
     def needs_keys(self) -> bool:

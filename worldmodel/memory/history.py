@@ -27,6 +27,11 @@ class HistoryMemory(Memory):
         farthest = self.offsets()[-1] if self.retrieved else self.window
         return min(self.cfg.max_frames, farthest)
 
+    @property
+    def min_segment_length(self) -> int:
+        """A full window and at least the nearest older frame (at t - offsets()[0])."""
+        return self.offsets()[0] + 1 if self.retrieved else self.window + 1
+
     def select(self, time: torch.Tensor, key: torch.Tensor | None = None,
                query: torch.Tensor | None = None) -> torch.Tensor:
         recent = self.recent(time)

@@ -23,6 +23,13 @@ class VRAGMemory(Memory):
     def needs_keys(self) -> bool:
         return True
 
+    @property
+    def min_segment_length(self) -> int:
+        """A full context whose retrieved frames are chosen: with one candidate more than
+        ``retrieved`` before the window (with exactly ``retrieved``, every clip would be the
+        contiguous segment, and training would never see a retrieved frame's gap)."""
+        return self.window + self.retrieved + 2 if self.retrieved else self.window + 1
+
     def weights(self, like: torch.Tensor) -> torch.Tensor | None:
         w = self.cfg.weights
         return None if w is None else torch.tensor(w, device=like.device, dtype=like.dtype)

@@ -68,7 +68,9 @@ def causalize(model: nn.Module, method: str = "extrapolative") -> nn.Module:
         config.update(causal=True, causal_transfer=method)
         causal = Vid2World.from_config(config)
         causal.to(model.device)
-        causal.backbone.load_state_dict(causalize_module(model.backbone, method).state_dict())
-        causal.reward_head.load_state_dict(model.reward_head.state_dict())
+        # every weight and buffer (reward head, key embedding and dynamics, ...), the backbone's causalised
+        state = model.state_dict()
+        state.update({f"backbone.{k}": v for k, v in causalize_module(model.backbone, method).state_dict().items()})
+        causal.load_state_dict(state)
         return causal
     return causalize_module(model, method)

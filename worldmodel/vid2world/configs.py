@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,22 @@ class Vid2WorldConfig:
                 "max_context_frames, context_frames and sampling_steps must all be >= 1.")
         if not 0.0 <= self.action_dropout < 1.0:
             raise WorldModelConfigError(f"action_dropout must be in [0, 1), got {self.action_dropout}.")
+        if not 0.0 <= self.history_mix_prob <= 1.0:
+            raise WorldModelConfigError(f"history_mix_prob must be in [0, 1], got {self.history_mix_prob}.")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise WorldModelConfigError(f"min_snr_gamma must be > 0 (or null: unweighted), got {self.min_snr_gamma}; "
+                                        "a weight <= 0 would stop or reverse learning.")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise WorldModelConfigError(f"guidance_scale must be a finite number >= 0 (1: no guidance), got "
+                                        f"{self.guidance_scale}.")
+        if self.sampling_steps > self.num_train_timesteps or self.num_train_timesteps % self.sampling_steps:
+            # DDIM's trailing spacing ends exactly on a clean sample only for divisors
+            raise WorldModelConfigError(
+                f"sampling_steps={self.sampling_steps} must divide num_train_timesteps={self.num_train_timesteps} "
+                "(e.g. 4, 10, 20, 50): other counts leave the last DDIM step short of a clean frame.")
+        for name in ("reward_channels", "reward_hidden"):
+            if getattr(self, name) < 1:
+                raise WorldModelConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         # JSON-normalised (tuples -> lists) so get_config() round-trips through config.json
         self.backbone = json.loads(json.dumps(dict(self.backbone or {})))
         self.backbone_config()  # validate early

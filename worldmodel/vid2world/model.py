@@ -95,6 +95,10 @@ class Vid2World(WorldModel):
     run_settings = ("causal", "causal_transfer", "min_snr_gamma", "history_mix_prob", "action_dropout",
                     "guidance_scale", "sampling_steps", "max_context_frames", "memory", "lr", "reward_lr",
                     "weight_decay", "grad_clip")
+    # The state-key modules exist only with a VRAG memory on state keys (``memory`` is a run
+    # setting): a checkpoint without them loads with them fresh (zero key embedding, unfitted key
+    # dynamics); one with them loads into a run without such a memory without them.
+    optional_weights = ("key_embedding.", "key_dynamics.")
 
     def __init__(self, config: Vid2WorldConfig | None = None, **kwargs: Any):
         super().__init__()
@@ -155,6 +159,10 @@ class Vid2World(WorldModel):
         """As ``WorldModel.from_pretrained``; a non-causal checkpoint loaded with ``causal=True``
         is causalised with ``causal_transfer`` (override or the checkpoint's own)."""
         config = read_config(directory)
+        if config.get("causal", True) and overrides.get("causal", True) is False:
+            raise WorldModelConfigError(
+                f"{directory} holds a causal model (its temporal kernels were transferred from a non-causal "
+                "one) and cannot be run non-causally; set causal: true, or load the non-causal checkpoint.")
         if not config.get("causal", True) and overrides.get("causal", False):
             from worldmodel.vid2world.causalize import causalize
 
@@ -163,8 +171,27 @@ class Vid2World(WorldModel):
             return causalize(super().from_pretrained(directory, **rest), method)
         return super().from_pretrained(directory, **overrides)
 
+    # ----- what a run may ask of the model -----
+    def check_segment_length(self, length: int) -> None:
+        """Segments must hold the context the memory samples with (``Memory.min_segment_length``):
+        a shorter one would train on contexts unlike the ones imagination builds."""
+        super().check_segment_length(length)
+        need, mem = self.memory.min_segment_length, self.memory
+        if length < need:
+            raise WorldModelConfigError(
+                f"segments of {length} frames are too short for the {mem.cfg.name} memory (window {mem.window}, "
+                f"retrieved {mem.retrieved}): its training clips need at least {need} frames to hold the "
+                f"context it imagines with; set world_model.segment_length >= {need}.")
+
+    @property
+    def needs_frame_keys(self) -> bool:
+        return self.state_keys
+
     # ----- input checks -----
     def _check_frames(self, obs: torch.Tensor, what: str, dims: int) -> None:
+        if not isinstance(obs, torch.Tensor):
+            raise WorldModelConfigError(f"{what} must be a torch uint8 tensor of frames, got {type(obs).__name__}; "
+                                        "convert with torch.from_numpy.")
         shape = tuple(obs.shape)
         if obs.dtype != torch.uint8:
             raise WorldModelConfigError(f"{what} must be uint8 frames in [0, 255], got {obs.dtype}.")
@@ -258,9 +285,9 @@ class Vid2World(WorldModel):
     def reward_loss(self, obs: torch.Tensor, action: torch.Tensor,
                     reward: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE in symlog space on every transition (obs[t], action[t], obs[t+1]) -> reward[t]."""
-        with self._autocast():
-            pred = self.reward_head(obs[:, :-1].flatten(0, 1), action.flatten(0, 1), obs[:, 1:].flatten(0, 1))
-        loss = (pred.float() - symlog(reward.flatten())).pow(2).mean()
+        # fp32, as in imagination (the head is small; bf16 would round its symlog output)
+        pred = self.reward_head(obs[:, :-1].flatten(0, 1), action.flatten(0, 1), obs[:, 1:].flatten(0, 1))
+        loss = (pred - symlog(reward.flatten())).pow(2).mean()
         return loss, {"reward/loss": loss.item()}
 
     def _optimize(self, part: str, loss: torch.Tensor, module: torch.nn.Module) -> dict[str, float]:
@@ -273,12 +300,6 @@ class Vid2World(WorldModel):
         if not self.memory.needs_keys:
             return None
         mem = self.memory.cfg
-        T = batch.obs.shape[1]
-        if T - 1 - self.memory.window < 1:
-            raise WorldModelConfigError(
-                f"the {mem.name} memory (window {self.memory.window}) retrieves from the part of a segment "
-                f"before its window, but segments have only {T} frames; use segments of at least "
-                f"window + retrieved + 1 = {self.memory.context_size + 1} frames (world_model.segment_length).")
         if mem.key == "pixel":
             return pixel_key(batch.obs, mem.key_size)
         if not isinstance(batch, KeyedSegmentBatch) or batch.key is None:
@@ -297,14 +318,14 @@ class Vid2World(WorldModel):
         self._check_batch(batch)
         batch = batch.to(self.device)
         obs, action = to_float(batch.obs), batch.action.float()
-        key = self._segment_keys(batch)
         self.train()
         metrics: dict[str, float] = {}
         if "diffusion" in parts:
-            if self.memory.cfg.name == "window":
+            if self.memory.cfg.name == "window":  # diffusion forcing on every frame of any segment
                 loss, m = self.diffusion_loss(obs, action)
-            else:
-                loss, m = self.memory_diffusion_loss(obs, action, key)
+            else:  # the clip the memory builds for the last frame: refused if it would be trivial
+                self.check_segment_length(obs.shape[1])
+                loss, m = self.memory_diffusion_loss(obs, action, self._segment_keys(batch))
             metrics.update(m)
             metrics.update(self._optimize("diffusion", loss, self.backbone))
         if "reward" in parts:
@@ -452,12 +473,13 @@ class Vid2World(WorldModel):
         # the first context frame, retrieved frames and jumps carry no action (as in training)
         drop = ~state.action_known[rows, idx] | gaps(state.time[rows, idx])
         key_offset = None if next_key is None else state.key[rows, idx] - next_key[:, None]
-        with self._autocast():
-            history = self.encode_history(to_float(state.frames[rows, idx]), state.prev_action[rows, idx],
-                                          drop, state.generator, key_offset)
-            frame = to_uint8(self.sample_next(history, action, state.generator))
-            reward = self.reward_head(to_float(state.frames[:, -1]), action, to_float(frame))
-        reward = symexp(reward.float())
+        with self.sampling_mode():
+            with self._autocast():
+                history = self.encode_history(to_float(state.frames[rows, idx]), state.prev_action[rows, idx],
+                                              drop, state.generator, key_offset)
+                frame = to_uint8(self.sample_next(history, action, state.generator))
+            # fp32 (cheap): bf16 would round the symlog reward, 1.4% at a reward of 10
+            reward = symexp(self.reward_head(to_float(state.frames[:, -1]), action, to_float(frame)))
         new_key = None
         if state.key is not None:
             new_key = next_key if next_key is not None else pixel_key(frame, self.memory.cfg.key_size)

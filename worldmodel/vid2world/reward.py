@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from worldmodel.interface import WorldModelConfigError
+
 FEATURE_SIZE = 4  # spatial size the convolutions stop at
 
 
@@ -27,7 +29,8 @@ class RewardHead(nn.Module):
         super().__init__()
         levels = int(math.log2(image_size // FEATURE_SIZE))
         if FEATURE_SIZE * 2 ** levels != image_size:
-            raise ValueError(f"reward head needs image_size = {FEATURE_SIZE} * 2^k, got {image_size}.")
+            raise WorldModelConfigError(f"Vid2World's reward head needs image_size = {FEATURE_SIZE} * 2^k "
+                                        f"(e.g. 64), got {image_size}: set task.image_size to such a size.")
         layers, cur = [], 6  # two RGB frames stacked
         for i in range(levels):
             out = channels * 2 ** min(i, 2)
