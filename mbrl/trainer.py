@@ -32,7 +32,7 @@ from worldmodel.episodes import Episode, EpisodeRecorder, iter_episodes, save_ep
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = 10_000  # the eval env's seed = seed + this, so eval never replays train starts
+EVAL_STREAM = 1  # tags eval episodes' seeds apart from training episodes' (see eval_episode_seed)
 EPISODES_DIR = "episodes"
 
 
@@ -44,7 +44,7 @@ class Trainer:
             torch.set_num_threads(cfg.cpu_threads)
         set_seed_everywhere(cfg.seed)
         self.train_env = make_env(cfg.task, seed=cfg.seed)
-        self.eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
+        self.eval_env = make_env(cfg.task, seed=self.eval_episode_seed(0))
         self.action_repeat = int(cfg.task.action_repeat)
         self.frame_stack = int(cfg.task.frame_stack)
         obs_shape = tuple(self.train_env.observation_space.shape)  # [3*fs, H, W]
@@ -96,6 +96,12 @@ class Trainer:
         episode's index, so a resumed run meets the starts an uninterrupted one would have."""
         return int(np.random.SeedSequence([self.cfg.seed, self.episode]).generate_state(1)[0])
 
+    def eval_episode_seed(self, i: int) -> int:
+        """The seed of the ``i``-th episode of every evaluation: the same starts at each evaluation
+        of a run (comparable over time), independent ones for different run seeds (seed s and s+1
+        must not share eval starts), apart from the training episodes' seeds."""
+        return int(np.random.SeedSequence([self.cfg.seed, EVAL_STREAM, i]).generate_state(1)[0])
+
     # ----- acting -----
     def act(self, obs: np.ndarray, eval_mode: bool) -> np.ndarray:
         obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
@@ -144,7 +150,7 @@ class Trainer:
         for i in range(self.cfg.num_eval_episodes):
             record = i == 0 and self.cfg.log.video
             episode, frames = self.run_episode(self.eval_env, eval_mode=True,
-                                               seed=self.cfg.seed + EVAL_SEED_OFFSET + i, record=record)
+                                               seed=self.eval_episode_seed(i), record=record)
             returns.append(float(episode.reward.sum()))
             successes.append(float(episode.success.any()))
             video = frames or video

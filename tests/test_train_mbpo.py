@@ -171,3 +171,20 @@ def test_a_resumed_run_meets_the_episode_starts_of_an_uninterrupted_one(tmp_path
     assert len(starts["whole"]) == len(starts["split"]) == 4
     assert all(np.array_equal(a, b) for a, b in zip(starts["whole"], starts["split"]))
     assert not np.array_equal(starts["whole"][0], starts["whole"][2])  # the starts do vary
+
+
+def test_eval_starts_repeat_within_a_run_and_differ_between_run_seeds(tmp_path):
+    """Each evaluation of a run meets the same starts; runs with neighbouring seeds share none
+    (seed + offset + i would share all but one)."""
+    overrides = [o for o in TINY_MBPO if not o.startswith("world_model.")] + ["world_model=none"]
+    trainers = []
+    for s in (1, 2):
+        with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+            trainers.append(Trainer(compose("config", overrides=[*overrides, f"seed={s}"]), tmp_path / f"seed{s}"))
+    seeds = [[t.eval_episode_seed(i) for i in range(20)] for t in trainers]
+    assert not set(seeds[0]) & set(seeds[1])
+    assert seeds[0] == [trainers[0].eval_episode_seed(i) for i in range(20)]
+    a, b = (trainers[0].eval_env.reset(seed=s)[0] for s in seeds[0][:2])
+    assert not np.array_equal(a, b)  # the seeds reach the env: different starts
+    for t in trainers:
+        t.close()
