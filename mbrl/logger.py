@@ -4,11 +4,26 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 # Columns every row of train.csv / eval.csv starts with (DESIGN.md section 10).
 BASE_COLUMNS = ("frame", "step", "episode", "episode_reward", "success", "fps", "wall_time")
+
+
+def is_complete(row: Mapping[str | None, str | None], required: Iterable[str]) -> bool:
+    """False for a row cut off or garbled while being written: fewer fields than the header (csv
+    fills the missing ones with None), more (csv keys the extra ones None), or a required column
+    empty or not a number."""
+    if None in row or any(value is None for value in row.values()):
+        return False
+    try:
+        for column in required:
+            float(row[column])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 class CSVLog:
@@ -45,11 +60,21 @@ class CSVLog:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(dict(row))
 
+    def required_columns(self) -> list[str]:
+        """The BASE_COLUMNS this file has: every row logs them (later columns may be empty in early rows)."""
+        return [c for c in BASE_COLUMNS if c in self.columns] or ["frame"]
+
     def truncate_after(self, frame: int) -> list[dict[str, str]]:
-        """Drop rows logged after ``frame`` (used on resume); returns the rows kept."""
+        """Drop rows logged after ``frame`` and incomplete rows (a line cut off when the run was killed
+        while writing it), so that a resumed run logs them again; returns the rows kept."""
         if not self.path.exists():
             return []
-        kept = [r for r in self.read() if int(float(r["frame"])) <= frame]
+        rows = self.read()
+        complete = [r for r in rows if is_complete(r, self.required_columns())]
+        if len(complete) < len(rows):
+            warnings.warn(f"{self.path}: dropped {len(rows) - len(complete)} incomplete row(s) (cut off while "
+                          "being written); a resumed run logs them again", RuntimeWarning, stacklevel=2)
+        kept = [r for r in complete if int(float(r["frame"])) <= frame]
         self._rewrite(self.columns, kept)
         return kept
 

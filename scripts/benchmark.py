@@ -32,6 +32,8 @@ LAUNCHERS = ("basic", "joblib", "submitit_slurm", "submitit_local")
 # One run's dir inside the sweep dir; the status check below builds the same path.
 SWEEP_SUBDIR = "${hydra:runtime.choices.task}/${world_model.name}/seed${seed}"
 SUBMITIT_LOCAL_KEYS = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")  # the rest are SLURM-only
+DRY_RUN_KEY = "dry_run"  # a command-line key of this script, not of the grid
+BOOLEANS = {"true": True, "false": False}  # the only accepted spellings (any case), as in YAML/Hydra
 
 
 class BenchmarkError(ValueError):
@@ -54,6 +56,28 @@ class Cell:
         if self.frames_done >= self.target_frames:
             return "finished"
         return "new" if self.frames_done < 0 else f"partial ({self.frames_done} frames)"
+
+
+def parse_bool(key: str, text: str) -> bool:
+    """``true`` / ``false`` (any case); anything else is a BenchmarkError rather than a guess."""
+    try:
+        return BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise BenchmarkError(f"{key}={text}: expected {key}=true or {key}=false") from None
+
+
+def pop_dry_run(grid_args: list[str]) -> tuple[bool, list[str]]:
+    """Take ``dry_run=<bool>`` out of the grid's key=value arguments: (dry run?, the other arguments)."""
+    dry_run, rest = False, []
+    for arg in grid_args:
+        key, sep, value = arg.partition("=")
+        if key.strip() != DRY_RUN_KEY:
+            rest.append(arg)
+        elif not sep:
+            raise BenchmarkError(f"{arg}: expected {DRY_RUN_KEY}=true or {DRY_RUN_KEY}=false")
+        else:
+            dry_run = parse_bool(DRY_RUN_KEY, value)
+    return dry_run, rest
 
 
 def load_grid(name: str, overrides: list[str]) -> DictConfig:
@@ -163,10 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python scripts/benchmark.py <grid> [key=value ...] [-- train overrides]; grids: {known}",
               file=sys.stderr)
         return 2
-    name, grid_args = argv[0], argv[1:]
-    dry_run = any(a in ("dry_run=true", "dry_run=True") for a in grid_args)
-    grid_args = [a for a in grid_args if not a.startswith("dry_run=")]
+    name = argv[0]
     try:
+        dry_run, grid_args = pop_dry_run(argv[1:])
         grid = load_grid(name, grid_args)
         overrides = run_overrides(grid, extra)
         sweep_dir = (Path(grid.root) / grid.name).resolve()

@@ -5,8 +5,11 @@ performance profiles across tasks, published reference curves, and a markdown ta
     python scripts/plot_curves.py runs/benchmark/smoke runs/metaworld/plate_slide/none/2025*_seed3 --out plots/
 
 Every directory at or below the given paths that holds an ``eval.csv`` is a run; its method
-(world model; ``none`` = DrQ-v2), task and seed come from its ``.hydra/config.yaml``. Success
-rate is plotted for Meta-World / ManiSkill / LIBERO, return for DMC, against env frames.
+(world model; ``none`` = DrQ-v2), task and seed come from its ``.hydra/config.yaml``; seeds whose
+learning settings or preset differ are not pooled but plotted as separate, labelled curves (see
+``mbrl/analysis/curves.py``). Success rate is plotted for Meta-World / ManiSkill / LIBERO, return
+for DMC, against env frames. Warnings (seeds cut to a common range, cut-off eval rows, split
+groups) are printed and listed in ``summary.md``.
 Writes ``curves_<suite>.png``, ``aggregate.png`` and ``summary.md`` to ``--out`` (default: a
 ``plots/`` folder inside the first path).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +32,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mbrl.analysis import reference as ref  # noqa: E402
-from mbrl.analysis.curves import (AGGREGATES, BOOTSTRAP_REPS, CONFIDENCE, GroupSummary,  # noqa: E402
-                                  MethodAggregate, RunDirError, aggregate_curve, aggregate_methods,
-                                  group_runs, load_runs, markdown_table, metric_for_suite, performance_profile,
-                                  summarize)
+from mbrl.analysis.curves import (AGGREGATES, BOOTSTRAP_REPS, CONFIDENCE, CurveWarning,  # noqa: E402
+                                  GroupSummary, MethodAggregate, RunDirError, aggregate_curve,
+                                  aggregate_methods, group_runs, load_runs, markdown_table, metric_for_suite,
+                                  performance_profile, summarize)
 
 PANEL_SIZE = (4.0, 3.0)  # inches per task panel
 MAX_COLUMNS = 3  # task panels per row
@@ -126,6 +130,13 @@ def plot_suite(suite: str, summaries: list[GroupSummary], colors: dict[str, tupl
     return path
 
 
+def read_offs_match(summaries: list[GroupSummary]) -> bool:
+    """The paper's aggregate read-offs are a mean over its six tasks: they apply only when every
+    plotted method covers exactly those tasks."""
+    tasks = ref.read_off_tasks()
+    return all({s.task for s in summaries if s.method == m} == tasks for m in {s.method for s in summaries})
+
+
 def plot_aggregate(summaries: list[GroupSummary], aggregates: list[MethodAggregate], colors: dict[str, tuple],
                    out: Path, reps: int, references: bool) -> Path:
     """Pooled normalized score over frames, interval estimates of the final score, performance profile."""
@@ -139,9 +150,12 @@ def plot_aggregate(summaries: list[GroupSummary], aggregates: list[MethodAggrega
         frame, point, low, high = aggregate_curve([s for s in summaries if s.method == method], reps=reps)
         ax.plot(frame, point, color=colors[method], lw=2, label=method)
         ax.fill_between(frame, low, high, color=colors[method], alpha=BAND_ALPHA, lw=0)
-    suites = {s.suite for s in summaries}
-    if references and suites == {"metaworld"}:
-        draw_read_offs(ax, "metaworld/aggregate", ax.get_xlim()[1])
+    if references and read_offs_match(summaries):
+        draw_read_offs(ax, ref.READ_OFF_AGGREGATE, ax.get_xlim()[1])
+    elif references and any(s.suite == "metaworld" for s in summaries):
+        print(f"[plot] note: the iVideoGPT aggregate read-offs are not drawn: they average its "
+              f"{len(ref.read_off_tasks())} tasks, and the plotted methods do not cover exactly those",
+              file=sys.stderr)
     ax.set_title("mean normalized score over tasks", fontsize=10)
     ax.set_xlabel("env frames")
     frame_formatter(ax)
@@ -206,6 +220,17 @@ def reference_table(summaries: list[GroupSummary]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def curve_notes(summaries: list[GroupSummary], caught: list[warnings.WarningMessage]) -> str:
+    """Unfinished seeds and the analysis's warnings (cut seeds, dropped rows, split groups), for summary.md."""
+    unfinished = [f"{s.task} / {s.method}: seeds {s.unfinished}" for s in summaries if s.unfinished]
+    text = ""
+    if unfinished:
+        text += "\nUnfinished (curves end at the frames all seeds reached): " + "; ".join(unfinished) + "\n"
+    if caught:
+        text += "\nWarnings:\n\n" + "".join(f"- {w.message}\n" for w in caught)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,16 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="leave published reference curves out")
     args = parser.parse_args(argv)
     try:
-        runs, problems = load_runs(args.paths)
-        for problem in problems:
-            print(f"[plot] skipped: {problem}", file=sys.stderr)
-        if not runs:
-            print(f"[plot] error: no readable run (a dir with eval.csv and .hydra/config.yaml) under "
-                  f"{', '.join(args.paths)}", file=sys.stderr)
-            return 1
-        summaries = summarize(group_runs(runs), reps=args.reps)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CurveWarning)
+            runs, problems = load_runs(args.paths)
+            summaries = summarize(group_runs(runs), reps=args.reps) if runs else []
     except (RunDirError, FileNotFoundError) as e:
         print(f"[plot] error: {e}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"[plot] skipped: {problem}", file=sys.stderr)
+    for w in caught:
+        if not issubclass(w.category, CurveWarning):  # not ours: shown as Python would have
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    caught = [w for w in caught if issubclass(w.category, CurveWarning)]
+    for w in caught:
+        print(f"[plot] warning: {w.message}", file=sys.stderr)
+    if not runs:
+        print(f"[plot] error: no readable run (a dir with eval.csv and .hydra/config.yaml) under "
+              f"{', '.join(args.paths)}", file=sys.stderr)
         return 1
     aggregates = aggregate_methods(summaries, reps=args.reps)
     out = args.out or Path(args.paths[0]) / "plots"
@@ -234,10 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                for suite in sorted({s.suite for s in summaries})]
     written.append(plot_aggregate(summaries, aggregates, colors, out, args.reps, not args.no_reference))
     table = markdown_table(summaries, aggregates)
-    unfinished = [f"{s.task} / {s.method}: seeds {s.unfinished}" for s in summaries if s.unfinished]
     text = f"# Benchmark summary\n\nRuns: {len(runs)} from {', '.join(map(str, args.paths))}\n\n{table}"
-    if unfinished:
-        text += "\nUnfinished (curves end at the frames all seeds reached): " + "; ".join(unfinished) + "\n"
+    text += curve_notes(summaries, caught)
     refs = reference_table(summaries) if not args.no_reference else ""
     if refs:
         text += f"\n## Published references ({ref.GUIDE_NOTE})\n\n{refs}"

@@ -1,6 +1,7 @@
 """Benchmark analysis (hand-made curves with known answers), plots and table, and the grid runner
 (a real tiny DrQ-v2 grid through Hydra multirun with the joblib launcher)."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -17,14 +18,18 @@ import plot_curves  # noqa: E402
 
 
 def make_run(root: Path, suite: str, task: str, world_model: str, seed: int, frames, scores,
-             num_train_frames: int | None = None, demo: bool = False) -> Path:
+             num_train_frames: int | None = None, demo: bool = False, preset: str | None = None,
+             batch_size: int = 256) -> Path:
     """A run dir as mbrl/train_mbpo.py writes it (only what the analysis reads)."""
     run = root / suite / task / world_model / f"seed{seed}"
     (run / ".hydra").mkdir(parents=True)
     target = frames[-1] if num_train_frames is None else num_train_frames
     (run / ".hydra" / "config.yaml").write_text(
         f"task:\n  suite: {suite}\n  name: {task}\nworld_model:\n  name: {world_model}\n  pretrained: null\n"
-        f"seed: {seed}\nnum_train_frames: {target}\ndemo: {str(demo).lower()}\n")
+        f"agent:\n  batch_size: {batch_size}\nseed: {seed}\nnum_train_frames: {target}\n"
+        f"demo: {str(demo).lower()}\nlog:\n  video: {seed % 2 == 0}\n")  # log.* never splits a group
+    if preset is not None:
+        (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      preset: {preset}\n")
     metric = "episode_reward" if suite == "dmc" else "success"
     other = "success" if suite == "dmc" else "episode_reward"
     with open(run / "eval.csv", "w", newline="") as f:
@@ -57,17 +62,37 @@ def test_bootstrap_mean_bands_known_cases():
 
 def test_stratified_bootstrap_and_profile():
     per_task = [np.array([1.0, 1.0]), np.array([0.0, 0.0, 0.0]), np.array([0.5])]
+    # Mean and optimality gap weigh tasks: (1 + 0 + 0.5) / 3, not the pooled 2.5 / 6.
     point, low, high = curves.stratified_bootstrap(per_task, curves.AGGREGATES["Mean"], reps=300)
-    assert point == pytest.approx(2.5 / 6) and low == pytest.approx(point) and high == pytest.approx(point)
-    gap = curves.stratified_bootstrap(per_task, curves.optimality_gap, reps=50)[0]
-    assert gap == pytest.approx(1 - 2.5 / 6)
+    assert point == pytest.approx(0.5) and low == pytest.approx(point) and high == pytest.approx(point)
+    gap = curves.stratified_bootstrap(per_task, curves.AGGREGATES["Optimality gap"], reps=50)[0]
+    assert gap == pytest.approx(0.5)
+    assert curves.stratified_bootstrap(per_task, curves.AGGREGATES["Median"], reps=50)[0] == pytest.approx(0.5)
+    # IQM is a statistic of runs (rliable): the 6 pooled scores, one cut at each end -> 0, 0, 0.5, 1.
+    assert curves.stratified_bootstrap(per_task, curves.AGGREGATES["IQM"], reps=50)[0] == pytest.approx(1.5 / 4)
     # Profile: tasks weigh the same. tau = 0.25: task fractions 1, 0, 1 -> 2/3; tau = 0.75: 1, 0, 0 -> 1/3.
     prof, low, high = curves.performance_profile(per_task, np.array([0.25, 0.75, 1.0]), reps=100)
     assert prof == pytest.approx([2 / 3, 1 / 3, 0.0]) and low == pytest.approx(prof) and high == pytest.approx(prof)
-    # Frames as a trailing axis: [S_t, F] per task -> [F].
+    # Frames as a trailing axis: [S_t, F] per task -> [F]; task means [0, 1] and [1, 1].
     point, _, _ = curves.stratified_bootstrap([np.array([[0.0, 1.0], [0.0, 1.0]]), np.array([[1.0, 1.0]])],
                                               curves.AGGREGATES["Mean"], reps=10)
-    assert point == pytest.approx([1 / 3, 1.0])
+    assert point == pytest.approx([0.5, 1.0])
+
+
+def test_mean_aggregate_weighs_each_task_the_same(tmp_path):
+    """Five seeds that succeed on one task and one that fails on another: the mean over tasks is 0.5
+    (pooling runs would say 5/6), in the table's Mean and in the aggregate curve alike."""
+    frames = [0, 2000, 4000]
+    for seed in range(1, 6):
+        make_run(tmp_path, "metaworld", "plate-slide-v3", "none", seed, frames, [1.0] * 3)
+    make_run(tmp_path, "metaworld", "hammer-v3", "none", 1, frames, [0.0] * 3)
+    runs, _ = curves.load_runs([tmp_path])
+    summaries = curves.summarize(curves.group_runs(runs), reps=200)
+    agg = curves.aggregate_methods(summaries, reps=200)[0]
+    assert agg.runs == 6 and agg.metrics["Mean"] == pytest.approx((0.5, 0.5, 0.5))
+    assert agg.metrics["Median"][0] == pytest.approx(0.5) and agg.metrics["Optimality gap"][0] == pytest.approx(0.5)
+    frame, point, low, high = curves.aggregate_curve(summaries, reps=200)
+    assert frame.tolist() == frames and point == pytest.approx([0.5] * 3) and low == pytest.approx(point)
 
 
 def test_normalized_auc_and_align():
@@ -77,6 +102,41 @@ def test_normalized_auc_and_align():
     frame, scores = curves.align([a, b])
     assert frame.tolist() == [0, 10] and scores.tolist() == [[0, .5], [.2, .4]]
     assert a.finished and not b.finished
+
+
+def test_seeds_on_different_eval_grids_are_aligned_not_intersected(tmp_path):
+    """Seeds evaluated at other frames (e.g. evals at episode ends of different lengths): the merged
+    frames inside the common range, each seed holding its latest eval; a seed going past the
+    common range is named in a warning."""
+    make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 1, [0, 2000, 4000, 6000], [0.0, 0.2, 0.4, 0.6])
+    make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 2, [0, 2150, 4100, 6100], [0.0, 0.3, 0.5, 0.7],
+             num_train_frames=6000)
+    runs, _ = curves.load_runs([tmp_path])
+    with pytest.warns(curves.CurveWarning, match=r"ends at frame 6000.*seed\(s\) \[2\] went on to frame\(s\) \[6100\]"):
+        (s,) = curves.summarize(curves.group_runs(runs), reps=100)
+    assert s.frame.tolist() == [0, 2000, 2150, 4000, 4100, 6000]
+    assert s.scores.tolist() == [[0.0, 0.2, 0.2, 0.4, 0.4, 0.6], [0.0, 0.0, 0.3, 0.3, 0.5, 0.5]]
+    assert s.cut == {2: 6100} and s.final[0] == pytest.approx(0.55)
+    assert curves.common_grid([np.array([0, 10]), np.array([5, 20])]).tolist() == [5, 10]
+    with pytest.raises(ValueError, match="share no frame range"):
+        curves.common_grid([np.array([0, 10]), np.array([20, 30])])
+
+
+def test_cut_off_last_row_is_dropped_with_a_warning(tmp_path):
+    run = make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 1, [0, 2000], [0.0, 0.5], num_train_frames=8000)
+    with open(run / "eval.csv", "a") as f:
+        f.write("4000,2000,0,60")  # the run was killed while writing this line
+    with pytest.warns(curves.CurveWarning, match="ignoring its last row, which is incomplete"):
+        loaded = curves.load_run(run)
+    assert loaded.frame.tolist() == [0, 2000] and loaded.score.tolist() == [0.0, 0.5]
+    # An empty metric in the last row (e.g. a resumed run that logged it without a value) is dropped too.
+    (run / "eval.csv").write_text("frame,success\n0,0.0\n2000,0.5\n4000,\n")
+    with pytest.warns(curves.CurveWarning, match="last row"):
+        assert curves.load_run(run).frame.tolist() == [0, 2000]
+    # A bad row anywhere else is corruption, not a write in progress: the run is skipped with the reason.
+    (run / "eval.csv").write_text("frame,success\n0,0.0\n2000,oops\n4000,0.6\n")
+    runs, problems = curves.load_runs([tmp_path])
+    assert runs == [] and "row 2 is not numeric" in problems[0]
 
 
 def test_task_keys():
@@ -116,7 +176,8 @@ def test_load_group_summarize(hand_made_runs):
                               ("metaworld/hammer", "DrQ-v2 (ours)"), ("metaworld/hammer", "MBPO + iVideoGPT (ours)"),
                               ("metaworld/plate_slide", "DrQ-v2 (ours)"),
                               ("metaworld/plate_slide", "MBPO + iVideoGPT (ours)")]
-    by_key = {(s.task, s.method): s for s in curves.summarize(groups, reps=500)}
+    with pytest.warns(curves.CurveWarning, match=r"ends at frame 1000.*seed\(s\) \[1, 2\] went on"):
+        by_key = {(s.task, s.method): s for s in curves.summarize(groups, reps=500)}
     drq = by_key["metaworld/plate_slide", "DrQ-v2 (ours)"]
     assert drq.mean.tolist() == pytest.approx([0.0, 0.3, 0.8])
     assert (drq.low[-1], drq.high[-1]) == (0.6, 1.0)  # two seeds: the band spans them
@@ -136,6 +197,33 @@ def test_load_group_summarize(hand_made_runs):
     assert drq_agg.metrics["Mean"][0] == pytest.approx(pooled.mean())
     assert drq_agg.metrics["IQM"][0] == pytest.approx(0.6)  # sorted 0 .2 .6 .7 .9 1: cut int(1.5) = 1 each end
     assert drq_agg.metrics["IQM"][1] <= drq_agg.metrics["IQM"][0] <= drq_agg.metrics["IQM"][2]
+
+
+def test_runs_with_other_settings_get_their_own_curve(tmp_path):
+    """Runs of one task and method are pooled only when their learning settings match: another preset
+    or an overridden key splits them (labelled, with a warning); a longer frame budget does not."""
+    frames = [0, 1000, 2000]
+    make_run(tmp_path / "smoke", "metaworld", "plate-slide-v3", "none", 1, frames, [0.0, 0.1, 0.2], preset="cpu",
+             batch_size=64)
+    make_run(tmp_path / "smoke", "metaworld", "plate-slide-v3", "none", 2, frames, [0.0, 0.1, 0.2], preset="cpu",
+             batch_size=64, num_train_frames=4000)  # extended budget, same settings: pooled
+    make_run(tmp_path / "ref", "metaworld", "plate-slide-v3", "none", 3, frames, [0.0, 0.5, 1.0], preset="reference")
+    make_run(tmp_path / "ref", "metaworld", "hammer-v3", "none", 3, frames, [0.0, 0.5, 1.0], preset="reference")
+    runs, _ = curves.load_runs([tmp_path])
+    with pytest.warns(curves.CurveWarning, match=r"DrQ-v2 \(ours\): runs of one task differ in the preset"):
+        groups = curves.group_runs(runs)
+    cpu, ref = "DrQ-v2 (ours) [preset=cpu]", "DrQ-v2 (ours) [preset=reference]"
+    assert sorted(groups) == [("metaworld/hammer", ref), ("metaworld/plate_slide", cpu),
+                              ("metaworld/plate_slide", ref)]  # one label per variant, across tasks
+    assert [r.seed for r in groups["metaworld/plate_slide", cpu]] == [1, 2]
+
+    # Same preset, one key overridden: the key and its value name the curves.
+    make_run(tmp_path / "more", "metaworld", "plate-slide-v3", "none", 4, frames, [0.0, 0.5, 1.0], preset="reference",
+             batch_size=32)
+    runs, _ = curves.load_runs([tmp_path / "ref", tmp_path / "more"])
+    with pytest.warns(curves.CurveWarning, match="differ in agent.batch_size"):
+        labels = sorted({method for _, method in curves.group_runs(runs)})
+    assert labels == ["DrQ-v2 (ours) [agent.batch_size=256]", "DrQ-v2 (ours) [agent.batch_size=32]"]
 
 
 def test_group_rejects_duplicate_seeds(tmp_path):
@@ -161,9 +249,42 @@ def test_plot_curves_writes_figures_and_a_matching_table(hand_made_runs, tmp_pat
     assert rows["dmc/walker_walk", "DrQ-v2 (ours)"][5] == "800.0 [700.0, 900.0]"
     # The aggregate rows and the published references (labelled as a guide) are in the summary.
     assert "| DrQ-v2 (ours) | 3 | 6 | 0.60 [" in table
-    assert reference.GUIDE_NOTE in table and "| metaworld/hammer | TD-MPC2 (published, state) | state | 3 |" in table
+    assert reference.GUIDE_NOTE in table
+    assert "| metaworld/hammer | TD-MPC2 (published, state, success at last step) | state | 3 |" in table
     assert "DrQ-v2 (published, pixels 84px) | pixels | 10 | 722.30 (frame 500000)" in table
     assert "Unfinished" in table and "skipped" in capsys.readouterr().err
+
+
+def test_aggregate_read_offs_only_for_the_papers_six_tasks(tmp_path, monkeypatch, capsys):
+    """The iVideoGPT "aggregated" read-offs average its six tasks: drawn on the aggregate panel only
+    when the plotted methods cover exactly those tasks."""
+    drawn: list[str] = []
+    monkeypatch.setattr(plot_curves, "draw_read_offs", lambda ax, task, x: drawn.append(task))
+    six = sorted(reference.read_off_tasks())
+    assert len(six) == 6 and "metaworld/plate_slide" in six
+    for task in six:
+        for seed in (1, 2):
+            make_run(tmp_path / "six", "metaworld", task.split("/")[1], "none", seed, [0, 1000], [0.0, 0.5])
+    assert plot_curves.main([str(tmp_path / "six"), "--out", str(tmp_path / "p6"), "--reps", "50"]) == 0
+    assert drawn.count(reference.READ_OFF_AGGREGATE) == 1
+    drawn.clear()
+    for task in six[:2]:
+        make_run(tmp_path / "two", "metaworld", task.split("/")[1], "none", 1, [0, 1000], [0.0, 0.5])
+    assert plot_curves.main([str(tmp_path / "two"), "--out", str(tmp_path / "p2"), "--reps", "50"]) == 0
+    assert reference.READ_OFF_AGGREGATE not in drawn and len(drawn) == 2  # the per-task read-offs stay
+    assert "aggregate read-offs are not drawn" in capsys.readouterr().err
+
+
+def test_plot_curves_reports_warnings_in_the_summary(tmp_path, capsys):
+    make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 1, [0, 1000, 2000], [0.0, 0.5, 1.0])
+    run = make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 2, [0, 1000], [0.0, 0.5], num_train_frames=2000)
+    with open(run / "eval.csv", "a") as f:
+        f.write("2000,1000")
+    assert plot_curves.main([str(tmp_path), "--out", str(tmp_path / "plots"), "--reps", "50"]) == 0
+    err = capsys.readouterr().err
+    assert "[plot] warning:" in err and "ignoring its last row" in err and "went on to frame(s) [2000]" in err
+    summary = (tmp_path / "plots" / "summary.md").read_text()
+    assert "Warnings:" in summary and "seed(s) [1] went on to frame(s) [2000]" in summary
 
 
 def test_plot_curves_bad_input_is_a_clear_error(tmp_path, capsys):
@@ -184,6 +305,36 @@ def test_reference_data():
     assert aggregate == {"ivideogpt_pretrained": 0.97, "ivideogpt_scratch": 0.80,
                          "dreamerv3_ivideogpt": 0.92, "drqv2_ivideogpt": 0.80}
     assert reference.reference_curves("metaworld/not_a_task") == []
+
+
+def test_reference_frames_are_env_steps_as_published():
+    """TD-MPC2's results/ already count env steps (its 2x action repeat applied before release,
+    tdmpc2 issue #45): 2M-step Meta-World runs evaluated every 100k env steps (50k agent steps,
+    its eval_freq). A 2x rescale would put the last point at 3.8M."""
+    hammer = {c.method: c for c in reference.reference_curves("metaworld/hammer")}
+    for method in ("tdmpc2", "dreamerv3", "sac"):
+        frame = hammer[method].frame
+        assert frame[0] == 0 and set(np.diff(frame).tolist()) == {100_000}
+        assert 1_900_000 <= frame[-1] <= 2_000_000  # (TD-MPC2's seed 3 stops at 1.9M)
+    # MWM: first eval after 5k prefill agent steps = 10k env steps, then every 10k agent steps = 20k.
+    assert hammer["mwm"].frame[0] == 10_000 and set(np.diff(hammer["mwm"].frame).tolist()) == {20_000}
+
+
+def test_build_reference_data_keeps_each_sources_step_units(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "drqv2_dmc").mkdir(parents=True)
+    (raw / "metaworld").mkdir()
+    (raw / "drqv2_dmc" / "walker_walk.csv").write_text(
+        ",agent,task,seed,frame,episode_reward,hour\n0,DrQ-v2,walker_walk,1,0,10.0,0\n"
+        "1,DrQ-v2,walker_walk,1,20000,30.0,1\n")
+    (raw / "metaworld" / "mwm_pixels_scores.json").write_text(json.dumps(
+        [{"task": "metaworld_hammer", "seed": 0, "method": "mwm", "steps": [10000, 30000], "success_rates": [0, 1]}]))
+    (raw / "metaworld" / "tdmpc2_hammer_state.csv").write_text("step,success,seed\n0,0.0,1\n100000,1.0,1\n")
+    built = reference.build_reference_data(raw, tmp_path / "out")
+    with open(built, newline="") as f:
+        frames = {(r["method"], int(r["frame"])) for r in csv.DictReader(f)}
+    assert frames == {("drqv2", 0), ("drqv2", 20000), ("mwm", 10000), ("mwm", 30000), ("tdmpc2", 0),
+                      ("tdmpc2", 100000)}
 
 
 # ----------------------------------------------------------------------------- the grid runner
@@ -255,6 +406,17 @@ def test_benchmark_dry_run_and_bad_input(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "hydra/launcher=submitit_slurm" in out and "hydra.launcher.partition=gpu" in out
     assert "hydra.launcher.max_num_timeout=3" in out
+
+    # dry_run is parsed strictly: anything but true/false is an error, never a launch.
+    for value in ("1", "yes", "on", ""):
+        assert benchmark.main(["metaworld6", f"root={tmp_path}", f"dry_run={value}"]) == 1
+        assert f"dry_run={value}: expected dry_run=true or dry_run=false" in capsys.readouterr().err
+        assert not (tmp_path / "metaworld6").exists()
+    assert benchmark.pop_dry_run(["seeds=[1]", "dry_run=TRUE"]) == (True, ["seeds=[1]"])
+    assert benchmark.pop_dry_run(["dry_run=false", "jobs=2"]) == (False, ["jobs=2"])
+    assert benchmark.pop_dry_run(["jobs=2"]) == (False, ["jobs=2"])
+    with pytest.raises(benchmark.BenchmarkError, match="expected dry_run=true"):
+        benchmark.pop_dry_run(["dry_run"])
 
     assert benchmark.main(["nope"]) == 1
     assert "no grid 'nope'" in capsys.readouterr().err

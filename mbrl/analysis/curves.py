@@ -6,12 +6,27 @@ Why not `rliable` itself: rliable 1.2.0 pulls arch, statsmodels, pandas and seab
 dependency fails at import with pandas 3 (the version pip picks next to numpy 2.4). The estimators
 are a few lines of numpy, written here to match rliable's definitions:
 
+- Mean / Median: of the per-task means over seeds (each task weighs the same, however many seeds
+  it has), as rliable's aggregate_mean / aggregate_median.
+- Optimality gap: 1 - mean over tasks of each task's mean of min(score, 1) (rliable pools all runs,
+  which is the same when every task has the same number of seeds).
 - IQM: the mean of the middle 50% of all (run, task) scores, cutting ``int(0.25 * n)`` scores at
-  each end (scipy.stats.trim_mean(x, 0.25) on the flattened scores).
+  each end (scipy.stats.trim_mean(x, 0.25) on the flattened scores; a statistic of runs, so a task
+  with more seeds has more runs in it, as in rliable).
 - Stratified bootstrap: runs are resampled with replacement *within each task*; the statistic is
   recomputed on each resample; the interval is the percentile interval.
 - Performance profile: for each threshold tau, the fraction of runs with score > tau, averaged over
   tasks (each task weighs the same).
+
+Which runs share a curve: runs of one task and one method (world model, demos, pretrained world
+model) whose saved configs agree on every setting that can change learning, i.e. all keys but
+``SCHEDULE_ONLY_KEYS`` (seed, ``num_train_frames``, eval/save cadence, logging, device), and that
+used the same preset (``.hydra/hydra.yaml``). Runs that differ get separate curves, labelled with
+the preset and the differing keys (a warning says so). ``num_train_frames`` only sets where a run
+stops (nothing in the trainer reads it otherwise), so a run extended to more frames still pools
+with the others: the group's curve ends where its shortest seed ends, and a warning names the seeds
+cut. Seeds evaluated at different frames are aligned on the merged eval frames inside the range all
+seeds cover, each seed contributing its latest eval at or before each frame.
 
 A run dir is what ``mbrl/train_mbpo.py`` writes: ``eval.csv`` (columns frame, episode_reward,
 success, ...) and ``.hydra/config.yaml`` (task.suite, task.name, world_model.name, seed, ...).
@@ -20,9 +35,11 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,10 +56,19 @@ METHOD_NAMES = {  # world_model.name -> label in plots and tables
 }
 EVAL_CSV = "eval.csv"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"  # holds the preset that was picked (runtime.choices)
+# Config keys (or whole sections) that do not change what a run learns, or that the group key holds
+# already: runs that differ only in these share a curve. Every other key must match.
+SCHEDULE_ONLY_KEYS = ("seed", "num_train_frames", "eval_every_frames", "save_every_frames", "resume",
+                      "device", "cpu_threads", "log", "replay.memmap", "task.name", "task.task_index")
 
 
 class RunDirError(ValueError):
     """A run dir that cannot be read as an eval curve (missing/corrupt eval.csv or config)."""
+
+
+class CurveWarning(UserWarning):
+    """Something about the curves the user should know (dropped rows, cut seeds, split groups)."""
 
 
 # ----------------------------------------------------------------------------- loading runs
@@ -58,6 +84,8 @@ class RunCurve:
     frame: np.ndarray  # [N] int, env frames
     score: np.ndarray  # [N] float
     target_frames: int  # num_train_frames of the run's config
+    preset: str | None = None  # cfgs/preset the run used (None: not recorded)
+    settings: dict[str, str] = field(default_factory=dict)  # config keys that can change learning -> value
 
     @property
     def finished(self) -> bool:
@@ -108,21 +136,81 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def _parse_row(row: Mapping[str, str | None], metric: str) -> tuple[int, float]:
+    """(frame, score) of one eval.csv row; ValueError if either is missing or not a number."""
+    try:
+        return int(float(row["frame"])), float(row[metric])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"frame {row.get('frame')!r}, {metric} {row.get(metric)!r} ({e})") from None
+
+
+def _is_cut_off(row: Mapping[str | None, Any]) -> bool:
+    """A line with fewer fields than the header (csv gives None for the missing ones)."""
+    return any(value is None for value in row.values())
+
+
 def _read_eval_csv(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Frames and scores of an eval.csv, sorted by frame. A last row that was cut off (the run was
+    writing it, or was killed while doing so) is dropped with a CurveWarning; any other bad row is a
+    RunDirError."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise RunDirError(f"{path}: cannot read ({e})") from None
     if rows and ("frame" not in rows[0] or metric not in rows[0]):
-        raise RunDirError(f"{path}: needs columns 'frame' and {metric!r}; has {sorted(rows[0])}")
-    try:
-        frame = np.array([int(float(r["frame"])) for r in rows], dtype=np.int64)
-        score = np.array([float(r[metric]) for r in rows], dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise RunDirError(f"{path}: a row is not numeric ({e}); was the file cut off?") from None
+        raise RunDirError(f"{path}: needs columns 'frame' and {metric!r}; has {sorted(map(str, rows[0]))}")
+    parsed = []
+    for i, row in enumerate(rows):
+        last = i == len(rows) - 1
+        try:
+            if last and _is_cut_off(row):
+                raise ValueError("fewer fields than the header")
+            parsed.append(_parse_row(row, metric))
+        except ValueError as e:
+            if not last:
+                raise RunDirError(f"{path}: row {i + 1} is not numeric: {e}") from None
+            warnings.warn(f"{path}: ignoring its last row, which is incomplete ({e}); the run is probably "
+                          "still writing it, or was killed while doing so", CurveWarning, stacklevel=2)
+    frame = np.array([f for f, _ in parsed], dtype=np.int64)
+    score = np.array([v for _, v in parsed], dtype=np.float64)
     order = np.argsort(frame, kind="stable")
     return frame[order], score[order]
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"agent": {"lr": 1e-4}} -> {"agent.lr": "0.0001"} (values as text, for comparing configs)."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _changes_learning(key: str) -> bool:
+    return not any(key == k or key.startswith(f"{k}.") for k in SCHEDULE_ONLY_KEYS)
+
+
+def learning_settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """The keys of a run's config (nested dict) that can change its curve -> their values as text."""
+    return {k: v for k, v in _flatten(config).items() if _changes_learning(k)}
+
+
+def _read_preset(path: Path) -> str | None:
+    """The preset choice saved by Hydra in ``.hydra/hydra.yaml`` (None when absent)."""
+    from omegaconf import OmegaConf
+
+    runtime = path / HYDRA_RUNTIME
+    if not runtime.is_file():
+        return None
+    try:
+        preset = OmegaConf.select(OmegaConf.load(runtime), "hydra.runtime.choices.preset")
+    except Exception as e:  # noqa: BLE001 - a malformed file is reported the same way
+        raise RunDirError(f"{runtime}: cannot read ({e})") from None
+    return None if preset is None else str(preset)
 
 
 def load_run(path: str | Path) -> RunCurve:
@@ -140,10 +228,11 @@ def load_run(path: str | Path) -> RunCurve:
         wm = cfg.world_model
         method = method_label(str(wm.name), bool(cfg.get("demo", False)), wm.get("pretrained"))
         seed, target = int(cfg.seed), int(cfg.num_train_frames)
+        settings = learning_settings(OmegaConf.to_container(cfg, resolve=False))
     except Exception as e:  # noqa: BLE001 - any malformed config is reported the same way
         raise RunDirError(f"{config_path}: missing or malformed key ({e})") from None
     frame, score = _read_eval_csv(path / EVAL_CSV, metric_for_suite(suite))
-    return RunCurve(path, suite, task, method, seed, frame, score, target)
+    return RunCurve(path, suite, task, method, seed, frame, score, target, _read_preset(path), settings)
 
 
 def load_runs(paths: Iterable[str | Path]) -> tuple[list[RunCurve], list[str]]:
@@ -162,10 +251,50 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[list[RunCurve], list[str]]:
     return runs, problems
 
 
-def group_runs(runs: Iterable[RunCurve]) -> dict[tuple[str, str], list[RunCurve]]:
-    """(task, method) -> runs sorted by seed. Two runs of one seed in one group is an error."""
-    groups: dict[tuple[str, str], list[RunCurve]] = {}
+def _differing_keys(runs: Sequence[RunCurve]) -> set[str]:
+    """Settings whose value is not the same in all ``runs`` (a key missing in some counts too)."""
+    keys = set().union(*(run.settings for run in runs))
+    return {k for k in keys if len({run.settings.get(k) for run in runs}) > 1}
+
+
+def variant_labels(runs: Sequence[RunCurve]) -> dict[str, tuple[bool, list[str]]]:
+    """Per method label: whether its runs of one task used several presets, and the settings that
+    differ between its runs of one task and one preset. Both empty: all its runs are comparable."""
+    by_task: dict[tuple[str, str], list[RunCurve]] = defaultdict(list)
+    by_preset: dict[tuple[str, str, str | None], list[RunCurve]] = defaultdict(list)
     for run in runs:
+        by_task[run.task, run.method].append(run)
+        by_preset[run.task, run.method, run.preset].append(run)
+    presets = {method for (_, method), group in by_task.items() if len({r.preset for r in group}) > 1}
+    keys: dict[str, set[str]] = defaultdict(set)
+    for (_, method, _), group in by_preset.items():
+        keys[method] |= _differing_keys(group)
+    return {method: (method in presets, sorted(keys[method])) for method in {r.method for r in runs}
+            if method in presets or keys[method]}
+
+
+def _label_variant(run: RunCurve, by_preset: bool, keys: list[str]) -> RunCurve:
+    parts = ([f"preset={run.preset or '?'}"] if by_preset else []) + [f"{k}={run.settings.get(k, '-')}" for k in keys]
+    return replace(run, method=f"{run.method} [{', '.join(parts)}]")
+
+
+def split_incomparable(runs: Sequence[RunCurve]) -> list[RunCurve]:
+    """Runs whose settings differ from others of their task and method get the differing preset and
+    keys appended to their method label (so they are never pooled), with a CurveWarning per method."""
+    variants = variant_labels(runs)
+    for method, (by_preset, keys) in sorted(variants.items()):
+        what = ", ".join((["the preset"] if by_preset else []) + keys)
+        warnings.warn(f"{method}: runs of one task differ in {what}; they are plotted as separate curves "
+                      "(seeds are pooled only when everything but seed, frame budget, eval/save cadence and "
+                      "logging matches)", CurveWarning, stacklevel=2)
+    return [_label_variant(r, *variants[r.method]) if r.method in variants else r for r in runs]
+
+
+def group_runs(runs: Iterable[RunCurve]) -> dict[tuple[str, str], list[RunCurve]]:
+    """(task, method) -> runs sorted by seed; runs with different learning settings are split first
+    (``split_incomparable``). Two runs of one seed in one group is an error."""
+    groups: dict[tuple[str, str], list[RunCurve]] = {}
+    for run in split_incomparable(list(runs)):
         groups.setdefault((run.task, run.method), []).append(run)
     for (task, method), members in groups.items():
         members.sort(key=lambda r: r.seed)
@@ -179,18 +308,33 @@ def group_runs(runs: Iterable[RunCurve]) -> dict[tuple[str, str], list[RunCurve]
 
 
 # ----------------------------------------------------------------------------- curves
-def align(runs: Sequence[RunCurve]) -> tuple[np.ndarray, np.ndarray]:
-    """The eval frames every run has, and the scores there: frames [F], scores [S, F].
+def common_grid(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """All eval frames of all curves, merged, within the range every curve covers (from the latest
+    first eval to the earliest last eval): [F]. Curves on one grid get that grid back."""
+    start, end = max(int(f[0]) for f in frames), min(int(f[-1]) for f in frames)
+    if start > end:
+        raise ValueError(f"the curves share no frame range: one starts at frame {start}, another ends at {end}")
+    merged = np.unique(np.concatenate(frames))
+    return merged[(merged >= start) & (merged <= end)]
 
-    Runs of one group evaluate at the same frames (eval_every_frames); an unfinished run only
-    shortens the common range."""
+
+def latest_at(frame: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The latest value at or before each grid frame: frame [N] (sorted), values [..., N] -> [..., G].
+    Every grid frame must be >= frame[0]."""
+    return values[..., np.searchsorted(frame, grid, side="right") - 1]
+
+
+def align(runs: Sequence[RunCurve]) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds on one frame grid: frames [F] (``common_grid``), scores [S, F] (each seed's latest eval
+    at or before each frame). Seeds that evaluate at the same frames keep exactly those; an
+    unfinished (or shorter) seed shortens the common range."""
     if not runs:
         raise ValueError("align() needs at least one run")
-    common = runs[0].frame
-    for run in runs[1:]:
-        common = np.intersect1d(common, run.frame)
-    scores = np.stack([run.score[np.searchsorted(run.frame, common)] for run in runs])  # [S, F]
-    return common, scores
+    try:
+        grid = common_grid([run.frame for run in runs])
+    except ValueError as e:
+        raise RunDirError(f"{runs[0].task} / {runs[0].method}: {e} (seeds {[r.seed for r in runs]})") from None
+    return grid, np.stack([latest_at(run.frame, run.score, grid) for run in runs])  # [S, F]
 
 
 def normalized_auc(frame: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -218,11 +362,37 @@ def optimality_gap(x: np.ndarray, axis: int = -1, target: float = 1.0) -> np.nda
     return target - np.minimum(np.asarray(x, dtype=np.float64), target).mean(axis=axis)
 
 
-AGGREGATES: dict[str, Callable[[np.ndarray], np.ndarray]] = {  # pooled scores [..., N] -> [...]
-    "IQM": iqm,
-    "Mean": lambda x: np.mean(x, axis=-1),
-    "Median": lambda x: np.median(x, axis=-1),
-    "Optimality gap": optimality_gap,
+# A statistic across tasks: one array of scores per task, seeds on the last axis ([..., S_t]) -> [...].
+TaskStatistic = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+def task_means(per_task: Sequence[np.ndarray]) -> np.ndarray:
+    """Each task's mean over its seeds: per task [..., S_t] -> [..., T]."""
+    return np.stack([np.mean(x, axis=-1) for x in per_task], axis=-1)
+
+
+def mean_over_tasks(per_task: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of the per-task means: every task weighs the same, whatever its number of seeds."""
+    return task_means(per_task).mean(axis=-1)
+
+
+def median_over_tasks(per_task: Sequence[np.ndarray]) -> np.ndarray:
+    return np.median(task_means(per_task), axis=-1)
+
+
+def iqm_over_runs(per_task: Sequence[np.ndarray]) -> np.ndarray:
+    return iqm(np.concatenate(per_task, axis=-1))
+
+
+def optimality_gap_over_tasks(per_task: Sequence[np.ndarray], target: float = 1.0) -> np.ndarray:
+    return target - mean_over_tasks([np.minimum(x, target) for x in per_task])
+
+
+AGGREGATES: dict[str, TaskStatistic] = {
+    "IQM": iqm_over_runs,
+    "Mean": mean_over_tasks,
+    "Median": median_over_tasks,
+    "Optimality gap": optimality_gap_over_tasks,
 }
 
 
@@ -245,21 +415,20 @@ def bootstrap_mean(scores: np.ndarray, reps: int = BOOTSTRAP_REPS, confidence: f
     return scores.mean(axis=0), low, high
 
 
-def stratified_bootstrap(per_task: Sequence[np.ndarray], statistic: Callable[[np.ndarray], np.ndarray],
+def stratified_bootstrap(per_task: Sequence[np.ndarray], statistic: TaskStatistic,
                          reps: int = BOOTSTRAP_REPS, confidence: float = CONFIDENCE,
                          rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A statistic of the scores pooled over tasks, with a stratified-bootstrap interval.
+    """A statistic across tasks (one of ``AGGREGATES``), with a stratified-bootstrap interval.
 
-    per_task: one array [S_t, ...] per task (seed counts may differ). ``statistic`` maps pooled
-    scores [..., N] (N = sum of S_t, pooled along the last axis) to [...].
+    per_task: one array [S_t, ...] per task (seed counts may differ). ``statistic`` gets the tasks'
+    scores with seeds moved to the last axis ([..., S_t] each) and returns [...].
     Returns point, low, high, each [...] (the trailing dims of the inputs, e.g. frames)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     per_task = [np.asarray(x, dtype=np.float64) for x in per_task]
-    pooled = np.moveaxis(np.concatenate(per_task, axis=0), 0, -1)  # [..., N]
-    resampled = [x[rng.integers(0, x.shape[0], size=(reps, x.shape[0]))] for x in per_task]  # [reps, S_t, ...]
-    boot = np.moveaxis(np.concatenate(resampled, axis=1), 1, -1)  # [reps, ..., N]
-    low, high = percentile_interval(statistic(boot), confidence)
-    return statistic(pooled), low, high
+    resampled = [np.moveaxis(x[rng.integers(0, x.shape[0], size=(reps, x.shape[0]))], 1, -1)
+                 for x in per_task]  # [reps, ..., S_t] each
+    low, high = percentile_interval(statistic(resampled), confidence)
+    return statistic([np.moveaxis(x, 0, -1) for x in per_task]), low, high
 
 
 def performance_profile(per_task: Sequence[np.ndarray], taus: np.ndarray, reps: int = BOOTSTRAP_REPS,
@@ -290,13 +459,14 @@ class GroupSummary:
     method: str
     seeds: list[int]
     unfinished: list[int]  # seeds whose run has not reached num_train_frames
-    frame: np.ndarray  # [F] eval frames common to all seeds
+    frame: np.ndarray  # [F] eval frames of the range all seeds cover (``align``)
     scores: np.ndarray  # [S, F]
     mean: np.ndarray  # [F]
     low: np.ndarray  # [F]
     high: np.ndarray  # [F]
     final: tuple[float, float, float]  # mean, low, high of the last common eval
     auc: tuple[float, float, float]  # mean, low, high of normalized_auc
+    cut: dict[int, int] = field(default_factory=dict)  # seed -> its last eval frame, for seeds beyond frame[-1]
 
     @property
     def normalized_final(self) -> np.ndarray:
@@ -313,12 +483,17 @@ def summarize(groups: dict[tuple[str, str], list[RunCurve]], reps: int = BOOTSTR
         frame, scores = align(runs)
         mean, low, high = bootstrap_mean(scores, reps, confidence, rng)
         auc = bootstrap_mean(normalized_auc(frame, scores)[:, None], reps, confidence, rng)
+        cut = {r.seed: int(r.frame[-1]) for r in runs if r.frame[-1] > frame[-1]}
+        if cut:
+            warnings.warn(f"{task} / {method}: the curve ends at frame {int(frame[-1])}, the last frame all "
+                          f"{len(runs)} seeds reached; seed(s) {sorted(cut)} went on to frame(s) "
+                          f"{[cut[s] for s in sorted(cut)]}", CurveWarning, stacklevel=2)
         out.append(GroupSummary(
             task=task, suite=runs[0].suite, method=method, seeds=[r.seed for r in runs],
             unfinished=[r.seed for r in runs if not r.finished], frame=frame, scores=scores,
             mean=mean, low=low, high=high,
             final=(float(mean[-1]), float(low[-1]), float(high[-1])),
-            auc=tuple(float(v[0]) for v in auc)))
+            auc=tuple(float(v[0]) for v in auc), cut=cut))
     return out
 
 
@@ -334,7 +509,8 @@ class MethodAggregate:
 
 def aggregate_methods(summaries: Sequence[GroupSummary], reps: int = BOOTSTRAP_REPS,
                       confidence: float = CONFIDENCE, seed: int = 0) -> list[MethodAggregate]:
-    """IQM, mean, median and optimality gap over all tasks of each method (final scores in [0, 1])."""
+    """IQM, mean, median and optimality gap over all tasks of each method (final scores in [0, 1];
+    ``AGGREGATES`` says which weigh tasks and which weigh runs)."""
     rng = np.random.default_rng(seed)
     out = []
     for method in sorted({s.method for s in summaries}):
@@ -348,16 +524,14 @@ def aggregate_methods(summaries: Sequence[GroupSummary], reps: int = BOOTSTRAP_R
     return out
 
 
-def aggregate_curve(summaries: Sequence[GroupSummary],
-                    statistic: Callable[[np.ndarray], np.ndarray] = AGGREGATES["Mean"],
+def aggregate_curve(summaries: Sequence[GroupSummary], statistic: TaskStatistic = mean_over_tasks,
                     reps: int = BOOTSTRAP_REPS, confidence: float = CONFIDENCE, seed: int = 0,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One method's normalized score over frames, pooled over its tasks (frames all tasks share):
-    returns frame [F], point, low, high [F]. iVideoGPT's "aggregated success" is the Mean."""
-    frame = summaries[0].frame
-    for s in summaries[1:]:
-        frame = np.intersect1d(frame, s.frame)
-    per_task = [s.scores[:, np.searchsorted(s.frame, frame)] / normalizer(s.suite) for s in summaries]  # [S_t, F]
+    """One method's normalized score over frames across its tasks (by default the mean over tasks of
+    each task's seed mean), on the tasks' ``common_grid``: returns frame [F], point, low, high [F].
+    iVideoGPT's "aggregated success" is this Mean."""
+    frame = common_grid([s.frame for s in summaries])
+    per_task = [latest_at(s.frame, s.scores, frame) / normalizer(s.suite) for s in summaries]  # [S_t, F]
     point, low, high = stratified_bootstrap(per_task, statistic, reps, confidence, np.random.default_rng(seed))
     return frame, point, low, high
 
@@ -380,7 +554,8 @@ def markdown_table(summaries: Sequence[GroupSummary], aggregates: Sequence[Metho
     if aggregates:
         names = list(AGGREGATES)
         lines += ["", f"Aggregates of the normalized final score over tasks ({pct} stratified-bootstrap CIs; "
-                      "success rate, or DMC return / 1000):", "",
+                      "success rate, or DMC return / 1000; Mean, Median and Optimality gap weigh each task "
+                      "the same, IQM pools all runs):", "",
                   "| method | tasks | runs | " + " | ".join(names) + " |",
                   "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
         for a in aggregates:

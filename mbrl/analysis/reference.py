@@ -1,7 +1,9 @@
 """Published reference curves and read-off figures, bundled as small CSVs (reference_data/).
 
 They are a guide, not a like-for-like comparison: pixel vs state observations, other cameras,
-action repeats and frame budgets (reference_data/SOURCES.md says what each one is).
+action repeats, frame budgets and success definitions (reference_data/SOURCES.md says what each
+one is, and how its step units were checked: every bundled frame axis is env steps, action repeat
+included, like ours, so no source is rescaled).
 
     curves = reference_curves("metaworld/plate_slide")   # MWM / DreamerV2 pixels, TD-MPC2 / ... state
     points = read_off_points("metaworld/plate_slide")    # iVideoGPT paper plot, final values
@@ -27,6 +29,7 @@ from mbrl.analysis.curves import BOOTSTRAP_REPS, bootstrap_mean
 DATA_DIR = Path(__file__).resolve().parent / "reference_data"
 CURVES_CSV = "reference_curves.csv"
 READ_OFF_CSV = "ivideogpt_read_off.csv"
+READ_OFF_AGGREGATE = "metaworld/aggregate"  # the read-off's "aggregated" value: the mean over its tasks
 CURVE_COLUMNS = ("suite", "task", "method", "obs", "frame", "mean", "low", "high", "seeds")
 GUIDE_NOTE = "references: a guide, not a like-for-like comparison"
 # method key in the data -> plot label (observation type and camera in the label on purpose)
@@ -34,7 +37,9 @@ LABELS = {
     "drqv2": "DrQ-v2 (published, pixels 84px)",
     "mwm": "MWM (published, pixels corner2)",
     "dreamerv2": "DreamerV2 (MWM paper, pixels corner2)",
-    "tdmpc2": "TD-MPC2 (published, state)",
+    # TD-MPC2 counts an eval episode as a success if info["success"] holds at its last step; ours
+    # (and MWM's) if it holds at any step
+    "tdmpc2": "TD-MPC2 (published, state, success at last step)",
     "dreamerv3": "DreamerV3 (TD-MPC2 paper, state)",
     "sac": "SAC (TD-MPC2 paper, state)",
     "ivideogpt_pretrained": "MBPO + iVideoGPT pretrained (paper, read off)",
@@ -105,6 +110,12 @@ def read_off_points(task: str) -> list[ReadOffPoint]:
             if r["suite"] == suite and r["task"] == name]
 
 
+def read_off_tasks(suite: str = "metaworld") -> set[str]:
+    """The task keys the read-offs cover (the iVideoGPT six), without the aggregate."""
+    return {f"{r['suite']}/{r['task']}" for r in _rows(READ_OFF_CSV)
+            if r["suite"] == suite and f"{r['suite']}/{r['task']}" != READ_OFF_AGGREGATE}
+
+
 def value_at(curve: ReferenceCurve, frame: int) -> float | None:
     """The reference's mean at the last published frame <= ``frame`` (None if it starts later)."""
     i = int(np.searchsorted(curve.frame, frame, side="right")) - 1
@@ -133,11 +144,15 @@ def build_reference_data(raw: Path, out: Path = DATA_DIR) -> Path:
             for r in csv.DictReader(f):
                 add("dmc", r["task"], "drqv2", "pixels", int(r["seed"]), int(float(r["frame"])),
                     float(r["episode_reward"]))
+    # Every source below already counts env steps (action repeat included), as our frames do; the
+    # evidence is in reference_data/SOURCES.md. No rescaling.
     with open(raw / "metaworld" / "mwm_pixels_scores.json") as f:
-        for e in json.load(f):  # steps are env steps (the MWM logger multiplies by action repeat)
+        for e in json.load(f):  # MWM's Logger multiplies its agent-step counter by action_repeat (2)
             task = e["task"].removeprefix("metaworld_")
             for step, value in zip(e["steps"], e["success_rates"]):
                 add("metaworld", task, e["method"], "pixels", int(e["seed"]), int(step), float(value))
+    # TD-MPC2's results/: its trainer counts agent steps (2 sim steps each), but the published CSVs
+    # were multiplied by the action repeat before release (tdmpc2 issue #45): already env steps.
     for path in sorted((raw / "metaworld").glob("*_state.csv")):
         method, task = path.stem.removesuffix("_state").split("_", 1)
         with open(path, newline="") as f:
