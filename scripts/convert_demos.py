@@ -3,7 +3,8 @@
     python scripts/convert_demos.py format=libero input=<LIBERO demo .hdf5> task=libero/libero_spatial task.task_index=0
     python scripts/convert_demos.py format=maniskill input=<trajectory .h5> task=maniskill/pick_cube
 
-LIBERO: frames resized to the task's image size (rotated upright unless task.rotate_180);
+LIBERO: frames resized to the task's image size (rotated upright unless task.rotate_180); the
+file must hold task.task_index's task (checked with LIBERO installed, or against libero_task=...);
 ManiSkill: each trajectory replayed in our env from its recorded states (needs the maniskill
 extra). Episodes go to demonstrations/<suite>/<task>/ unless out=... Config: cfgs/convert_demos.yaml.
 """
@@ -28,12 +29,14 @@ def main(cfg: DictConfig) -> None:
     if not Path(cfg.input).is_file():
         sys.exit(f"input={cfg.input} is not a file")
     if cfg.format == "libero":
-        from mbrl.demos.libero import convert_libero
-        rotate = (not cfg.task.get("rotate_180", False)) if cfg.rotate_180 is None else bool(cfg.rotate_180)
+        from mbrl.demos.libero import convert_libero, libero_task_name
+        from mbrl.envs import boolean
+        rotate = not boolean(cfg.task.get("rotate_180", False)) if cfg.rotate_180 is None else boolean(cfg.rotate_180)
+        expected = cfg.libero_task or libero_task_name(str(cfg.task.name), int(cfg.task.task_index))
         paths = convert_libero(cfg.input, out, int(cfg.task.image_size),
                                task=f"{cfg.task.suite}/{cfg.task.name}", rotate_180=rotate,
                                camera=cfg.camera, success_bonus=float(cfg.task.success_bonus),
-                               max_demos=cfg.max_episodes)
+                               max_demos=cfg.max_episodes, expected_task=expected)
     elif cfg.format == "maniskill":
         from mbrl.demos.maniskill import convert_maniskill
         paths = convert_maniskill(cfg.input, cfg.task, out, success_only=cfg.success_only,

@@ -1,6 +1,7 @@
 """Demonstrations: Meta-World scripted experts in our env, the shipped demos, load_demos, the
 collection script, and the LIBERO / ManiSkill converters on files with the real schemas."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -9,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from mbrl.demos import demo_dir, load_demos, task_slug
+from mbrl.demos import DemoSettingsError, demo_dir, env_settings, load_demos, task_slug
 from mbrl.demos.collect import collect
-from worldmodel.episodes import EpisodeFormatError, load_episode
+from worldmodel.episodes import Episode, EpisodeFormatError, load_episode, save_episode
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_TASKS = ("plate_slide", "hammer", "coffee_push", "door_lock", "handle_pull_side",
@@ -67,6 +69,10 @@ def test_live_expert_reproduces_a_shipped_demo(tmp_path):
     live = load_episode(result.paths[0], image_size=64, action_dim=METAWORLD_ACTION_DIM)
     shipped = load_episode(sorted(demo_dir(cfg).glob("ep_0000_seed0.npz"))[0])
     assert live.success.any() and result.attempts == 1
+    assert live.meta["env_settings"] == {"action_repeat": 2, "episode_length": 100, "success_bonus": 10.0,
+                                         "camera": "corner", "flip_rows": True}
+    here = {**OmegaConf.to_container(cfg), "demo_dir": str(tmp_path)}
+    assert len(load_demos(here, 64, METAWORLD_ACTION_DIM)) == 1
     np.testing.assert_allclose(live.action, shipped.action, atol=1e-5)
     np.testing.assert_array_equal(live.success, shipped.success)
     assert np.abs(live.obs.astype(int) - shipped.obs.astype(int)).mean() < 2.0
@@ -107,6 +113,57 @@ def test_load_demos_errors_name_the_fix(tmp_path):
         load_demos(cfg, 64, METAWORLD_ACTION_DIM, root=tmp_path)
     with pytest.raises(EpisodeFormatError, match="but the run uses 32x32"):
         load_demos(cfg, 32, METAWORLD_ACTION_DIM)
+
+
+def write_demo(folder: Path, meta: dict, name: str = "ep_0000_seed0.npz", steps: int = 4) -> Path:
+    episode = Episode(obs=np.zeros((steps + 1, 3, 8, 8), np.uint8), action=np.zeros((steps, 4), np.float32),
+                      reward=np.zeros(steps, np.float32), success=np.zeros(steps, bool), meta=meta)
+    return save_episode(folder / name, episode)
+
+
+def test_load_demos_refuses_other_env_settings(tmp_path):
+    cfg = task_cfg("metaworld/plate_slide")
+    folder = demo_dir(cfg, tmp_path)
+    write_demo(folder, {"env_settings": env_settings(cfg)})
+    assert len(load_demos(cfg, 8, METAWORLD_ACTION_DIM, root=tmp_path)) == 1
+    for key, run_value, shown in [("action_repeat", 1, "1"), ("success_bonus", 0.0, "0.0"),
+                                  ("camera", "topview", "topview"), ("flip_rows", False, "false")]:
+        run = OmegaConf.merge(cfg, {key: run_value})
+        recorded = str(cfg[key]).lower()
+        with pytest.raises(DemoSettingsError) as err:
+            load_demos(run, 8, METAWORLD_ACTION_DIM, root=tmp_path, skip_bad=True)
+        message = str(err.value)
+        assert f"made with task.{key}={recorded} but this run has task.{key}={shown}" in message
+        assert "ep_0000_seed0.npz" in message and "collect_demos.py task=metaworld/plate_slide" in message
+        assert f"task.{key}={shown}), or run with task.{key}={recorded}" in message
+    # the same values written differently are the same setting
+    same = OmegaConf.merge(cfg, {"success_bonus": 10, "flip_rows": "true"})
+    assert len(load_demos(same, 8, METAWORLD_ACTION_DIM, root=tmp_path)) == 1
+
+
+def test_load_demos_reports_another_episode_length(tmp_path, caplog):
+    """episode_length only moves where episodes are cut (a time limit): reported, not refused."""
+    cfg = task_cfg("metaworld/plate_slide")
+    write_demo(demo_dir(cfg, tmp_path), {"env_settings": env_settings(cfg)})
+    with caplog.at_level(logging.WARNING, logger="mbrl.demos"):
+        assert len(load_demos(OmegaConf.merge(cfg, {"episode_length": 10}), 8, METAWORLD_ACTION_DIM,
+                              root=tmp_path)) == 1
+    assert "made with task.episode_length=100, this run has 10" in caplog.text
+
+
+def test_load_demos_warns_on_old_files_without_settings(tmp_path, caplog):
+    cfg = task_cfg("metaworld/plate_slide")
+    folder = demo_dir(cfg, tmp_path)
+    write_demo(folder, {"action_repeat": 2, "episode_length": 100})  # as collected before env_settings
+    write_demo(folder, {}, name="ep_0001_seed1.npz")
+    with caplog.at_level(logging.WARNING, logger="mbrl.demos"):
+        assert len(load_demos(cfg, 8, METAWORLD_ACTION_DIM, root=tmp_path)) == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "do not record task.action_repeat, task.episode_length, " \
+        "task.success_bonus, task.camera, task.flip_rows" in warnings[0]
+    # what an old file does record is still checked
+    with pytest.raises(DemoSettingsError, match="task.action_repeat=2 but this run has task.action_repeat=1"):
+        load_demos(OmegaConf.merge(cfg, {"action_repeat": 1}), 8, METAWORLD_ACTION_DIM, root=tmp_path)
 
 
 def test_shipped_demos_seed_the_real_replay_buffer():
@@ -166,7 +223,9 @@ def test_libero_converter(tmp_path):
     np.testing.assert_allclose(ep.action[:, 0], np.arange(1, 9) / 100, atol=1e-6)
     # rotated 180 degrees: the marked quadrant is now bottom-right
     assert ep.obs[5, :, 12, 12].tolist() == [50, 50, 50] and ep.obs[5, :, 3, 3].tolist() == [0, 0, 0]
-    assert ep.success.tolist() == [False] * 7 + [True] and ep.terminal[-1]
+    assert ep.success.tolist() == [False] * 7 + [True]
+    # dones[-1] = 1 only marks the end of the recording; our LIBERO env never terminates
+    assert ep.terminal.dtype == bool and not ep.terminal.any()
     assert ep.reward[-1] == 11.0 and ep.reward[:-1].sum() == 0
     assert ep.meta["language"] == "put the bowl on the plate" and ep.meta["task"] == "libero/libero_spatial"
     upright = convert_libero(src, tmp_path / "raw", image_size=32, rotate_180=False, max_demos=1)
@@ -182,6 +241,58 @@ def test_libero_converter(tmp_path):
     (tmp_path / "text.hdf5").write_text("not hdf5")
     with pytest.raises(LiberoFormatError, match="not a readable hdf5"):
         convert_libero(tmp_path / "text.hdf5", tmp_path / "x", 16)
+
+
+def test_libero_converter_checks_the_task(tmp_path, caplog):
+    import h5py
+
+    from mbrl.demos.libero import LiberoFormatError, convert_libero, task_language
+
+    src = tmp_path / "demo.hdf5"
+    write_libero_file(src, lengths=(4,))
+    ok = convert_libero(src, tmp_path / "ok", 16, expected_task="put_the_bowl_on_the_plate")
+    assert load_episode(ok[0]).meta["libero_task"] == "put_the_bowl_on_the_plate"
+    with pytest.raises(LiberoFormatError, match=r"holds demonstrations of LIBERO task put_the_bowl_on_the_plate, "
+                                                r"but the task to convert for is turn_on_the_stove .*"
+                                                r"turn_on_the_stove_demo.hdf5.*task.task_index"):
+        convert_libero(src, tmp_path / "bad", 16, expected_task="turn_on_the_stove")
+    assert not (tmp_path / "bad").exists()
+    # without bddl_file_name: the language instruction is compared (LIBERO-90 names carry a scene)
+    with h5py.File(src, "a") as f:
+        del f["data"].attrs["bddl_file_name"]
+    assert task_language("KITCHEN_SCENE10_put_the_bowl_on_the_plate") == "put the bowl on the plate"
+    assert convert_libero(src, tmp_path / "lang", 16, expected_task="KITCHEN_SCENE10_put_the_bowl_on_the_plate")
+    with pytest.raises(LiberoFormatError, match="LIBERO task 'put the bowl on the plate'"):
+        convert_libero(src, tmp_path / "bad", 16, expected_task="put_the_bowl_on_the_stove")
+    # no expected task (LIBERO not installed, none given): converted, with a warning
+    with caplog.at_level(logging.WARNING, logger="mbrl.demos.libero"):
+        assert convert_libero(src, tmp_path / "unchecked", 16)
+    assert "cannot check" in caplog.text and "libero_task=" in caplog.text
+
+
+def test_libero_task_name_needs_libero(monkeypatch):
+    from mbrl.demos.libero import libero_task_name
+
+    monkeypatch.setitem(sys.modules, "libero", None)  # as if LIBERO were not installed
+    monkeypatch.setitem(sys.modules, "libero.libero", None)
+    assert libero_task_name("libero_spatial", 0) is None
+
+
+def test_converted_libero_demos_fit_the_libero_task(tmp_path):
+    """Converted LIBERO demos record the settings they correspond to: one action per control
+    step, the bonus, the camera, upright frames (task.rotate_180=false)."""
+    from mbrl.demos.libero import convert_libero
+
+    src = tmp_path / "demo.hdf5"
+    write_libero_file(src, lengths=(4,))
+    cfg = OmegaConf.merge(task_cfg("libero/libero_spatial"), {"image_size": 16})
+    convert_libero(src, demo_dir(cfg, tmp_path / "root"), 16, rotate_180=True,
+                   success_bonus=float(cfg.success_bonus), expected_task="put_the_bowl_on_the_plate")
+    assert len(load_demos(cfg, 16, 7, root=tmp_path / "root")) == 1
+    for key, value in [("rotate_180", True), ("action_repeat", 2), ("camera", "robot0_eye_in_hand"),
+                       ("success_bonus", 0.0)]:
+        with pytest.raises(DemoSettingsError, match=f"task.{key}="):
+            load_demos(OmegaConf.merge(cfg, {key: value}), 16, 7, root=tmp_path / "root")
 
 
 # ----- ManiSkill trajectory files -----
@@ -299,6 +410,13 @@ def test_convert_script_libero(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     ep = load_episode(out / "task_demo_demo_0.npz", image_size=64, action_dim=7)
     assert len(ep) == 4 and ep.meta["rotate_180"] is True  # upright, since task.rotate_180=false
+    assert ep.meta["env_settings"] == {"action_repeat": 1, "success_bonus": 10.0, "camera": "agentview",
+                                       "rotate_180": False}
+    wrong = subprocess.run([sys.executable, str(REPO / "scripts/convert_demos.py"), "format=libero",
+                            f"input={src}", "task=libero/libero_spatial", "libero_task=turn_on_the_stove",
+                            f"out={tmp_path / 'wrong'}"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert wrong.returncode != 0 and "but the task to convert for is turn_on_the_stove" in wrong.stderr
     cfg = task_cfg("libero/libero_spatial")
     assert demo_dir(cfg).parts[-3:] == ("libero", "libero_spatial", "task_0")
 

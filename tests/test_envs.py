@@ -292,7 +292,70 @@ def test_all_dmc_task_files_compose():
         assert task_cfg(f"dmc/{f.stem}").name in valid, f.stem
 
 
+def test_dmc_names_split_at_the_longest_known_domain():
+    from mbrl.envs.dmc_env import split_name
+
+    tasks = [("point_mass", "easy"), ("point", "x"), ("humanoid", "run"), ("humanoid_CMU", "run"),
+             ("lqr", "lqr_2_1"), ("ball_in_cup", "catch"), ("walker", "walk")]
+    assert split_name("point_mass_easy", tasks) == ("point_mass", "easy")
+    assert split_name("point_x", tasks) == ("point", "x")
+    assert split_name("humanoid_CMU_run", tasks) == ("humanoid_CMU", "run")
+    assert split_name("humanoid_run", tasks) == ("humanoid", "run")
+    assert split_name("lqr_lqr_2_1", tasks) == ("lqr", "lqr_2_1")
+    assert split_name("cup_catch", tasks) == split_name("ball_in_cup_catch", tasks) == ("ball_in_cup", "catch")
+    with pytest.raises(ValueError, match="'walker_fly' is not a dm_control task.*list_tasks"):
+        split_name("walker_fly", tasks)
+
+
+def test_every_listed_dmc_task_builds():
+    """Every name list_tasks('dmc') offers is accepted by make_env and steps (point_mass_easy,
+    humanoid_CMU_run, ... have underscores in the domain)."""
+    pytest.importorskip("dm_control")
+    names = list_tasks("dmc")
+    assert {"point_mass_easy", "humanoid_CMU_run", "cup_catch", "walker_walk"} <= set(names)
+    for name in names:
+        cfg = {"suite": "dmc", "name": name, "image_size": 16, "frame_stack": 1, "action_repeat": 1,
+               "episode_length": 2, "success_bonus": 0.0, "fast_render": True, "camera": 0}
+        env = make_env(cfg, seed=0)
+        try:
+            env.reset()
+            obs, *_ = env.step(env.action_space.sample())
+            assert obs.shape == (3, 16, 16), name
+        finally:
+            env.close()
+
+
 # --------------------------------------------------------------------------- bad input
+def test_boolean_task_keys_are_parsed_strictly():
+    from mbrl.envs import boolean
+
+    for value in (True, 1, "true", "True", " YES ", "1", np.bool_(True)):
+        assert boolean(value) is True, value
+    for value in (False, 0, "false", "FALSE", "no", "0", np.bool_(False)):
+        assert boolean(value) is False, value
+    for value in ("maybe", "", 2, -1, 0.5, None, [True]):
+        with pytest.raises(ValueError, match="expected true/false"):
+            boolean(value)
+
+
+def test_boolean_task_key_from_a_string(mw_cfg):
+    """flip_rows="false" (a string, as from an env var or a CSV) must not flip: it did with bool()."""
+    plain = OmegaConf.to_container(mw_cfg)
+    frames = {}
+    for flip in (False, "false", "0", True, "yes"):
+        env = make_env({**plain, "flip_rows": flip}, seed=SEED)
+        try:
+            frames[flip] = env.reset(seed=SEED)[0]
+        finally:
+            env.close()
+    np.testing.assert_array_equal(frames["false"], frames[False])
+    np.testing.assert_array_equal(frames["0"], frames[False])
+    np.testing.assert_array_equal(frames["yes"], frames[True])
+    assert not np.array_equal(frames[True], frames[False])
+    with pytest.raises(ValueError, match=r"task.flip_rows='sometimes' is not a valid boolean.*true/false"):
+        make_env({**plain, "flip_rows": "sometimes"}, seed=SEED)
+
+
 def test_unknown_task_names_close_matches():
     pytest.importorskip("metaworld")
     with pytest.raises(UnknownTaskError, match="plate-slide-v3"):

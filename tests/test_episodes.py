@@ -1,7 +1,10 @@
 """Episode file format: round trip and one clear message per kind of corrupt file."""
 import json
 import logging
+import struct
 import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +69,8 @@ def corrupt_cases(ep: Episode):
     yield "obs_layout", {**arrays, "obs": ep.obs.transpose(0, 2, 3, 1).copy()}, "expected [T+1, 3, H, H]"
     yield "nan_action", {**arrays, "action": np.full_like(ep.action, np.nan)}, "NaN or inf"
     yield "bad_meta", {**arrays, "meta": np.array("{not json")}, "'meta' is not valid JSON"
+    yield "meta_list", {**arrays, "meta": np.array("[1, 2]")}, "'meta' must be a JSON object (a dict), got list"
+    yield "meta_number", {**arrays, "meta": np.array("3")}, "'meta' must be a JSON object (a dict), got int"
 
 
 @pytest.mark.parametrize("case", [c[0] for c in corrupt_cases(make_episode())])
@@ -129,3 +134,65 @@ def test_one_bad_file_among_many(tmp_path, caplog):
     assert [p.name for p, _ in loaded] == ["ep_000.npz", "ep_001.npz", "ep_003.npz"]
     reports = [r.getMessage() for r in caplog.records]
     assert len(reports) == 1 and "ep_002.npz" in reports[0]
+
+
+def break_deflate_stream(path: Path, member: str, keep: int) -> None:
+    """Corrupt one compressed member in place, as bit rot would: its deflate stream decodes
+    the member's first ``keep`` bytes, then meets an invalid block (zlib.error on read)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+        plain = archive.read(member)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    packer = zlib.compressobj(wbits=-15)  # raw deflate, as in a zip member
+    # byte-aligned after a full flush; 0x07 = last block, block type 3 (reserved: invalid)
+    prefix = packer.compress(plain[:keep]) + packer.flush(zlib.Z_FULL_FLUSH) + b"\x07"
+    assert info.compress_type == zipfile.ZIP_DEFLATED and len(prefix) < info.compress_size
+    raw[start:start + len(prefix)] = prefix
+    path.write_bytes(bytes(raw))
+
+
+def compressible_episode(steps: int = 40, size: int = 32) -> Episode:
+    """Frames that deflate well (few grey levels), so a member is a long deflate stream."""
+    ep = make_episode(steps, size)
+    ep.obs = (ep.obs // 64 * 64).astype(np.uint8)
+    return ep
+
+
+@pytest.mark.parametrize("keep", [0, 10_000])  # the array header itself / only the data is corrupt
+def test_corrupt_compressed_member_is_a_format_error(tmp_path, keep, caplog):
+    for i in range(3):
+        save_episode(tmp_path / f"ep_{i}.npz", compressible_episode())
+    bad = tmp_path / "ep_1.npz"
+    break_deflate_stream(bad, "obs.npy", keep)
+    with pytest.raises(EpisodeFormatError, match="unreadable") as err:
+        load_episode(bad)
+    assert err.value.path == str(bad) and "decompressing" in err.value.fault
+    with caplog.at_level(logging.WARNING, logger="worldmodel.episodes"):
+        loaded = [p.name for p, _ in iter_episodes(tmp_path, skip_bad=True)]
+    assert loaded == ["ep_0.npz", "ep_2.npz"] and "ep_1.npz" in caplog.text
+
+
+def test_unreadable_errors_include_zlib_and_missing_members():
+    assert {zlib.error, KeyError, zipfile.BadZipFile} <= set(EpisodeFormatError.UNREADABLE)
+
+
+def test_failed_write_leaves_no_temp_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = save_episode(tmp_path / "ep.npz", make_episode(seed=1))
+    before = path.read_bytes()
+
+    def disk_full(f, **arrays):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_episode(path, make_episode(seed=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ep.npz"], "temporary file left behind"
+    assert path.read_bytes() == before, "a failed write must not touch the existing file"
+
+    monkeypatch.setattr(np, "savez_compressed", lambda f, **a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        save_episode(tmp_path / "other.npz", make_episode())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ep.npz"]

@@ -152,3 +152,25 @@ def test_segments_of_the_shipped_demos_match_their_episodes():
                 np.testing.assert_array_equal(ep.action[s:s + 11], action.numpy())
                 np.testing.assert_array_equal(ep.reward[s:s + 11], reward.numpy())
     assert len(matches) == 1
+
+
+def test_corrupt_member_skipped_at_indexing_and_at_sampling(tmp_path):
+    """Bit rot in a compressed member (zlib.error): in the array header it shows when the
+    folder is indexed, deeper in the data only when the episode is loaded; skip_bad skips both."""
+    from test_episodes import break_deflate_stream
+
+    for keep, when in ((0, "indexing"), (10_000, "sampling")):
+        folder = tmp_path / when
+        for episode_id in (1, 2):
+            episode = encoded_episode(episode_id, 100)
+            episode.obs[:, 2] = np.arange(SIZE)[None, :, None] * 16  # enough data for a long stream
+            save_episode(folder / f"ep_{episode_id:03d}.npz", episode)
+        break_deflate_stream(folder / "ep_002.npz", "obs.npy", keep)
+        with pytest.raises(EpisodeFormatError, match="ep_002.*unreadable"):
+            data, rng = SegmentDataset([str(folder)], segment_length=3), np.random.default_rng(0)
+            for _ in range(50):
+                data.sample(rng)
+        data = SegmentDataset([str(folder)], segment_length=3, skip_bad=True)
+        assert len(data.entries[0]) == (1 if when == "indexing" else 2)
+        rng = np.random.default_rng(0)
+        assert {int(data.sample(rng)[0][0, 0, 0, 0]) for _ in range(50)} == {1}

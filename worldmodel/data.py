@@ -67,7 +67,7 @@ def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                                    else np.lib.format.read_array_header_2_0)
                     shape, _, _ = read_header(f)
                 shapes[name[:-4]] = tuple(shape)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except EpisodeFormatError.UNREADABLE as e:  # includes zlib.error (a corrupt member)
         raise EpisodeFormatError(path, f"unreadable or truncated file ({type(e).__name__}: {e})") from None
     for key in ("obs", "action"):
         if key not in shapes:

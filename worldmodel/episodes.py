@@ -15,10 +15,12 @@ with a message naming the file and the fault.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +35,10 @@ EPISODE_SUFFIX = ".npz"
 
 class EpisodeFormatError(ValueError):
     """An episode file is missing, corrupt or does not fit the run."""
+
+    # What reading a damaged ``.npz`` can raise: a broken zip structure, a corrupt deflate
+    # stream (zlib.error), a cut-off file, a bad array header, a member that is not there.
+    UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
 
     def __init__(self, path: str | os.PathLike, fault: str):
         self.path, self.fault = str(path), fault
@@ -111,12 +117,38 @@ def save_episode(path: str | os.PathLike, episode: Episode, compress: bool = Tru
     arrays = dict(obs=episode.obs, action=episode.action, reward=episode.reward,
                   success=episode.success, terminal=episode.terminal,
                   meta=np.array(json.dumps(episode.meta, sort_keys=True)))
-    with open(tmp, "wb") as f:
-        (np.savez_compressed if compress else np.savez)(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt: never leave a half-written temp file
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _decode_meta(path: Path, raw: np.ndarray) -> dict[str, Any]:
+    """The ``meta`` array as a dict; anything else is a format error."""
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as e:
+        raise EpisodeFormatError(path, f"'meta' is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise EpisodeFormatError(path, f"'meta' must be a JSON object (a dict), got {type(meta).__name__}")
+    return meta
 
 
 def load_episode(path: str | os.PathLike, image_size: int | None = None,
@@ -133,14 +165,9 @@ def load_episode(path: str | os.PathLike, image_size: int | None = None,
             arrays = {k: data[k] for k in data.files}
     except EpisodeFormatError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    except EpisodeFormatError.UNREADABLE as e:
         raise EpisodeFormatError(path, f"unreadable or truncated file ({type(e).__name__}: {e})") from None
-    meta: dict[str, Any] = {}
-    if "meta" in arrays:
-        try:
-            meta = json.loads(str(arrays["meta"]))
-        except json.JSONDecodeError as e:
-            raise EpisodeFormatError(path, f"'meta' is not valid JSON ({e})") from None
+    meta = _decode_meta(path, arrays["meta"]) if "meta" in arrays else {}
     episode = Episode(obs=arrays["obs"], action=arrays["action"], reward=arrays["reward"],
                       success=arrays["success"], terminal=arrays.get("terminal"), meta=meta)
     return episode.validate(path, image_size=image_size, action_dim=action_dim)

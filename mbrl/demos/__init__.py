@@ -7,10 +7,17 @@
 ``walker_walk``) unless the task config sets ``demo_dir``; LIBERO adds ``task_<task_index>``
 (``demonstrations/libero/libero_spatial/task_0``). Collect them with
 ``scripts/collect_demos.py`` or convert downloaded ones with ``scripts/convert_demos.py``.
+
+Each file records the env settings it was made with (``meta["env_settings"]``: the task keys
+in ``ENV_SETTING_KEYS``); ``load_demos`` refuses a demonstration whose settings differ from the
+run's, since its rewards, frames or time scale would not be the run's (another
+``episode_length`` only moves where episodes are cut: a warning).
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -23,6 +30,21 @@ log = logging.getLogger(__name__)
 # Where demonstrations live unless MBRL_DEMO_ROOT says otherwise: the repo's demonstrations/.
 DEMO_ROOT_ENV = "MBRL_DEMO_ROOT"
 DEFAULT_DEMO_ROOT = Path(__file__).resolve().parents[2] / "demonstrations"
+
+
+# Task keys that shape a demonstration's data (time scale, rewards, frames, actions, ends).
+ENV_SETTING_KEYS = ("action_repeat", "episode_length", "success_bonus", "camera", "flip_rows",
+                    "rotate_180", "control_mode", "reward_mode", "terminate_on_success")
+SETTINGS_META_KEY = "env_settings"
+# Settings that only move where an episode is cut (a time limit, not a termination): a demo made
+# with another value still holds the run's transitions, so a difference is reported, not refused.
+ADVISORY_SETTING_KEYS = ("episode_length",)
+# What files written before ``env_settings`` existed record at the top level of their meta.
+LEGACY_SETTING_KEYS = ("action_repeat", "episode_length")
+
+
+class DemoSettingsError(ValueError):
+    """A demonstration was made with other env settings than the run's."""
 
 
 def demo_root() -> Path:
@@ -48,6 +70,76 @@ def demo_dir(task_cfg: Mapping[str, Any], root: str | os.PathLike | None = None)
     return folder / f"task_{int(task_cfg['task_index'])}" if task_cfg.get("task_index") is not None else folder
 
 
+def env_settings(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's values of ``ENV_SETTING_KEYS`` (those it sets): what collectors store in
+    ``meta["env_settings"]``."""
+    return {key: task_cfg[key] for key in ENV_SETTING_KEYS if task_cfg.get(key) is not None}
+
+
+def recorded_settings(meta: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(the env settings an episode's meta records, whether it records them as a whole).
+    Old files lack ``env_settings``: then only the top-level keys they have."""
+    settings = meta.get(SETTINGS_META_KEY)
+    if isinstance(settings, Mapping):
+        return dict(settings), True
+    return {key: meta[key] for key in LEGACY_SETTING_KEYS if key in meta}, False
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):  # the env parses "false" / 0 as False too
+        from mbrl.envs import boolean
+        try:
+            return boolean(a) == boolean(b)
+        except ValueError:
+            return False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):  # 10 == 10.0
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _override(value: Any) -> str:
+    """A value as it is written on the Hydra command line."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def check_settings(path: Path, meta: Mapping[str, Any], task_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Raise ``DemoSettingsError`` if the episode was made with other env settings than the
+    run's. Returns what to warn about: {key: recorded value} for a differing advisory key, and
+    {key: None} for a run setting the file does not record (files older than the check)."""
+    recorded, complete = recorded_settings(meta)
+    notes: dict[str, Any] = {}
+    for key, value in env_settings(task_cfg).items():
+        if key not in recorded:
+            if not complete:
+                notes[key] = None
+        elif _same_setting(recorded[key], value):
+            continue
+        elif key in ADVISORY_SETTING_KEYS:
+            notes[key] = recorded[key]
+        else:
+            raise DemoSettingsError(
+                f"demonstration {path} was made with task.{key}={_override(recorded[key])} but this run "
+                f"has task.{key}={_override(value)}. Re-collect the demonstrations at the run's settings "
+                f"(move the old files out of {path.parent}, then: {collect_command(task_cfg)} "
+                f"task.{key}={_override(value)}), or run with task.{key}={_override(recorded[key])}.")
+    return notes
+
+
+def _warn_settings(folder: Path, notes: dict[str, set], task_cfg: Mapping[str, Any]) -> None:
+    """One warning per kind of note that ``check_settings`` gave over a folder."""
+    unrecorded = [k for k in ENV_SETTING_KEYS if None in notes.get(k, ())]
+    if unrecorded:
+        log.warning("demonstrations in %s do not record %s (made before these were stored), so they "
+                    "cannot be checked against the run; re-collect them to be sure: %s",
+                    folder, ", ".join(f"task.{k}" for k in unrecorded), collect_command(task_cfg))
+    for key in ADVISORY_SETTING_KEYS:
+        values = sorted(_override(v) for v in notes.get(key, ()) if v is not None)
+        if values:
+            log.warning("demonstrations in %s were made with task.%s=%s, this run has %s: their "
+                        "episodes end at another step (their transitions are the run's).",
+                        folder, key, "/".join(values), _override(task_cfg[key]))
+
+
 def collect_command(task_cfg: Mapping[str, Any], episodes: int = 5) -> str:
     if task_cfg.get("suite") == "libero":
         return (f"python scripts/convert_demos.py format=libero input=<LIBERO demo .hdf5> "
@@ -58,8 +150,10 @@ def collect_command(task_cfg: Mapping[str, Any], episodes: int = 5) -> str:
 
 def load_demos(task_cfg: Mapping[str, Any], image_size: int, action_dim: int,
                root: str | os.PathLike | None = None, skip_bad: bool = False) -> list[Episode]:
-    """All demonstration episodes of the task, checked against the run's frame size and action
-    dim. Raises ``FileNotFoundError`` (with the command that makes them) when there are none."""
+    """All demonstration episodes of the task, checked against the run's frame size, action
+    dim and env settings (``DemoSettingsError`` on a mismatch, whatever ``skip_bad``; a warning
+    for another episode_length, and for old files that do not record the settings). Raises
+    ``FileNotFoundError`` (with the command that makes them) when there are none."""
     folder = demo_dir(task_cfg, root)
     paths = episode_paths(folder) if folder.is_dir() else []
     if not paths:
@@ -67,15 +161,21 @@ def load_demos(task_cfg: Mapping[str, Any], image_size: int, action_dim: int,
         raise FileNotFoundError(
             f"demo=true but the demonstration folder {folder} {what}. Make demonstrations with: "
             f"{collect_command(task_cfg)} (or convert downloaded ones with scripts/convert_demos.py).")
-    episodes = []
+    episodes: list[Episode] = []
+    notes: dict[str, set] = {}
     for path in paths:
         try:
-            episodes.append(load_episode(path, image_size=image_size, action_dim=action_dim))
+            episode = load_episode(path, image_size=image_size, action_dim=action_dim)
         except EpisodeFormatError as e:
             if not skip_bad:
                 raise EpisodeFormatError(path, f"{e.fault}. Re-collect with: {collect_command(task_cfg)}") from None
             log.warning("skipping %s", e)
+            continue
+        for key, value in check_settings(path, episode.meta, task_cfg).items():
+            notes.setdefault(key, set()).add(value)
+        episodes.append(episode)
     if not episodes:
         raise FileNotFoundError(f"no readable demonstration in {folder}; re-collect with: "
                                 f"{collect_command(task_cfg)}")
+    _warn_settings(folder, notes, task_cfg)
     return episodes

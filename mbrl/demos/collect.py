@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from mbrl.demos import SETTINGS_META_KEY, env_settings
 from worldmodel.episodes import Episode, EpisodeRecorder, save_episode
 
 Policy = Callable[[np.ndarray], np.ndarray]  # state float32 [S] -> action float32 [A] in [-1, 1]
@@ -176,7 +177,8 @@ def collect(task_cfg: Mapping[str, Any], episodes: int, out_dir: str | Path, *, 
                             "noise": noise, "seed": ep_seed, "success": ok,
                             "image_size": int(cfg["image_size"]),
                             "action_repeat": int(cfg["action_repeat"]),
-                            "episode_length": int(cfg["episode_length"])}
+                            "episode_length": int(cfg["episode_length"]),
+                            SETTINGS_META_KEY: env_settings(cfg)}
             paths.append(save_episode(out_dir / f"ep_{len(paths):04d}_seed{ep_seed}.npz", episode))
             frames += len(episode) + 1
             bar.update(1)

@@ -4,32 +4,47 @@ The schema (LIBERO ``scripts/create_dataset.py``):
 
     data.attrs: env_name, problem_info (JSON: language_instruction, ...), bddl_file_name, ...
     data/demo_<i>/actions             float64 [N, 7]   delta end-effector pose + gripper, in [-1, 1]
-    data/demo_<i>/rewards             uint8   [N]      sparse: 1 at the success step
-    data/demo_<i>/dones               uint8   [N]      1 at the last step
+    data/demo_<i>/rewards             uint8   [N]      1 at the last step (the demo ends at success)
+    data/demo_<i>/dones               uint8   [N]      1 at the last step of every demo
     data/demo_<i>/obs/agentview_rgb   uint8   [N, H, W, 3]   rendered upside down (rotated 180)
 
 Time alignment: LIBERO records the image *after* each action (``obs, r, done, info =
 env.step(action_j)`` then stores ``obs``), so image ``j`` results from action ``j`` and the
 frame before action 0 is not in the file. In our format (``obs[t] --action[t]--> obs[t+1]``)
-that gives ``obs = images[0:N]`` and ``action / reward / dones = actions / rewards /
-dones[1:N]``: T = N - 1 steps, the first recorded action dropped.
+that gives ``obs = images[0:N]`` and ``action / reward = actions / rewards[1:N]``: T = N - 1
+steps, the first recorded action dropped.
 Rewards: LIBERO's sparse 0/1 plus ``success_bonus`` on success steps, as our LIBERO env gives.
+Ends: ``create_dataset.py`` sets ``dones[-1] = 1`` on every demo: it marks where the recording
+stops, not an env termination. Our LIBERO env never terminates (only its time limit ends an
+episode), so a demo's end is a truncation: ``terminal`` is all False, and value targets keep
+bootstrapping past the last step as they do on the env's own episodes.
+Task: the file must hold the run's task. LIBERO names a task after its bddl file, which the
+file records (``bddl_file_name``; else its language instruction is compared); the expected
+name is LIBERO's name of ``task.task_index`` (``libero_task_name``, needs LIBERO installed) or
+given explicitly (``libero_task=`` of scripts/convert_demos.py).
 """
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mbrl.demos import SETTINGS_META_KEY
 from worldmodel.episodes import Episode, save_episode
+
+log = logging.getLogger(__name__)
 
 LIBERO_ACTION_DIM = 7
 DEFAULT_CAMERA = "agentview_rgb"
 LIBERO_FPS = 20.0  # robosuite control frequency of the LIBERO datasets
+# The file's image streams and the robosuite cameras (task.camera) they come from.
+STREAM_CAMERAS = {"agentview_rgb": "agentview", "eye_in_hand_rgb": "robot0_eye_in_hand"}
 
 
 class LiberoFormatError(ValueError):
@@ -45,13 +60,96 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return x.contiguous().numpy()
 
 
+def task_language(task_name: str) -> str:
+    """The language instruction LIBERO derives from a task name: its words after any scene
+    prefix (``KITCHEN_SCENE3_turn_on_the_stove`` -> ``turn on the stove``)."""
+    return re.sub(r"^[A-Z_]*SCENE\d+_", "", task_name).replace("_", " ")
+
+
+def libero_task_name(suite: str, task_index: int) -> str | None:
+    """LIBERO's name (= bddl file stem) of task ``task_index`` of ``suite``; None where LIBERO is
+    not installed (then the converter cannot check the file's task by itself)."""
+    from mbrl.envs.libero_env import prepare_libero
+
+    prepare_libero()
+    try:
+        from libero.libero import benchmark
+    except ImportError:
+        return None
+    suites = benchmark.get_benchmark_dict()
+    if suite not in suites:
+        raise ValueError(f"task.name={suite} is not a LIBERO suite; it has: {sorted(suites)}")
+    tasks = suites[suite]()
+    if not 0 <= task_index < tasks.n_tasks:
+        raise ValueError(f"task.task_index={task_index} is out of range: {suite} has tasks 0..{tasks.n_tasks - 1}")
+    return str(tasks.get_task(task_index).name)
+
+
+def _attr_text(attrs: Any, key: str) -> str | None:
+    value = attrs.get(key)
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def file_task(path: Path, data: Any) -> tuple[str | None, str]:
+    """(LIBERO task name from the file's bddl file, language instruction) of a ``data`` group."""
+    bddl = _attr_text(data.attrs, "bddl_file_name")
+    problem = _attr_text(data.attrs, "problem_info")
+    language = ""
+    if problem:
+        try:
+            language = str(json.loads(problem).get("language_instruction", ""))
+        except (json.JSONDecodeError, AttributeError):
+            raise LiberoFormatError(f"{path}: data.attrs['problem_info'] is not a JSON object") from None
+    return (Path(bddl).stem if bddl else None), language
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def check_task(path: Path, file_name: str | None, file_language: str, expected: str | None) -> None:
+    """Refuse a file that holds another task's demonstrations than ``expected`` (a LIBERO task
+    name); compares the bddl file name, else the language instruction."""
+    if expected is None:
+        held = file_name or (repr(file_language) if file_language else "an unnamed task")
+        log.warning("cannot check that %s holds the run's LIBERO task: no expected task name (pass "
+                    "libero_task=<LIBERO task name>, or install LIBERO to look it up from "
+                    "task.task_index); the file holds %s", path, held)
+        return
+    if file_name is not None:
+        found, matches = file_name, file_name == expected
+    elif file_language:
+        found, matches = repr(file_language), _words(file_language) == _words(task_language(expected))
+    else:
+        log.warning("%s records neither bddl_file_name nor a language instruction: cannot check that "
+                    "it holds %s", path, expected)
+        return
+    if not matches:
+        raise LiberoFormatError(
+            f"{path} holds demonstrations of LIBERO task {found}, but the task to convert for is "
+            f"{expected} (task.name / task.task_index); convert that task's file ({expected}_demo.hdf5), "
+            "or set task.task_index to the file's task.")
+
+
+def demo_settings(*, rotate_180: bool, camera: str, success_bonus: float) -> dict[str, Any]:
+    """The env settings (task keys) that converted frames and rewards correspond to."""
+    return {"action_repeat": 1,  # one recorded action per control step
+            "success_bonus": float(success_bonus),
+            "camera": STREAM_CAMERAS.get(camera, camera),
+            "rotate_180": not rotate_180}  # rotating the upside-down files makes them upright
+
+
 def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = True,
                     camera: str = DEFAULT_CAMERA, success_bonus: float = 0.0,
-                    max_demos: int | None = None) -> Iterator[Episode]:
+                    max_demos: int | None = None, expected_task: str | None = None) -> Iterator[Episode]:
     """Yield one ``Episode`` per ``data/demo_<i>`` of a LIBERO hdf5 file, in demo order.
 
     rotate_180: rotate the stored frames by 180 degrees; True makes LIBERO's upside-down
-    frames upright (what our env renders with ``task.rotate_180=false``)."""
+    frames upright (what our env renders with ``task.rotate_180=false``).
+    expected_task: LIBERO's name of the task the file must hold (``libero_task_name``); None:
+    not checked (a warning)."""
     import h5py
 
     path = Path(path)
@@ -66,9 +164,9 @@ def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = Tru
         demos = sorted((k for k in data.keys() if k.startswith("demo_")), key=lambda k: int(k[5:]))
         if not demos:
             raise LiberoFormatError(f"{path} holds no data/demo_<i> groups")
-        language = ""
-        if "problem_info" in data.attrs:
-            language = json.loads(data.attrs["problem_info"]).get("language_instruction", "")
+        task_name, language = file_task(path, data)
+        check_task(path, task_name, language, expected_task)
+        settings = demo_settings(rotate_180=rotate_180, camera=camera, success_bonus=success_bonus)
         for name in demos[:max_demos]:
             demo = data[name]
             for key in ("actions", f"obs/{camera}"):
@@ -78,7 +176,6 @@ def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = Tru
             actions = demo["actions"][()].astype(np.float32)  # [N, 7]
             n = len(actions)
             rewards = demo["rewards"][()] if "rewards" in demo else np.zeros(n)
-            dones = demo["dones"][()] if "dones" in demo else np.zeros(n)
             if images.ndim != 4 or images.shape[-1] != 3 or len(images) != n or n < 2:
                 raise LiberoFormatError(f"{path}: data/{name} has {len(images)} images of shape "
                                         f"{images.shape[1:]} for {n} actions (expected N >= 2 "
@@ -90,18 +187,23 @@ def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = Tru
                 obs=resize_frames(images, image_size),
                 action=np.clip(actions[1:], -1.0, 1.0),
                 reward=(np.asarray(rewards[1:], np.float32) + success_bonus * success).astype(np.float32),
-                success=success, terminal=np.asarray(dones[1:]).astype(bool),
+                success=success,
+                terminal=np.zeros(n - 1, bool),  # dones[-1] is the recording's end: a truncation
                 meta={"source": "libero_hdf5", "file": path.name, "demo": name, "fps": LIBERO_FPS,
-                      "language": language, "rotate_180": rotate_180, "camera": camera})
+                      "language": language, "libero_task": task_name, "rotate_180": rotate_180,
+                      "camera": camera, SETTINGS_META_KEY: settings})
 
 
 def convert_libero(path: str | Path, out_dir: str | Path, image_size: int, *,
                    task: str = "", rotate_180: bool = True, camera: str = DEFAULT_CAMERA,
-                   success_bonus: float = 0.0, max_demos: int | None = None) -> list[Path]:
-    """Write every demo of a LIBERO hdf5 file as ``<out_dir>/<file stem>_demo_<i>.npz``."""
+                   success_bonus: float = 0.0, max_demos: int | None = None,
+                   expected_task: str | None = None) -> list[Path]:
+    """Write every demo of a LIBERO hdf5 file as ``<out_dir>/<file stem>_demo_<i>.npz``
+    (after checking that the file holds ``expected_task``, see ``libero_episodes``)."""
     written = []
     for episode in libero_episodes(path, image_size, rotate_180=rotate_180, camera=camera,
-                                   success_bonus=success_bonus, max_demos=max_demos):
+                                   success_bonus=success_bonus, max_demos=max_demos,
+                                   expected_task=expected_task):
         episode.meta["task"] = task
         stem = Path(path).stem
         written.append(save_episode(Path(out_dir) / f"{stem}_{episode.meta['demo']}.npz", episode))

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from mbrl.demos import SETTINGS_META_KEY, env_settings
 from worldmodel.episodes import Episode, EpisodeRecorder, load_episode, save_episode
 
 RGB = 3
@@ -224,6 +225,7 @@ def convert_maniskill(h5_path: str | Path, task_cfg: Mapping[str, Any], out_dir:
         raise ManiSkillFormatError(f"{h5_path} holds {env_info['env_id']} trajectories but the task "
                                    f"is {task_cfg['name']}; pick the matching task=maniskill/...")
     repeat = int(task_cfg["action_repeat"])
+    settings = env_settings(task_cfg)  # the task's own, before episode_length is raised below
     cfg = OmegaConf.create(OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg)
                            else dict(task_cfg))
     if not cap_length:  # the replay env must not truncate a long demonstration
@@ -236,7 +238,8 @@ def convert_maniskill(h5_path: str | Path, task_cfg: Mapping[str, Any], out_dir:
             episode = replay_episode(env, traj, repeat, int(cfg.episode_length), source)
             if success_only and not episode.success.any():
                 continue
-            episode.meta.update(task=f"maniskill/{task_cfg['name']}", file=h5_path.name)
+            episode.meta.update({"task": f"maniskill/{task_cfg['name']}", "file": h5_path.name,
+                                 SETTINGS_META_KEY: settings})
             written.append(save_episode(Path(out_dir) / f"{h5_path.stem}_traj_{traj.episode_id}.npz",
                                         episode))
     finally:

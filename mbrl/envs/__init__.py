@@ -17,10 +17,11 @@ import importlib  # noqa: E402
 from typing import Any, Callable, Mapping  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
 
 from mbrl.envs.errors import MissingSimulatorError, UnknownTaskError  # noqa: E402
 
-__all__ = ["make_env", "list_tasks", "MissingSimulatorError", "UnknownTaskError", "SUITES"]
+__all__ = ["make_env", "list_tasks", "boolean", "MissingSimulatorError", "UnknownTaskError", "SUITES"]
 
 SUITES = ("metaworld", "dmc", "maniskill", "libero")
 _REQUIRED = object()
@@ -63,6 +64,24 @@ def list_tasks(suite: str) -> list[str]:
     return task_names()
 
 
+_TRUE_WORDS = ("true", "yes", "1")
+_FALSE_WORDS = ("false", "no", "0")
+
+
+def boolean(value: Any) -> bool:
+    """Strict bool parsing: a bool, 0 / 1, or true/false/yes/no (any case). ``bool("false")``
+    would be True, so a string from the command line must never go through ``bool``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return word in _TRUE_WORDS
+    raise ValueError(f"expected true/false (also yes/no, 1/0), got {value!r}")
+
+
 class _Cfg:
     """Reads keys of a task config (dict or DictConfig) with errors that name the key."""
 
@@ -85,7 +104,8 @@ class _Cfg:
             try:
                 return cast(value)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"task.{key}={value!r} is not a valid {cast.__name__}") from e
+                raise ValueError(f"task.{key}={value!r} is not a valid {cast.__name__} ({e}); "
+                                 f"fix task.{key} in the task config or on the command line") from e
         return value
 
 
@@ -101,7 +121,7 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
                   action_repeat=get("action_repeat", cast=int),
                   episode_length=get("episode_length", cast=int),
                   success_bonus=get("success_bonus", cast=float))
-    fast = get("fast_render", cast=bool)
+    fast = get("fast_render", cast=boolean)
     size = common["image_size"]
     valid = list_tasks(suite)  # also checks that the simulator is installed
     if name not in valid:
@@ -110,7 +130,7 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
     if suite == "metaworld":
         from mbrl.envs.metaworld_env import MetaWorldBackend
         backend = MetaWorldBackend(name, seed, size, camera=get("camera", cast=str),
-                                   flip_rows=get("flip_rows", cast=bool), fast_render=fast,
+                                   flip_rows=get("flip_rows", cast=boolean), fast_render=fast,
                                    max_sim_steps=common["episode_length"] * common["action_repeat"] + 1)
     elif suite == "dmc":
         from mbrl.envs.dmc_env import DMCBackend
@@ -120,11 +140,11 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
         backend = ManiSkillBackend(name, seed, size, control_mode=get("control_mode", cast=str),
                                    reward_mode=get("reward_mode", cast=str),
                                    camera=get("camera", cast=str),
-                                   terminate_on_success=get("terminate_on_success", cast=bool),
+                                   terminate_on_success=get("terminate_on_success", cast=boolean),
                                    max_sim_steps=common["episode_length"] * common["action_repeat"])
     else:
         from mbrl.envs.libero_env import LiberoBackend
         backend = LiberoBackend(name, seed, size, task_index=get("task_index", cast=int),
-                                camera=get("camera", cast=str), rotate_180=get("rotate_180", cast=bool),
+                                camera=get("camera", cast=str), rotate_180=get("rotate_180", cast=boolean),
                                 fast_render=fast)
     return PixelEnv(backend, task=f"{suite}/{name}", **common)

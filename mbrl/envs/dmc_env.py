@@ -7,6 +7,8 @@ steps); a real termination (discount 0) still ends the episode. DMC has no succe
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 
 from mbrl.envs.mujoco_render import MujocoRenderer
@@ -22,15 +24,28 @@ def _numpy2_compat() -> None:
         np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)
 
 
-def split_name(name: str) -> tuple[str, str]:
-    domain, _, task = name.partition("_")
-    return DOMAIN_ALIASES.get(domain, domain), task
+def _all_tasks() -> list[tuple[str, str]]:
+    from dm_control import suite
+    return list(suite.ALL_TASKS)
+
+
+def split_name(name: str, tasks: Iterable[tuple[str, str]] | None = None) -> tuple[str, str]:
+    """``<domain>_<task>`` -> (domain, task) of dm_control's suite, by the longest domain that
+    prefixes the name: domains and tasks may hold underscores themselves (``point_mass_easy``,
+    ``humanoid_CMU_run``, ``lqr_lqr_2_1``). ``cup`` stands for ``ball_in_cup``."""
+    known = set(_all_tasks() if tasks is None else tasks)
+    aliases = {**{d: d for d, _ in known}, **DOMAIN_ALIASES}
+    for prefix in sorted(aliases, key=len, reverse=True):
+        domain, task = aliases[prefix], name[len(prefix) + 1:]
+        if name.startswith(prefix + "_") and (domain, task) in known:
+            return domain, task
+    raise ValueError(f"{name!r} is not a dm_control task (<domain>_<task>, e.g. walker_walk); "
+                     "mbrl.envs.list_tasks('dmc') lists them")
 
 
 def task_names() -> list[str]:
-    from dm_control import suite
     inverse = {v: k for k, v in DOMAIN_ALIASES.items()}
-    return sorted(f"{inverse.get(d, d)}_{t}" for d, t in suite.ALL_TASKS)
+    return sorted(f"{inverse.get(d, d)}_{t}" for d, t in _all_tasks())
 
 
 class DMCBackend:
