@@ -3,7 +3,8 @@
 The model is the real IVideoGPT with the tiny tokenizer and transformer at 64x64 (random weights,
 action and reward heads randomised so actions matter), saved with save_pretrained and loaded by
 the player exactly as a user's checkpoint. ``max_future_frames=4`` makes the player re-anchor
-within a few steps, so undo and replay cross an anchor."""
+within a few steps, so undo and replay cross an anchor. Vid2World (micro backbone, weights
+perturbed so history and actions matter) covers a model without a horizon whose states are kept."""
 from __future__ import annotations
 
 import math
@@ -32,10 +33,10 @@ IMG, ACT, HORIZON = 64, 4, 4
 EPISODE_LENGTH = 12  # real env steps per episode in the ground-truth tests
 
 
-def make_checkpoint(directory: Path, seed: int) -> Path:
+def make_checkpoint(directory: Path, seed: int, context_frames: int = 2) -> Path:
     torch.manual_seed(seed)
-    model = IVideoGPT(image_size=IMG, action_dim=ACT, context_frames=2, tokenizer="tiny", transformer="tiny",
-                      max_future_frames=HORIZON)
+    model = IVideoGPT(image_size=IMG, action_dim=ACT, context_frames=context_frames, tokenizer="tiny",
+                      transformer="tiny", max_future_frames=HORIZON)
     with torch.no_grad():  # zero-initialised heads would hide action / reward bugs
         model.transformer.action_linear.weight.normal_(std=0.5)
         model.transformer.reward_linear.weight.normal_(std=0.5)
@@ -47,6 +48,21 @@ def make_checkpoint(directory: Path, seed: int) -> Path:
 def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("player_ckpt")
     return make_checkpoint(root / "a", 0), make_checkpoint(root / "b", 1)
+
+
+@pytest.fixture(scope="module")
+def v2w_checkpoint(tmp_path_factory) -> Path:
+    from worldmodel.vid2world import Vid2World
+
+    torch.manual_seed(0)
+    micro = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
+    model = Vid2World(image_size=IMG, action_dim=ACT, backbone=micro, sampling_steps=2)
+    with torch.no_grad():  # the default initialisation ignores the history: frames would not depend on it
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    directory = tmp_path_factory.mktemp("player_v2w") / "v2w"
+    model.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +97,21 @@ def first_episode(player: Player) -> str:
 def actions(n: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(ACT, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def continuous_frames(host: WorldModelHost, context: torch.Tensor, acts: list[torch.Tensor],
+                      seed: int = 0) -> torch.Tensor:
+    """The plain rollout: one reset on the context, then one step per action, same generator seed."""
+    def run() -> torch.Tensor:
+        model = host.model
+        state = model.reset(context[None].to(host.device), generator=host.generator(seed))
+        frames = []
+        with torch.no_grad():
+            for a in acts:
+                frame, _, state = model.step(state, a[None].to(host.device))
+                frames.append(frame[0].cpu())
+        return torch.stack(frames)
+    return host.call(run)
 
 
 # ----------------------------------------------------------------- sessions (no web layer)
@@ -371,6 +402,67 @@ def test_http_switching_checkpoints_reimagines_sessions(client, checkpoints):
     assert view["steps"][0]["frame"] != before[0]["frame"]  # imagined again, by the other model
 
 
+def test_http_a_checkpoint_with_other_context_frames_is_refused_and_sessions_keep_playing(client, checkpoints,
+                                                                                          tmp_path):
+    other = make_checkpoint(tmp_path / "three_context_frames", 0, context_frames=3)
+    sid = post(client, "/api/sessions")["session"]
+    episode = client.get("/api/info").json()["episodes"][0]
+    post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": episode, "start": 2})
+    for a in actions(2):
+        post(client, f"/api/sessions/{sid}/step", {"action": a.tolist()})
+    before = client.get(f"/api/sessions/{sid}").json()
+    err = post(client, "/api/checkpoint", {"pretrained": str(other)}, status=400)["error"]
+    assert "3 context frames" in err and "context_frames=2" in err
+    assert client.get("/api/info").json()["model"]["checkpoint"] == str(checkpoints[0])
+    assert client.get(f"/api/sessions/{sid}").json() == before  # nothing re-imagined, nothing lost
+    nxt = post(client, f"/api/sessions/{sid}/step", {"action": [0] * ACT})
+    assert nxt["n_steps"] == 3 and nxt["revision"] == before["revision"]
+
+
+def test_a_failed_reimagination_after_a_switch_keeps_the_trajectory(player, checkpoints, monkeypatch):
+    sessions, host = player.sessions, player.host
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    for a in actions(3):
+        sessions.call(sid, lambda s, a=a: s.step(a))
+    sessions.call(sid, lambda s: s.set_sampling({"temperature": 0.5}))
+    before = sessions.call(sid, lambda s: s.frames().clone())
+    host.switch(checkpoints[1])
+
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(host.model, "step", broken_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
+    assert torch.equal(sessions.call(sid, lambda s: s.frames()), before)
+    monkeypatch.undo()
+    sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))  # re-imagined with the new model, then stepped
+    frames = sessions.call(sid, lambda s: s.frames())
+    assert len(frames) == len(before) + 1 and not torch.equal(frames[:len(before)], before)
+    assert sessions.call(sid, lambda s: s.sampling) == {**host.sampling_defaults(), "temperature": 0.5}
+
+
+def test_http_sampling_settings_are_typed_like_the_models_own(client, player):
+    model = player.host.model
+    defaults = dict(model.sampling)
+    info = client.get("/api/info").json()["model"]
+    assert info["sampling_editable"] == ["temperature", "top_k"]
+    sid = post(client, "/api/sessions")["session"]
+    path = f"/api/sessions/{sid}/sampling"
+    # What the page used to send for the switches: Number("false") and Number("auto") are 0.
+    for settings, match in (({"compile": 0}, "compile=0 must be true or false"),
+                            ({"cpu_bf16_decoding": 0}, "cpu_bf16_decoding=0 must be a str"),
+                            ({"compile": True}, "runtime switch"), ({"cpu_bf16_decoding": "yes"}, "runtime switch"),
+                            ({"temperature": None}, "finite number"), ({"top_k": True}, "finite number"),
+                            ({"temperature": "0.5"}, "finite number"), ({"beam": 1}, "no sampling setting")):
+        assert match in post(client, path, {"settings": settings}, status=400)["error"], settings
+    res = post(client, path, {"settings": {"temperature": 0.5, "top_k": 7, "compile": False,
+                                           "cpu_bf16_decoding": "auto"}})
+    assert res["sampling"] == {**defaults, "temperature": 0.5, "top_k": 7}
+    assert isinstance(res["sampling"]["top_k"], int) and model.sampling == defaults
+
+
 def test_play_script_refuses_a_bad_checkpoint_at_startup(tmp_path, capsys):
     import importlib.util
 
@@ -388,14 +480,10 @@ def test_play_script_refuses_a_bad_checkpoint_at_startup(tmp_path, capsys):
     assert cfg.world_model.pretrained is None and cfg.seed == 1  # the training config's keys
 
 
-def test_a_model_without_sampling_settings_plays_and_undoes(episodes, tmp_path):
+def test_a_model_without_sampling_settings_plays_and_undoes(v2w_checkpoint, episodes):
     """Vid2World (diffusion) has no temperature / top-k and no trained horizon: the player offers
-    no sampling settings and re-anchors every ``replay_window`` steps."""
-    from worldmodel.vid2world import Vid2World
-
-    micro = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
-    Vid2World(image_size=IMG, action_dim=ACT, backbone=micro, sampling_steps=2).save_pretrained(tmp_path / "v2w")
-    host = WorldModelHost(tmp_path / "v2w", IMG)
+    no sampling settings and never re-anchors after the start."""
+    host = WorldModelHost(v2w_checkpoint, IMG)
     try:
         assert host.info()["sampling"] == {} and host.horizon is None
         sessions = SessionManager(host, {"suite": "metaworld", "name": "plate-slide-v3"}, EpisodeCatalog(episodes),
@@ -403,11 +491,67 @@ def test_a_model_without_sampling_settings_plays_and_undoes(episodes, tmp_path):
         sid = sessions.create()
         sessions.call(sid, lambda s: s.start_from_episode(sorted(p.name for p in episodes.glob("*.npz"))[0]))
         steps = [sessions.call(sid, lambda s: s.step(s.demo_action())) for _ in range(3)]
-        assert [st.anchored for st in steps] == [True, False, True] and steps[-1].psnr is not None
+        assert [st.anchored for st in steps] == [True, False, False] and steps[-1].psnr is not None
+        assert sessions.call(sid, lambda s: s.window) is None
         sessions.call(sid, lambda s: s.undo())
         again = sessions.call(sid, lambda s: s.step(s.demo_action()))
         assert torch.equal(again.frame, steps[-1].frame)
         with pytest.raises(PlayerError, match="no sampling setting 'temperature'"):
             sessions.call(sid, lambda s: s.set_sampling({"temperature": 0.5}))
+    finally:
+        host.close()
+
+
+@pytest.mark.parametrize("state_budget_mb", [64.0, 0.0])
+def test_vid2world_play_equals_the_continuous_rollout_beyond_the_replay_window(v2w_checkpoint, episodes,
+                                                                               state_budget_mb):
+    """Past ``replay_window`` steps the session keeps a state instead of resetting the model, so the
+    page shows exactly the plain reset/step rollout; undo across kept states (or, with no budget
+    for them, from the start) gives back the same frames."""
+    host = WorldModelHost(v2w_checkpoint, IMG)
+    try:
+        sessions = SessionManager(host, {"suite": "metaworld", "name": "plate-slide-v3"}, EpisodeCatalog(episodes),
+                                  replay_window=2, state_budget_mb=state_budget_mb)
+        sid = sessions.create()
+        sessions.call(sid, lambda s: s.start_from_episode(sorted(p.name for p in episodes.glob("*.npz"))[0]))
+        acts = actions(5, seed=3)
+        steps = [sessions.call(sid, lambda s, a=a: s.step(a)) for a in acts]
+        context = sessions.call(sid, lambda s: s.context)
+        expected = continuous_frames(host, context, acts)
+        assert torch.equal(torch.stack([st.frame for st in steps]), expected)
+        assert [st.anchored for st in steps] == [True] + [False] * 4
+        kept = sessions.call(sid, lambda s: s.kept_state_bytes)
+        assert (kept > 0) if state_budget_mb else (kept == 0)
+        for _ in range(2):  # back across the kept state at step 4, to the one at step 2 (or the start)
+            sessions.call(sid, lambda s: s.undo())
+        for a in acts[3:]:
+            sessions.call(sid, lambda s, a=a: s.step(a))
+        assert torch.equal(sessions.call(sid, lambda s: s.frames())[1:], expected)
+    finally:
+        host.close()
+
+
+def test_ivideogpt_play_equals_the_continuous_rollout_within_its_horizon(player):
+    sessions = player.sessions
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    acts = actions(HORIZON, seed=4)
+    for a in acts:
+        sessions.call(sid, lambda s, a=a: s.step(a))
+    context = sessions.call(sid, lambda s: s.context)
+    assert torch.equal(sessions.call(sid, lambda s: s.frames())[1:], continuous_frames(player.host, context, acts))
+
+
+def test_generator_is_on_the_models_exact_device(checkpoints, episodes):
+    """``device=cuda:1`` must give a cuda:1 generator, not the current GPU's (cuda:0)."""
+    device = f"cuda:{torch.cuda.device_count() - 1}" if torch.cuda.is_available() else "cpu"
+    host = WorldModelHost(checkpoints[0], IMG, device)
+    try:
+        assert host.generator(0).device == next(host.model.parameters()).device == torch.device(device)
+        assert host.info()["device"] == str(torch.device(device))
+        sessions = SessionManager(host, {"suite": "metaworld", "name": "plate-slide-v3"}, EpisodeCatalog(episodes))
+        sid = sessions.create()
+        sessions.call(sid, lambda s: s.start_from_episode(sorted(p.name for p in episodes.glob("*.npz"))[0]))
+        assert sessions.call(sid, lambda s: s.step(torch.zeros(ACT))).frame.shape == (3, IMG, IMG)
     finally:
         host.close()

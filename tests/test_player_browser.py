@@ -98,6 +98,25 @@ def test_page_answers_a_key_with_a_new_frame(server_url, tmp_path):
             pixels = iio.imread(io.BytesIO(shot), extension=".png").astype(np.float32)
             assert pixels.ndim == 3 and pixels.std() > MIN_PIXEL_STD, "the screenshot is blank"
 
+            # Sampling: numbers are inputs, the model's switches are shown only; Apply sends valid types.
+            assert page.locator("input#sampling_compile").count() == 0
+            assert page.inner_text("#sampling_compile") == "false"
+            assert page.inner_text("#sampling_cpu_bf16_decoding") == '"auto"'
+            page.fill("#sampling_temperature", "0.5")
+            page.click("#samplingBtn")
+            page.wait_for_selector("body[data-state=ready]")
+            assert page.locator("#error").is_hidden()
+            assert page.input_value("#sampling_temperature") == "0.5"
+            page.fill("#sampling_temperature", "")  # an empty field is refused, not sent as 0
+            page.click("#samplingBtn")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "sampling.temperature=None must be a finite number" in page.inner_text("#error")
+            page.wait_for_selector("body[data-state=ready]")
+            page.fill("#sampling_temperature", "1")
+            page.click("#samplingBtn")
+            page.wait_for_selector("#error", state="hidden")
+            page.wait_for_selector("body[data-state=ready]")
+
             # A bad request is shown on the page, and the page keeps working.
             page.fill("#ckptInput", "/no/such/checkpoint")
             page.click("#ckptForm button")

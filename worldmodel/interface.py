@@ -103,6 +103,10 @@ class WorldModel(nn.Module, abc.ABC):
     # Weight-name prefixes of modules that a run setting adds or removes: ``from_pretrained``
     # starts them fresh when the checkpoint lacks them and leaves them out when the model does.
     optional_weights: tuple[str, ...] = ()
+    # True when ``step`` returns a new state and leaves the one it was given intact (only the
+    # sampling generator, shared by reference, moves on): a caller may keep states and step
+    # from them again (the player's undo). False when a state grows in place (a KV cache).
+    value_states: bool = False
     image_size: int
     action_dim: int
     context_frames: int

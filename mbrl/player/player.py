@@ -65,7 +65,8 @@ class Player:
         host = WorldModelHost(pretrained, int(task_cfg["image_size"]), resolve_device(str(cfg.get("device", "auto"))))
         catalog = EpisodeCatalog(root)
         sessions = SessionManager(host, task_cfg, catalog, max_sessions=int(cfg.get("max_sessions", 8)),
-                                  replay_window=int(cfg.get("replay_window", 10)))
+                                  replay_window=int(cfg.get("replay_window", 10)),
+                                  state_budget_mb=float(cfg.get("state_budget_mb", 64)))
         simulator = simulator_status(task_cfg) if check_simulator else (False, "not checked")
         return cls(host=host, sessions=sessions, catalog=catalog, task_cfg=task_cfg, task_key=task_key,
                    out_dir=Path(str(cfg.get("out_dir", "play"))), video_fps=int(cfg.get("video_fps", 10)),

@@ -53,7 +53,7 @@ class StepBody(BaseModel):
 
 
 class SamplingBody(BaseModel):
-    settings: dict[str, float] = {}
+    settings: dict[str, Any] = {}  # typed against the model's own values by WorldModelHost.check_sampling
     seed: int | None = None
 
 

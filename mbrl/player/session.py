@@ -4,19 +4,24 @@ Web-free and tensor-based: ``server.py`` maps requests onto ``SessionManager.cal
 them on the host's worker thread (so one model serves every session, one call at a time, while
 each session keeps its own imagination state, generator and simulator).
 
-Undo replays, it never copies model state. iVideoGPT's imagination state holds the transformer's
-KV cache and is advanced in place; a copy per step would cost a cache per step and per session
-(about 25 MB at 10 frames for the small transformer). A session keeps *anchors* instead: where the
-model was reset, and the sampling generator's state just before. Undo drops the last step,
-restores the last anchor's generator state and re-runs the steps since that anchor with their
-recorded actions and sampling settings; the same generator state draws the same tokens, so the
-trajectory is the one shown before (bit for bit on CPU), and the next step samples exactly what
-it would have. A replay is at most one anchor window long: the model's trained horizon
-(iVideoGPT's ``max_future_frames``) or ``replay_window`` steps for models without one.
+Undo replays, it never copies model state. A session keeps *anchors*: points it can replay from,
+with the sampling generator's state there. Undo drops the last step, goes back to the last anchor
+and re-runs the steps since then with their recorded actions and sampling settings; the same
+generator state draws the same samples, so the trajectory is the one shown before (bit for bit on
+CPU), and the next step samples exactly what it would have. Anchors are of two kinds:
 
-Past that window the model is *re-anchored*: reset on every frame so far, the imagined ones
-included (iVideoGPT conditions on the last ``context_frames`` of them), so play goes on beyond
-the trained horizon; the page marks those frames.
+* a *reset*: the model was reset there on every frame so far, the imagined ones included
+  (iVideoGPT conditions on the last ``context_frames`` of them). There is one at the start, and
+  one whenever the model's own ``max_horizon`` (iVideoGPT's ``max_future_frames``) is used up, so
+  play goes on beyond the trained horizon; the page marks those frames ("re-anchored").
+* a *kept state*, every ``replay_window`` steps, for models whose state is a value (``step``
+  returns a new state and leaves the old one intact: Vid2World). Keeping one costs no model
+  call and changes nothing, so imagination stays exactly the continuous reset/step rollout;
+  the kept states of a session are bounded by ``state_budget_mb`` (the oldest go first, and an
+  undo past them replays from an earlier anchor: slower, same frames). iVideoGPT's state holds
+  the transformer's KV cache and is advanced in place, so it cannot be kept: its undo replays
+  from the last reset, at most ``max_future_frames`` steps. A model of neither kind (no horizon,
+  in-place state) is re-anchored every ``replay_window`` steps instead.
 
 Ground truth: a session started from an env reset runs the same actions in a real env (same
 seed) and reports its frames and per-frame PSNR; a session started from an episode file has the
@@ -46,6 +51,23 @@ PSNR_CAP_DB = 100.0  # reported for identical frames instead of infinity
 ACTION_ATOL = 1e-5  # an action "follows the demo" when it is this close to the recorded one
 MAX_SEED = 2**63 - 1
 RGB = 3
+MB = 2**20
+
+
+def has_value_states(model: Any) -> bool:
+    """Whether a state ``model.step`` was given can be stepped again later
+    (``WorldModel.value_states``), so a session can keep states for undo."""
+    return bool(getattr(model, "value_states", False))
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of the tensors a model state holds (its fields, one level of lists / tuples / dicts)."""
+    fields = vars(state).values() if hasattr(state, "__dict__") else [state]
+    total = 0
+    for value in fields:
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        total += sum(t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor))
+    return total
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -59,7 +81,7 @@ class Step:
     """One imagined step a_t -> (o_{t+1}, r_t), with the real outcome when known."""
 
     action: torch.Tensor  # float32 [A]
-    sampling: dict[str, float]  # the sampling settings it was imagined with
+    sampling: dict[str, Any]  # the sampling settings it was imagined with
     frame: torch.Tensor  # uint8 [3, H, W]: imagined o_{t+1}
     reward: float  # imagined r_t
     anchored: bool  # the model was (re)set on the frames before this step
@@ -87,25 +109,36 @@ class Start:
         return f"{self.episode} @ frame {self.start}"
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (it holds tensors)
 class Anchor:
-    step: int  # len(steps) when the model was reset
-    rng_state: torch.Tensor  # the sampling generator's state just before that reset
+    """A point undo can replay from (see the module doc)."""
+
+    step: int  # len(steps) there
+    rng_state: torch.Tensor  # the sampling generator's state there (before the reset, for a reset)
+    state: Any = None  # the model's state after ``step`` steps; None: the model was reset here
+    nbytes: int = 0  # what ``state`` holds
+
+    @property
+    def is_reset(self) -> bool:
+        return self.state is None
 
 
 class PlaySession:
     """One page's trajectory. Not thread-safe: call it through ``SessionManager.call``."""
 
     def __init__(self, sid: str, host: WorldModelHost, task_cfg: Mapping[str, Any], catalog: EpisodeCatalog,
-                 replay_window: int = 10):
+                 replay_window: int = 10, state_budget_mb: float = 64.0):
         if replay_window < 1:
             raise PlayerError(f"replay_window={replay_window} must be >= 1.")
+        if not state_budget_mb >= 0:
+            raise PlayerError(f"state_budget_mb={state_budget_mb} must be >= 0 (0: keep no model states).")
         self.sid, self.host, self.task_cfg, self.catalog = sid, host, task_cfg, catalog
         self.replay_window = int(replay_window)
+        self.state_budget = int(state_budget_mb * MB)
         self.start: Start | None = None
         self.context: torch.Tensor | None = None  # uint8 [T0, 3, H, W] real frames; the last is o_0
         self.steps: list[Step] = []
-        self.sampling: dict[str, float] = host.sampling_defaults()
+        self.sampling: dict[str, Any] = host.sampling_defaults()
         self.seed = 0  # sampling seed; applies at the next restart / re-imagination
         self.revision = 0  # bumped whenever ``steps`` change other than by one appended step
         self.saved_dir: Path | None = None
@@ -173,9 +206,7 @@ class PlaySession:
         self.sync()
         keep = self.steps[:-1]
         anchor = [a for a in self._anchors if a.step <= len(keep)][-1]
-        self._anchors = [a for a in self._anchors if a.step < anchor.step]
-        self._generator.set_state(anchor.rng_state)
-        self._state = None
+        self._rewind(anchor)
         self.steps = keep[:anchor.step]
         self._replay(keep[anchor.step:])
         if self.start.kind == "env":
@@ -185,11 +216,17 @@ class PlaySession:
         self.revision += 1
 
     def reimagine(self) -> None:
-        """Imagine the same actions again with the current sampling settings and seed."""
+        """Imagine the same actions again with the current sampling settings and seed. If that
+        fails, the trajectory stays as it was (and a switched model is tried again next call)."""
         self._require_started()
         old = self.steps
-        self._reset_imagination()
-        self._replay(old, sampling=self.sampling)
+        saved = (self.steps, self._anchors, self._state, self._generator, self._generation)
+        try:
+            self._reset_imagination()
+            self._replay(old, sampling=self.sampling)
+        except BaseException:
+            self.steps, self._anchors, self._state, self._generator, self._generation = saved
+            raise
         self.revision += 1
 
     def set_sampling(self, settings: Mapping[str, Any] | None = None, seed: int | None = None) -> None:
@@ -269,31 +306,74 @@ class PlaySession:
 
     # ----- imagination internals -----
     @property
-    def window(self) -> int:
-        """Steps per anchor: the model's trained horizon, or ``replay_window`` if it has none."""
-        return self.host.horizon or self.replay_window
+    def window(self) -> int | None:
+        """Steps between resets of the model: its trained horizon; ``replay_window`` for a model
+        with neither a horizon nor value states; None: never after the start."""
+        if self.host.horizon is not None:
+            return self.host.horizon
+        return None if has_value_states(self.model) else self.replay_window
+
+    @property
+    def kept_state_bytes(self) -> int:
+        """Bytes of the model states this session keeps for undo."""
+        return sum(a.nbytes for a in self._anchors)
 
     def _reset_imagination(self) -> None:
         self.steps, self._anchors, self._state = [], [], None
         self._generator = self.host.generator(self.seed)
         self._generation = self.host.generation
 
-    def _anchor(self) -> None:
+    def _next_anchor(self) -> str | None:
+        """What to do before the next step: "reset" the model, "keep" its state, or nothing."""
+        if self._state is None:
+            return "reset"
+        n, last = len(self.steps), self._anchors[-1]
+        last_reset = max(a.step for a in self._anchors if a.is_reset)
+        if self.host.horizon is not None and n - last_reset >= self.host.horizon:
+            return "reset"
+        if n - last.step >= self.replay_window:
+            if has_value_states(self.model):
+                return "keep"
+            if self.host.horizon is None:
+                return "reset"
+        return None
+
+    def _reset_model(self) -> None:
         frames = torch.cat([self.context] + [s.frame[None] for s in self.steps])  # [T0 + n, 3, H, W]
         rng_state = self._generator.get_state()
         self._state = self.model.reset(frames[None].to(self.host.device), generator=self._generator)
         self._anchors.append(Anchor(len(self.steps), rng_state))
 
-    def _imagine(self, action: torch.Tensor, sampling: dict[str, float]) -> Step:
-        anchored = self._state is None or len(self.steps) - self._anchors[-1].step >= self.window
-        if anchored:
-            self._anchor()
+    def _keep_state(self) -> None:
+        """Keep the current state as an anchor, dropping the oldest kept ones beyond the budget."""
+        self._anchors.append(Anchor(len(self.steps), self._generator.get_state(), self._state,
+                                    state_nbytes(self._state)))
+        kept = [a for a in self._anchors if not a.is_reset]
+        while kept and self.kept_state_bytes > self.state_budget:
+            self._anchors.remove(kept.pop(0))
+
+    def _rewind(self, anchor: Anchor) -> None:
+        """Model and generator back to ``anchor`` (the steps after it are the caller's to replay)."""
+        self._generator.set_state(anchor.rng_state)
+        if anchor.is_reset:  # the next step resets the model there again
+            self._anchors = [a for a in self._anchors if a.step < anchor.step]
+            self._state = None
+        else:
+            self._anchors = [a for a in self._anchors if a.step <= anchor.step]
+            self._state = anchor.state
+
+    def _imagine(self, action: torch.Tensor, sampling: dict[str, Any]) -> Step:
+        todo = self._next_anchor()
+        if todo == "reset":
+            self._reset_model()
+        elif todo == "keep":
+            self._keep_state()
         with torch.no_grad(), self.host.sampling(sampling):
             frame, reward, self._state = self.model.step(self._state, action[None].to(self.host.device))
         return Step(action=action, sampling=dict(sampling), frame=frame[0].cpu(), reward=float(reward[0]),
-                    anchored=anchored)
+                    anchored=todo == "reset")
 
-    def _replay(self, old: list[Step], sampling: dict[str, float] | None = None) -> None:
+    def _replay(self, old: list[Step], sampling: dict[str, Any] | None = None) -> None:
         """Re-imagine ``old``'s actions after the current steps; real outcomes are kept."""
         for s in old:
             new = self._imagine(s.action, dict(sampling) if sampling is not None else s.sampling)
@@ -304,8 +384,7 @@ class PlaySession:
         """After a checkpoint switch, re-imagine this trajectory with the new model."""
         if self.start is None or self._generation == self.host.generation:
             return
-        defaults = self.host.sampling_defaults()
-        self.sampling = {k: self.sampling.get(k, v) for k, v in defaults.items()}
+        self.sampling = self.host.merge_sampling(self.sampling)
         self.reimagine()
 
     # ----- ground truth -----
@@ -400,6 +479,7 @@ class SessionManager:
     catalog: EpisodeCatalog
     max_sessions: int = 8
     replay_window: int = 10
+    state_budget_mb: float = 64.0  # per session: model states kept for undo (value-state models)
     _sessions: OrderedDict = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
@@ -410,7 +490,8 @@ class SessionManager:
         """A new empty session; returns its id."""
         def run() -> str:
             sid = secrets.token_urlsafe(12)
-            self._sessions[sid] = PlaySession(sid, self.host, self.task_cfg, self.catalog, self.replay_window)
+            self._sessions[sid] = PlaySession(sid, self.host, self.task_cfg, self.catalog, self.replay_window,
+                                              self.state_budget_mb)
             while len(self._sessions) > self.max_sessions:
                 _, old = self._sessions.popitem(last=False)
                 old.close()

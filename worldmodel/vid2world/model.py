@@ -99,6 +99,7 @@ class Vid2World(WorldModel):
     # setting): a checkpoint without them loads with them fresh (zero key embedding, unfitted key
     # dynamics); one with them loads into a run without such a memory without them.
     optional_weights = ("key_embedding.", "key_dynamics.")
+    value_states = True  # ``step`` builds a new ImaginationState
 
     def __init__(self, config: Vid2WorldConfig | None = None, **kwargs: Any):
         super().__init__()

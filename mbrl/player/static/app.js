@@ -134,9 +134,9 @@ function appendStep(res) {
 }
 
 function updateStripInfo() {
-  const w = state.view ? state.view.window : 0;
-  $("stripInfo").textContent =
-    `${state.nSteps} steps · green: real context · dashed: model re-anchored (every ${w} steps)`;
+  const w = state.view ? state.view.window : null;
+  const every = w ? ` (every ${w} steps)` : "";
+  $("stripInfo").textContent = `${state.nSteps} steps · green: real context · dashed: model re-anchored${every}`;
   $("demoBtn").disabled = !state.demoAction;
 }
 
@@ -218,9 +218,14 @@ async function save() {
   }
 }
 
+// Only the numeric settings are sent: the model's switches (e.g. compile) are shown, not changed.
+// An empty field is sent as null, which the server refuses by name (Number("") would be 0).
 async function applySampling() {
   const settings = {};
-  for (const key of Object.keys(state.info.model.sampling)) settings[key] = Number($(`sampling_${key}`).value);
+  for (const key of state.info.model.sampling_editable) {
+    const value = $(`sampling_${key}`).value;
+    settings[key] = value === "" ? null : Number(value);
+  }
   const res = await api("POST", `/api/sessions/${state.sid}/sampling`, { settings, seed: Number($("seed").value) });
   renderSampling(res.sampling, res.seed);
 }
@@ -228,8 +233,10 @@ async function applySampling() {
 // ----- building the page from /api/info -----
 function renderSampling(sampling, seed) {
   for (const [key, value] of Object.entries(sampling || {})) {
-    const input = $(`sampling_${key}`);
-    if (input) input.value = value;
+    const field = $(`sampling_${key}`);
+    if (!field) continue;
+    if (field.tagName === "INPUT") field.value = value;
+    else field.textContent = JSON.stringify(value);
   }
   $("seed").value = seed;
 }
@@ -266,17 +273,38 @@ function buildControls(info) {
   li.innerHTML = "<kbd>Enter</kbd> step with the sliders · <kbd>f</kbd> follow the demo · <kbd>z</kbd> undo · <kbd>r</kbd> restart";
   help.appendChild(li);
   state.action = info.controls.map(() => 0);
+}
 
-  const sampling = $("sampling");
-  sampling.replaceChildren();
-  const keys = Object.keys(info.model.sampling);
-  if (!keys.length) sampling.innerHTML = `<p class="muted small">The ${info.model.type} model has no sampling settings.</p>`;
-  for (const key of keys) {
+// Numeric settings get number inputs; the model's other settings (booleans, strings) are shown read-only.
+function buildSampling(info) {
+  const box = $("sampling");
+  box.replaceChildren();
+  const sampling = info.model.sampling;
+  if (!Object.keys(sampling).length) {
+    box.innerHTML = `<p class="muted small">The ${info.model.type} model has no sampling settings.</p>`;
+  }
+  for (const [key, value] of Object.entries(sampling)) {
     const row = document.createElement("label");
     row.className = "row";
-    const step = key === "top_k" ? "1" : "0.05";
-    row.innerHTML = `<span>${key}</span><input id="sampling_${key}" type="number" min="0" step="${step}" value="${info.model.sampling[key]}">`;
-    sampling.appendChild(row);
+    const name = document.createElement("span");
+    name.textContent = key;
+    row.appendChild(name);
+    if (info.model.sampling_editable.includes(key)) {
+      const input = document.createElement("input");
+      input.type = "number";
+      input.min = "0";
+      input.step = key === "top_k" ? "1" : "0.05";
+      input.value = value;
+      input.id = `sampling_${key}`;
+      row.appendChild(input);
+    } else {
+      const fixed = document.createElement("output");
+      fixed.id = `sampling_${key}`;
+      fixed.textContent = JSON.stringify(value);
+      row.title = "a runtime switch of the loaded model, the same for every session (set in the checkpoint's config.json)";
+      row.appendChild(fixed);
+    }
+    box.appendChild(row);
   }
 }
 
@@ -309,6 +337,7 @@ async function main() {
   state.info = await api("GET", "/api/info");
   describeModel(state.info);
   buildControls(state.info);
+  buildSampling(state.info);
   buildSources(state.info);
   state.sid = (await api("POST", "/api/sessions")).session;
   window.addEventListener("pagehide", () => navigator.sendBeacon(`/api/sessions/${state.sid}/close`));
@@ -328,6 +357,7 @@ async function main() {
     run(async () => {
       state.info = await api("POST", "/api/checkpoint", { pretrained: $("ckptInput").value });
       describeModel(state.info);
+      buildSampling(state.info);  // another model type has other settings
       if (state.view && state.view.start) renderView(await api("GET", `/api/sessions/${state.sid}`));
     });
   });
