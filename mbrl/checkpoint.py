@@ -50,5 +50,5 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). Delete it to restart "
-            "this run from its saved episodes, or start a new run without resume=true.") from None
+            f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). Delete it to continue "
+            "this run from its saved episodes with a fresh agent, or start a new run without resume=true.") from None

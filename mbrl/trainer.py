@@ -11,6 +11,7 @@ checkpoint, so no finished episode is lost. Training episode i is reset with a s
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,29 @@ from mbrl.envs import make_env
 from mbrl.logger import Logger
 from mbrl.mbpo import MBPO
 from mbrl.replay.real_buffer import RealReplayBuffer
-from mbrl.utils import SectionTimer, resolve_device, set_seed_everywhere
+from mbrl.utils import ConfigValueError, SectionTimer, resolve_device, set_seed_everywhere
 from mbrl.video import chw_to_hwc, write_video
 from mbrl.world_models import build_world_model
-from worldmodel.episodes import Episode, EpisodeRecorder, iter_episodes, save_episode
+from worldmodel.episodes import Episode, EpisodeRecorder, episode_paths, iter_episodes, save_episode
 
 log = logging.getLogger(__name__)
 
 EVAL_STREAM = 1  # tags eval episodes' seeds apart from training episodes' (see eval_episode_seed)
 EPISODES_DIR = "episodes"
+
+
+def check_loop_config(cfg: DictConfig) -> None:
+    """Refuse loop settings that cannot work, at start (not thousands of frames in, or never)."""
+    a = cfg.agent
+    problems = [f"{name} must be >= {low}, got {value}" for name, value, low in (
+        ("agent.update_every_steps", a.update_every_steps, 1), ("agent.update_times", a.update_times, 1),
+        ("agent.batch_size", a.batch_size, 1), ("agent.nstep", a.nstep, 1), ("seed", cfg.seed, 0),
+        ("num_eval_episodes", cfg.num_eval_episodes, 1), ("num_seed_frames", cfg.num_seed_frames, 0),
+        ("save_every_frames", cfg.save_every_frames, 1)) if value < low]
+    if not 0.0 < a.discount <= 1.0:
+        problems.append(f"agent.discount must be in (0, 1], got {a.discount}")
+    if problems:
+        raise ConfigValueError("; ".join(problems) + ".")
 
 
 class Trainer:
@@ -51,7 +66,9 @@ class Trainer:
         self.image_size = obs_shape[-1]
         self.action_dim = int(self.train_env.action_space.shape[0])
         a = cfg.agent
-        self.agent = DrQV2Agent.from_config(a, obs_shape, self.action_dim, self.device)
+        check_loop_config(cfg)
+        self.agent = DrQV2Agent.from_config(a, obs_shape, self.action_dim, self.device,
+                                            num_expl_steps=cfg.num_seed_frames // self.action_repeat)
         self.replay = RealReplayBuffer(
             cfg.replay.capacity, self.image_size, self.action_dim, self.frame_stack, a.nstep, a.discount,
             memmap_dir=str(self.run_dir / "replay_memmap") if cfg.replay.memmap else None)
@@ -181,18 +198,22 @@ class Trainer:
         self.last_save_frame = self.frame
 
     def restore(self) -> bool:
-        """Continue from the run dir's checkpoint and episodes; False if there is nothing to resume."""
+        """Continue from the run dir's checkpoint and episodes; False if there is nothing to resume.
+        A run stopped before its first checkpoint keeps its episodes (the env frames are the costly
+        part on a CPU): it continues from them with the agent and world model it starts with now."""
         state = load_checkpoint(self.run_dir / "checkpoints")
-        if state is None:
+        episodes = self.run_dir / EPISODES_DIR
+        if state is None and not (episodes.is_dir() and episode_paths(episodes)):
             return False
-        self.agent.load_state_dict(state["agent"])
-        set_rng_state(state["rng"])
-        self.rng.bit_generator.state = state["replay_rng"]
-        if self.mbpo is not None and state["mbpo"] is not None:
-            self.mbpo.load_state_dict(state["mbpo"])
-        self.wall_offset = state["wall_time"]
+        if state is not None:
+            self.agent.load_state_dict(state["agent"])
+            set_rng_state(state["rng"])
+            self.rng.bit_generator.state = state["replay_rng"]
+            if self.mbpo is not None and state["mbpo"] is not None:
+                self.mbpo.load_state_dict(state["mbpo"])
+            self.wall_offset = state["wall_time"]
         self.step = self.episode = 0
-        for path, episode in iter_episodes(self.run_dir / EPISODES_DIR, self.image_size, self.action_dim):
+        for path, episode in iter_episodes(episodes, self.image_size, self.action_dim):
             self.replay.add_episode(episode)
             self.step += len(episode)
             self.episode += 1
@@ -200,8 +221,13 @@ class Trainer:
         kept = self.logger.csv_log("eval").truncate_after(self.frame)
         self.last_eval_frame = max([int(float(r["frame"])) for r in kept], default=self.last_eval_frame)
         self.logger.csv_log("train").truncate_after(self.frame)
-        print(f"[train] resumed {self.run_dir} at frame {self.frame} (episode {self.episode}; "
-              f"checkpoint at frame {state['step'] * self.action_repeat})")
+        if state is None:
+            print(f"[train] {self.run_dir} stopped before its first checkpoint (save_every_frames="
+                  f"{self.cfg.save_every_frames}): continuing from its {self.episode} episodes (frame "
+                  f"{self.frame}) with a fresh agent and world model", file=sys.stderr)
+        else:
+            print(f"[train] resumed {self.run_dir} at frame {self.frame} (episode {self.episode}; "
+                  f"checkpoint at frame {state['step'] * self.action_repeat})")
         return True
 
     # ----- the loop -----

@@ -38,7 +38,7 @@ def sync(device: torch.device) -> None:
 
 
 def bench_updates(cfg, size: int, device: torch.device, updates: int, warmup: int) -> float:
-    agent = DrQV2Agent.from_config(cfg, (3 * FRAME_STACK, size, size), ACTION_DIM, device)
+    agent = DrQV2Agent.from_config(cfg, (3 * FRAME_STACK, size, size), ACTION_DIM, device, num_expl_steps=0)
     n = cfg.batch_size
     frames = lambda: torch.randint(0, 256, (n, 3 * FRAME_STACK, size, size),  # noqa: E731
                                    dtype=torch.uint8, device=device)

@@ -1,6 +1,7 @@
 """DrQ-v2 agent: augmentation, schedules, acting, the critic / actor / target updates."""
 import copy
 import inspect
+import os
 from pathlib import Path
 
 import pytest
@@ -248,8 +249,56 @@ def test_config_keys_are_all_used():
     ctor = set(inspect.signature(DrQV2Agent.__init__).parameters) - {"self", "obs_shape",
                                                                      "action_dim", "device"}
     assert set(cfg) == ctor | set(LOOP_KEYS)
-    agent = DrQV2Agent.from_config(cfg, OBS_SHAPE, ACTION_DIM, "cpu")
+    with pytest.raises(ValueError, match="num_expl_steps is null"):
+        DrQV2Agent.from_config(cfg, OBS_SHAPE, ACTION_DIM, "cpu")
+    agent = DrQV2Agent.from_config(cfg, OBS_SHAPE, ACTION_DIM, "cpu", num_expl_steps=7)
+    assert agent.num_expl_steps == 7 and agent.encoder_opt.param_groups[0]["weight_decay"] == cfg.weight_decay
     assert agent.critic_target_tau == cfg.critic_target_tau
     assert agent.stddev_schedule(100_000) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="bad agent config"):
-        DrQV2Agent.from_config({**cfg, "hiden_dim": 3}, OBS_SHAPE, ACTION_DIM, "cpu")
+        DrQV2Agent.from_config({**cfg, "hiden_dim": 3}, OBS_SHAPE, ACTION_DIM, "cpu", num_expl_steps=0)
+    with pytest.raises(ValueError, match="stddev_clip"):
+        DrQV2Agent.from_config({**cfg, "stddev_clip": -1}, OBS_SHAPE, ACTION_DIM, "cpu", num_expl_steps=0)
+
+
+# ----- against the official facebookresearch/drqv2 (scripts/check_drqv2_equivalence.py) -----
+def _equivalence_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_drqv2_equivalence.py"
+    spec = importlib.util.spec_from_file_location("check_drqv2_equivalence", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_drqv2_equivalence_refuses_a_folder_that_is_not_a_checkout(tmp_path):
+    with pytest.raises(SystemExit, match="not a checkout of facebookresearch/drqv2"):
+        _equivalence_script().main(["--official-repo", str(tmp_path)])
+
+
+@pytest.mark.skipif(not os.environ.get("DRQV2_OFFICIAL_REPO"),
+                    reason="needs a checkout of facebookresearch/drqv2: set DRQV2_OFFICIAL_REPO=<dir>")
+def test_updates_equal_the_official_drqv2():
+    assert _equivalence_script().main(["--official-repo", os.environ["DRQV2_OFFICIAL_REPO"]]) == 0
+
+
+@pytest.mark.parametrize("task, nstep, batch, schedule, lr", [
+    ("dmc/walker_walk", 1, 512, "linear(1.0,0.1,100000)", 1e-4),
+    ("dmc/cheetah_run", 3, 256, "linear(1.0,0.1,500000)", 1e-4),
+    ("dmc/humanoid_run", 3, 256, "linear(1.0,0.1,2000000)", 8e-5),
+])
+def test_dmc_tasks_take_drqv2s_own_settings(task, nstep, batch, schedule, lr):
+    """world_model=none on DMC is DrQ-v2 as published (its cfgs/config.yaml and task files);
+    Meta-World keeps iVideoGPT's agent (2 updates every step, weight decay 1e-6)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(CFG).resolve().parents[1]), version_base=None):
+        dmc = compose("config", overrides=[f"task={task}", "world_model=none", "preset=reference"])
+        metaworld = compose("config", overrides=["task=metaworld/hammer", "world_model=none", "preset=reference"])
+    a = dmc.agent
+    assert (a.update_every_steps, a.update_times, a.weight_decay) == (2, 1, 0.0)
+    assert (a.nstep, a.batch_size, a.stddev_schedule, a.lr) == (nstep, batch, schedule, lr)
+    assert dmc.eval_every_frames == 10000 and dmc.num_eval_episodes == 10
+    m = metaworld.agent
+    assert (m.update_every_steps, m.update_times, m.weight_decay, m.nstep) == (1, 2, 1e-6, 3)

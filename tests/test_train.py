@@ -92,8 +92,23 @@ def test_resume_after_kill_loses_no_episode(tmp_path):
     assert len(list((run / "episodes").glob("*.npz"))) == len(after)
 
 
+def test_a_run_stopped_before_its_first_checkpoint_continues_from_its_episodes(tmp_path):
+    run = tmp_path / "run"
+    train(run, "num_train_frames=80")
+    (run / "checkpoints" / "last.pt").unlink()  # as if killed before the first save
+    before = {p.name: p.read_bytes() for p in (run / "episodes").glob("*.npz")}
+    result = train(run, "num_train_frames=120", "resume=true")
+    assert "stopped before its first checkpoint" in result.stderr
+    after = {p.name: p.read_bytes() for p in (run / "episodes").glob("*.npz")}
+    assert len(after) == 120 // FRAMES_PER_EPISODE and all(after[name] == data for name, data in before.items())
+    frames = [int(r["frame"]) for r in rows(run / "train.csv")]
+    assert frames == sorted(set(frames)) and frames[-1] == 120  # no episode logged twice
+
+
 @pytest.mark.parametrize("override, message", [
     ("task=metaworld/plate_slidee", "plate_slidee"),
+    ("agent.update_every_steps=0", "agent.update_every_steps must be >= 1"),
+    ("agent.stddev_clip=-1", "stddev_clip"),
     ("agent.not_a_key=1", "not_a_key"),
     ("device=cuda:7", "CUDA"),
 ])

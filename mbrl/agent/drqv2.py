@@ -19,6 +19,7 @@ from mbrl.agent.augment import RandomShiftsAug
 from mbrl.agent.networks import ACTION_HIGH, ACTION_LOW, Actor, Critic, Encoder
 from mbrl.agent.schedule import Schedule
 from mbrl.replay.batch import TransitionBatch
+from mbrl.utils import ConfigValueError
 from worldmodel.interface import Policy
 
 # Keys of cfgs/agent/drqv2.yaml read by the training loop / replay, not by this class.
@@ -32,13 +33,17 @@ class DrQV2Agent:
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int,
                  device: str | torch.device, lr: float, feature_dim: int, hidden_dim: int,
                  critic_target_tau: float, stddev_schedule: str, stddev_clip: float,
-                 num_expl_steps: int, aug_pad: int):
+                 num_expl_steps: int, aug_pad: int, weight_decay: float = 0.0):
         self.obs_shape = tuple(int(s) for s in obs_shape)
         self.action_dim = int(action_dim)
         if self.action_dim < 1:
-            raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
+            raise ConfigValueError(f"action_dim must be >= 1, got {action_dim}.")
         if not 0.0 < critic_target_tau <= 1.0:
-            raise ValueError(f"critic_target_tau must be in (0, 1], got {critic_target_tau}.")
+            raise ConfigValueError(f"agent.critic_target_tau must be in (0, 1], got {critic_target_tau}.")
+        if not lr > 0 or not weight_decay >= 0 or not stddev_clip >= 0 or num_expl_steps < 0 or aug_pad < 0:
+            raise ConfigValueError(
+                f"agent.lr must be > 0 and agent.weight_decay, stddev_clip, num_expl_steps, aug_pad >= 0; got "
+                f"{lr}, {weight_decay}, {stddev_clip}, {num_expl_steps}, {aug_pad}.")
         self.device = torch.device(device)
         self.critic_target_tau = float(critic_target_tau)
         self.stddev_schedule = Schedule(stddev_schedule)
@@ -55,21 +60,28 @@ class DrQV2Agent:
         self.critic_target.requires_grad_(False)
         self.aug = RandomShiftsAug(aug_pad)
 
-        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=lr)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr)
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=lr, weight_decay=weight_decay)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr, weight_decay=weight_decay)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr, weight_decay=weight_decay)
         self.train()
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], obs_shape: tuple[int, int, int],
-                    action_dim: int, device: str | torch.device) -> "DrQV2Agent":
-        """Build from cfg.agent (cfgs/agent/drqv2.yaml); the loop's keys are skipped."""
+                    action_dim: int, device: str | torch.device,
+                    num_expl_steps: int | None = None) -> "DrQV2Agent":
+        """Build from cfg.agent (cfgs/agent/drqv2.yaml); the loop's keys are skipped.
+        ``num_expl_steps``: the loop's value for a null ``agent.num_expl_steps``."""
         kwargs = {k: v for k, v in dict(cfg).items() if k not in LOOP_KEYS}
+        if kwargs.get("num_expl_steps") is None:
+            if num_expl_steps is None:
+                raise ConfigValueError("agent.num_expl_steps is null: the training loop fills it in "
+                                       "(num_seed_frames / action_repeat); pass num_expl_steps or set it.")
+            kwargs["num_expl_steps"] = num_expl_steps
         try:
             return cls(obs_shape=obs_shape, action_dim=action_dim, device=device, **kwargs)
         except TypeError as e:
-            raise ValueError(f"bad agent config {sorted(kwargs)}: {e}. "
-                             "See cfgs/agent/drqv2.yaml for the expected keys.") from None
+            raise ConfigValueError(f"bad agent config {sorted(kwargs)}: {e}. "
+                                   "See cfgs/agent/drqv2.yaml for the expected keys.") from None
 
     def train(self, training: bool = True) -> None:
         self.training = training
