@@ -28,7 +28,7 @@ from worldmodel.corpora.convert import MANIFEST_NAME, ConversionError, convert_c
 from worldmodel.corpora.frames import decode_image, resize_frame
 from worldmodel.corpora.mix import frame_step_for, load_mix
 from worldmodel.corpora.rlds import RLDSReader, _step_values, load_features
-from worldmodel.corpora.video_folder import VideoFolderReader
+from worldmodel.corpora.video_folder import VideoFolderReader, episode_name
 from worldmodel.episodes import Episode, episode_paths, load_episode, save_episode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,6 +298,57 @@ def test_rlds_resume_skips_existing_episodes_without_decoding(tmp_path):
     assert report.written == 1 and report.existing == 3 and victim.is_file()
 
 
+def test_a_bad_record_is_skipped_and_the_rest_of_its_shard_converted(tmp_path):
+    """A NaN action (refused by Episode.validate) or a corrupt zlib tensor is one bad record:
+    the records after it are converted, and reruns skip what was written and report it again."""
+    builder = make_bridge(tmp_path / "oxe", episodes=6, steps=4)  # shard 0 holds records 0, 2, 4
+    shard = sorted(builder.glob("*.tfrecord-*"))[0]
+    records = [data for _, data in tfr.iter_records(shard)]
+    nan_action = tfr.parse_example(records[0])
+    nan_action["steps/action/world_vector"] = nan_action["steps/action/world_vector"].copy()
+    nan_action["steps/action/world_vector"][0] = np.nan
+    bad_zlib = tfr.parse_example(records[1])
+    bad_zlib["steps/observation/state"][1] = b"not zlib data"
+    tfr.write_records(shard, [tfr.make_example(nan_action), tfr.make_example(bad_zlib), records[2]])
+    reader = RLDSReader(str(builder), image_size=16, action_keys=("world_vector", "steps/observation/state"))
+    out = tmp_path / "eps"
+
+    report = convert_corpus(reader, out, progress=False)
+    assert not report.failed_sources and report.written == 4  # 3 of the other shard + record 2
+    assert len(report.bad_records) == 2
+    assert f"{shard.name} record 0: 'action' or 'reward' holds NaN" in report.bad_records[0]
+    assert f"{shard.name} record 1: " in report.bad_records[1] and "corrupt zlib" in report.bad_records[1]
+    assert (out / f"{shard.name.replace('.', '_')}-00002.npz").is_file()
+    again = convert_corpus(reader, out, progress=False)  # finished: resumed from the manifest
+    assert again.resumed == 2 and again.written == 0 and again.bad_records == report.bad_records
+    (out / MANIFEST_NAME).unlink()  # as if the run died before writing it: the episodes are skipped
+    rerun = convert_corpus(reader, out, progress=False)
+    assert not rerun.failed_sources and rerun.written == 0 and rerun.existing == 4
+    assert rerun.bad_records == report.bad_records
+
+
+def test_rlds_settings_compare_resolved_keys(tmp_path):
+    """Short keys ('image', 'world_vector') and the full keys they select give the same
+    episodes: converting again, with either, or over a manifest holding short keys, is accepted."""
+    builder = make_bridge(tmp_path / "oxe")
+    out = tmp_path / "eps"
+    short = RLDSReader(str(builder), image_key="image", action_keys=("world_vector",), image_size=16)
+    assert short.settings()["image_key"] == "steps/observation/image"
+    assert short.settings()["action_keys"] == ["steps/action/world_vector"]
+    assert convert_corpus(short, out, progress=False).written == 3
+    assert convert_corpus(short, out, progress=False).resumed == 2  # the same reader again
+    full = RLDSReader(str(builder), image_key="steps/observation/image",
+                      action_keys=("steps/action/world_vector",), image_size=16)
+    assert convert_corpus(full, out, progress=False).resumed == 2
+    manifest = json.loads((out / MANIFEST_NAME).read_text())  # as written before keys were resolved
+    manifest["reader"].update(image_key="image", action_keys=["world_vector"])
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert convert_corpus(full, out, progress=False).resumed == 2
+    with pytest.raises(ConversionError, match="action_keys"):  # other keys are still refused
+        convert_corpus(RLDSReader(str(builder), action_keys=("rotation_delta",), image_size=16), out,
+                       progress=False)
+
+
 # ----- BAIR -----
 def bair_record(traj, frames=5):
     feats = {}
@@ -351,11 +402,42 @@ def test_video_folder_action_free(tmp_path):
     reader = VideoFolderReader(str(videos), image_size=32, frame_step=2, labels=str(labels))
     report = convert_corpus(reader, out, progress=False)
     assert report.written == 1 and len(report.bad_records) == 1 and "202.webm" in report.bad_records[0]
-    ep = load_episode(out / "sub__101.npz", image_size=32)
+    ep = load_episode(out / f"{episode_name(Path('sub/101.mp4'))}.npz", image_size=32)
     assert ep.obs.shape == (6, 3, 32, 32) and ep.action.shape == (5, 0) and ep.action_dim == 0
     green = ep.obs[:, 1, 16, 16].astype(int)
     assert np.all(np.abs(green - np.arange(0, 12, 2) * 20) <= 8)  # every 2nd frame, in order
     assert ep.meta["task"] == "Pushing [something] left" and ep.meta["fps"] == 6.0
+    assert ep.meta["file"] == "sub/101.mp4"
+
+
+def test_video_episode_names_are_unique_and_stable(tmp_path, monkeypatch):
+    """clip.mp4 / clip.avi and a/b.mp4 / a__b.mp4 used to share an episode name (the second was
+    skipped as already converted): each video now gets its own, the same on every run."""
+    import imageio.v3 as iio
+
+    from worldmodel.corpora import video_folder
+
+    videos = tmp_path / "videos"
+    (videos / "a").mkdir(parents=True)
+    levels = {"a/b.mp4": 40, "a__b.mp4": 80, "clip.mp4": 120, "clip.avi": 160}
+    for relative, level in levels.items():
+        iio.imwrite(videos / relative, np.full((3, 16, 16, 3), level, np.uint8), fps=5, plugin="FFMPEG",
+                    codec="mpeg4")
+    out = tmp_path / "eps"
+    report = convert_corpus(VideoFolderReader(str(videos), image_size=16), out, progress=False)
+    assert report.written == 4 and not report.bad_records
+    for relative, level in levels.items():
+        name = episode_name(Path(relative))
+        assert name == episode_name(Path(relative)) and name.startswith(relative.replace("/", "__").replace(".", "_"))
+        ep = load_episode(out / f"{name}.npz")
+        assert ep.meta["file"] == relative and abs(int(ep.obs[0].mean()) - level) <= 8
+    (out / MANIFEST_NAME).unlink()
+    rerun = convert_corpus(VideoFolderReader(str(videos), image_size=16), out, progress=False)
+    assert rerun.written == 0 and rerun.existing == 4
+    # names that still clash are refused before anything is converted (here: without the hash)
+    monkeypatch.setattr(video_folder, "NAME_HASH_CHARS", 0)
+    with pytest.raises(ValueError, match="same episode file"):
+        VideoFolderReader(str(videos)).sources()
 
 
 # ----- mixes -----

@@ -290,3 +290,175 @@ def test_a_folder_whose_held_out_episodes_are_short_is_left_out_of_evaluation(tm
         write(Path(p).parent, Path(p).name, 2)
     with pytest.raises(ValueError, match="held-out episodes: .*eval.val_folders"):
         build_datasets(cfg, segment_length=4, val_fraction=0.3)
+
+
+# ----- held-out folders and FVD -----
+def _write_counting_episodes(folder: Path, episodes: int = 3, steps: int = 40, size: int = 8) -> None:
+    """Episodes whose pixel (0, 0) of channel 0 holds the frame index (to read the frame step)."""
+    from worldmodel.episodes import Episode, save_episode
+
+    for i in range(episodes):
+        obs = np.random.default_rng(i).integers(0, 255, (steps + 1, 3, size, size), dtype=np.uint8)
+        obs[:, 0, 0, 0] = np.arange(steps + 1)
+        save_episode(folder / f"ep{i}.npz", Episode(obs=obs, action=np.zeros((steps, 2), np.float32),
+                                                    reward=np.zeros(steps, np.float32), success=np.zeros(steps, bool)))
+
+
+def test_val_folders_resolve_under_the_mix_root_and_take_its_frame_steps(tmp_path, monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
+    from worldmodel.training.data import build_datasets
+
+    root = tmp_path / "data"
+    for folder in ("oxe/kuka", "val/kuka", "kuka_val", "other"):
+        _write_counting_episodes(root / folder)
+    cfg = {"root": str(root), "image_size": 8, "action_free": True,
+           "datasets": {"kuka": {"path": "oxe/kuka", "weight": 1.0, "frame_step": 3}}}
+    monkeypatch.chdir(tmp_path)  # relative val folders must not resolve against the working directory
+    val_folders = OmegaConf.create(["val/kuka", "kuka_val", {"path": "other", "frame_step": 2}, "oxe/kuka"])
+    with caplog.at_level("WARNING"):
+        _, val = build_datasets(cfg, segment_length=5, val_folders=list(val_folders))
+    assert val.folders == [str(root / f) for f in ("val/kuka", "kuka_val", "other", "oxe/kuka")]
+    assert val.frame_steps == [3, 1, 2, 3]  # same name, no match, explicit, same folder
+    assert "kuka_val belongs to no mix dataset" in caplog.text and "val/kuka" not in caplog.text
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # the segments really are cut at those steps
+        obs, _, _, folder = val.sample(rng)
+        assert set(np.diff(obs[:, 0, 0, 0].numpy().astype(int))) == {val.frame_steps[folder]}
+    # data_loader.root overrides the mix root for the held-out folders too
+    moved = tmp_path / "moved"
+    _write_counting_episodes(moved / "oxe" / "kuka")
+    _write_counting_episodes(moved / "val" / "kuka")
+    _, val = build_datasets(cfg, segment_length=5, val_folders=["val/kuka"], root=str(moved))
+    assert val.folders == [str(moved / "val" / "kuka")] and val.frame_steps == [3]
+    with pytest.raises(FileNotFoundError, match="relative paths are under the mix root"):
+        build_datasets(cfg, segment_length=5, val_folders=["nowhere"])
+    with pytest.raises(ValueError, match="frame_step"):
+        build_datasets(cfg, segment_length=5, val_folders=[{"folder": "other"}])
+
+
+class _StubI3D(torch.nn.Module):
+    """Stands in for the pretrained i3d_torchscript.pt, which cannot be downloaded here (FVD's maths
+    and plumbing are what is tested): same call, 4 features (mean, std, max of the video, T)."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        flat = x.flatten(1)
+        return torch.stack([flat.mean(1), flat.std(1), flat.amax(1), torch.full_like(flat[:, 0], float(x.shape[2]))], 1)
+
+
+@pytest.fixture
+def stub_i3d(tmp_path) -> Path:
+    path = tmp_path / "i3d_stub.pt"
+    torch.jit.script(_StubI3D()).save(str(path))
+    return path
+
+
+def test_fvd_checks_clip_length_runs_i3d_in_chunks_and_needs_scipy_at_start(stub_i3d, monkeypatch):
+    from worldmodel.training.metrics import FVD, FVD_MIN_FRAMES
+
+    assert FVD_MIN_FRAMES == 9  # I3D: ceil(ceil(ceil(T / 2) / 2) / 2) >= 2 frames for its last pool
+    videos = torch.randint(0, 256, (5, 9, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fvd = FVD(stub_i3d, chunk=2)
+    whole = FVD(stub_i3d, chunk=16).features(videos)
+    seen: list[tuple[int, ...]] = []
+    detector = fvd.detector
+    fvd.detector = lambda x, **kw: (seen.append(tuple(x.shape)), detector(x, **kw))[1]
+    np.testing.assert_allclose(fvd.features(videos), whole)
+    assert seen == [(2, 3, 9, 8, 8), (2, 3, 9, 8, 8), (1, 3, 9, 8, 8)]  # [N, 3, T, H, W] in chunks of 2
+    assert whole.shape == (5, 4) and np.all(whole[:, 3] == 9)
+    with pytest.raises(ValueError, match="at least 9 frames.*segment_length.*eval.fvd_i3d=null"):
+        fvd.features(videos[:, :8])
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.linalg", None)
+    with pytest.raises(ImportError, match="pip install scipy"):
+        FVD(stub_i3d)
+
+
+def test_frechet_distance_uses_n_normalised_covariances_and_regularises_singular_products(monkeypatch):
+    import warnings
+
+    import scipy.linalg
+
+    from worldmodel.training.metrics import FRECHET_EPS, frechet_distance
+
+    a, b = np.array([[0.0], [1.0], [2.0], [5.0]]), np.array([[1.0], [1.0], [3.0], [3.0]])
+    expected = (a.mean() - b.mean()) ** 2 + (a.std() - b.std()) ** 2  # 1-D: std normalised by N (ddof=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecated sqrtm(disp=...) and no other warning
+        assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    calls = []
+    sqrtm = scipy.linalg.sqrtm
+
+    def singular_once(m):
+        calls.append(m)
+        return np.full_like(m, np.nan) if len(calls) == 1 else sqrtm(m)
+
+    constant = np.random.default_rng(1).normal(size=(16, 3))
+    constant[:, 0] = 1.0  # a constant feature: singular covariances, regularised without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(frechet_distance(constant, constant + 0.5))
+    monkeypatch.setattr(scipy.linalg, "sqrtm", singular_once)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 3))
+    value = frechet_distance(x, y)
+    cx, cy = np.cov(x, rowvar=False, bias=True), np.cov(y, rowvar=False, bias=True)
+    offset = np.eye(3) * FRECHET_EPS
+    assert len(calls) == 2 and np.allclose(calls[1], (cx + offset) @ (cy + offset)) and np.isfinite(value)
+
+
+def counting_resets(model):
+    """``model`` with its resets counted in ``model.resets`` (one per rolled-out batch)."""
+    reset = model.reset
+    model.resets = 0
+
+    def counted(*args, **kwargs):
+        model.resets += 1
+        return reset(*args, **kwargs)
+    model.reset = counted
+    return model
+
+
+def test_fvd_runs_over_fvd_videos_fixed_held_out_segments(tmp_path, stub_i3d):
+    from worldmodel.data import SegmentDataset
+    from worldmodel.training.data import eval_batches, fvd_extra_batches
+    from worldmodel.training.evaluation import EvalTools, evaluate
+    from worldmodel.training.metrics import FVD
+
+    _write_counting_episodes(tmp_path / "held_out", steps=30, size=16)  # SSIM needs 11+ pixels
+    dataset = SegmentDataset([str(tmp_path / "held_out")], segment_length=9)
+    batches = eval_batches(dataset, seed=0, batches=1, batch_size=4)
+    extra = fvd_extra_batches(dataset, seed=0, videos=10, batch_size=4, eval_batches_count=1)
+    assert len(extra) == 2  # ceil(10 / 4) = 3 batches of videos, one of them the eval batch
+    assert torch.equal(extra[0].obs, eval_batches(dataset, seed=0, batches=2, batch_size=4)[1].obs)  # the same stream
+    from worldmodel.vid2world import Vid2World
+
+    micro = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
+    model = counting_resets(Vid2World(image_size=16, action_dim=2, backbone=micro, sampling_steps=2,
+                                      max_context_frames=3))
+    tools = EvalTools(video_samples=1, fvd=FVD(stub_i3d), fvd_videos=10, fvd_batches=extra)
+    metrics, _ = evaluate(model, "diffusion", batches, tools)
+    assert metrics["fvd_videos"] == 10 and np.isfinite(metrics["open_loop_fvd"]) and model.resets == 3
+    again, _ = evaluate(model, "diffusion", batches, tools)  # fixed segments: the same value every time
+    assert again["open_loop_fvd"] == metrics["open_loop_fvd"]
+    few = EvalTools(video_samples=1, fvd=FVD(stub_i3d), fvd_videos=3,
+                    fvd_batches=fvd_extra_batches(dataset, 0, 3, 4, 1))
+    model.resets = 0
+    assert evaluate(model, "diffusion", batches, few)[0]["fvd_videos"] == 3 and model.resets == 1
+    assert "fvd_videos" not in evaluate(model, "diffusion", batches, EvalTools(video_samples=1))[0]
+
+
+def test_fvd_in_a_pretraining_run_and_too_short_clips_refused_at_start(tmp_path, stub_i3d):
+    out = tmp_path / "v2w_fvd"
+    pretrain(out, "world_model=vid2world", "segment_length=9", "world_model.model.max_context_frames=3",
+             "steps.diffusion=2", "stages=[diffusion]", "eval.every=2", f"eval.fvd_i3d={stub_i3d}",
+             "eval.fvd_videos=5", "log.tensorboard=false")
+    header, row = (out / "logs" / "diffusion_eval.csv").read_text().splitlines()[-2:]
+    values = dict(zip(header.split(","), row.split(",")))
+    assert float(values["fvd_videos"]) == 5 and np.isfinite(float(values["open_loop_fvd"]))
+    short = [sys.executable, SCRIPT, f"out={tmp_path / 'short'}", *TINY, "world_model=vid2world",
+             f"eval.fvd_i3d={stub_i3d}"]  # TINY: segments of 7 frames
+    proc = subprocess.run(short, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode != 0 and "FVD needs clips of at least 9 frames" in proc.stderr
+    assert not (tmp_path / "short" / "stages").exists()  # refused before any training

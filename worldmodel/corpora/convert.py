@@ -10,8 +10,10 @@ processes with a tqdm bar and keeps ``conversion_manifest.json`` in the output f
 Resume: a source listed in the manifest (same size and mtime) is skipped whole; inside an
 unfinished source, episodes whose output file exists are skipped before decoding. Episode
 names are derived from the source name and the record index, so a rerun writes the same
-files. Bad records (checksum failures, truncated files, undecodable images, missing keys) are
-reported by file in the manifest and the summary, and conversion goes on. A source that fails
+files. Bad records (checksum failures, truncated files, undecodable images, corrupt zlib
+tensors, missing keys, episodes that fail validation such as NaN actions) are reported by file
+and record in the manifest and the summary, and conversion goes on with the next record; a
+rerun skips what was written and reports the same bad records again. A source that fails
 as a whole (an unexpected error) is reported and left out of the manifest, so the next run
 tries it again. A manifest written with other reader settings is refused (use a new folder).
 """
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from tqdm import tqdm
 
-from worldmodel.episodes import EPISODE_SUFFIX, Episode, save_episode
+from worldmodel.episodes import EPISODE_SUFFIX, Episode, EpisodeFormatError, save_episode
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ class Reader(Protocol):
         """The source files, in a fixed order."""
 
     def settings(self) -> dict[str, Any]:
-        """Everything that changes the output (compared with the manifest on resume)."""
+        """Everything that changes the output (compared with the manifest on resume). A reader
+        may also define ``normalise_settings(settings) -> settings``, applied to the manifest's
+        settings before the comparison (e.g. to resolve short feature keys)."""
 
     def iter_episodes(self, source: Path, exists: Callable[[str], bool],
                       errors: list[str]) -> Iterator[tuple[str, Episode]]:
@@ -112,7 +116,11 @@ def convert_source(reader: Reader, source: Path, out_dir: Path) -> SourceResult:
 
     try:
         for name, episode in reader.iter_episodes(source, exists, result.errors):
-            save_episode(out_dir / f"{name}{EPISODE_SUFFIX}", episode)
+            try:
+                save_episode(out_dir / f"{name}{EPISODE_SUFFIX}", episode)
+            except EpisodeFormatError as e:  # an invalid episode the reader let through: one bad record
+                result.errors.append(f"{source} episode {name}: {e.fault}")
+                continue
             result.written += 1
     except Exception as e:  # report the source, keep the other workers going
         result.failed = f"{source}: {type(e).__name__}: {e}"
@@ -128,6 +136,20 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, OSError) as e:
         raise ConversionError(f"{path} is unreadable ({e}); delete it to start the conversion "
                               "over (episode files already written are kept and skipped)") from None
+
+
+def _as_stored(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as JSON gives them back (tuples become lists)."""
+    return json.loads(json.dumps(settings))
+
+
+def _stored_settings(reader: Reader, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's reader settings, normalised by the reader when it can."""
+    stored = manifest.get("reader")
+    normalise = getattr(reader, "normalise_settings", None)
+    if stored is None or normalise is None:
+        return stored
+    return _as_stored(normalise(stored))
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -151,10 +173,10 @@ def convert_corpus(reader: Reader, out_dir: str | os.PathLike, workers: int = 1,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST_NAME
-    settings = json.loads(json.dumps(reader.settings()))  # normalised as stored
+    settings = _as_stored(reader.settings())
     manifest = _read_manifest(manifest_path) if resume else None
-    if manifest is not None and manifest.get("reader") != settings:
-        before = manifest.get("reader") or {}
+    if manifest is not None and _stored_settings(reader, manifest) != settings:
+        before = _stored_settings(reader, manifest) or {}
         diff = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}"
                          for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k))
         raise ConversionError(

@@ -53,6 +53,18 @@ class ActionFreeSegmentDataset(SegmentDataset):
         return obs, action[:, :0], reward  # [T,3,H,W], [T-1,0], [T-1]
 
 
+def mix_root(cfg: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
+    """The folder relative dataset paths are under: ``root`` if given, else the config's
+    ``root``, else the current directory."""
+    return Path(root if root is not None else cfg.get("root") or ".")
+
+
+def resolve_folder(path: str | os.PathLike, base: Path) -> Path:
+    """``path`` as it is if absolute, else under ``base`` (the mix root)."""
+    folder = Path(path)
+    return folder if folder.is_absolute() else base / folder
+
+
 def mix_folders(cfg: Mapping[str, Any], root: str | os.PathLike | None = None,
                 allow_missing: bool = False) -> tuple[dict[str, float], dict[str, int]]:
     """The mix's {folder: weight} and {folder: frame_step}, folders resolved under ``root``
@@ -61,15 +73,14 @@ def mix_folders(cfg: Mapping[str, Any], root: str | os.PathLike | None = None,
     if not datasets:
         raise ValueError("the mix config has no 'datasets' (expected datasets: {name: {path, weight, "
                          "frame_step}})")
-    base = Path(root if root is not None else cfg.get("root") or ".")
+    base = mix_root(cfg, root)
     weights: dict[str, float] = {}
     steps: dict[str, int] = {}
     missing = []
     for name, entry in datasets.items():
         if "path" not in entry:
             raise ValueError(f"dataset '{name}' of the mix has no 'path'")
-        folder = Path(entry["path"])
-        folder = folder if folder.is_absolute() else base / folder
+        folder = resolve_folder(entry["path"], base)
         weight = float(entry.get("weight", 1.0))
         if weight <= 0:
             continue

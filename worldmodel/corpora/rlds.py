@@ -29,6 +29,7 @@ flags, in features.json order. ``none``: action-free episodes (A = 0).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -164,13 +165,22 @@ def action_keys_for(specs: dict[str, FeatureSpec], action_keys: tuple[str, ...] 
 
 
 # ----- decoding one episode -----
+def _decompress(key: str, step: int, data: bytes) -> bytes:
+    """One zlib-encoded step of a tensor feature (ValueError naming the feature when corrupt)."""
+    try:
+        return zlib.decompress(data)
+    except zlib.error as e:
+        raise ValueError(f"'{key}' step {step}: corrupt zlib data ({e})") from None
+
+
 def _step_values(spec: FeatureSpec, raw: list[bytes] | np.ndarray, steps: int) -> np.ndarray:
     """The values of one per-step tensor feature -> array [N, *shape]."""
     dims = tuple(d for d in spec.shape if d is not None)
     if spec.encoding in ("bytes", "zlib"):
         if len(raw) != steps:
             raise ValueError(f"'{spec.key}' has {len(raw)} entries for {steps} steps")
-        items = [zlib.decompress(b) if spec.encoding == "zlib" else b for b in raw]
+        items = [_decompress(spec.key, step, b) if spec.encoding == "zlib" else b
+                 for step, b in enumerate(raw)]
         return np.stack([np.frombuffer(b, dtype=spec.dtype).reshape(dims) for b in items])
     values = np.asarray(raw)
     if values.size != steps * int(np.prod(dims, dtype=np.int64)):
@@ -254,10 +264,25 @@ class RLDSReader:
         return shards
 
     def settings(self) -> dict[str, Any]:
+        """What changes the output, with the feature keys resolved (``normalise_settings``)."""
         keep = ("split", "image_size", "resize", "image_key", "action_keys", "reward_key",
                 "terminal_key", "success_reward", "fps")
-        return {"format": "rlds", "dataset": self.dataset,
-                **{k: v for k, v in asdict(self).items() if k in keep}}
+        return self.normalise_settings({"format": "rlds", "dataset": self.dataset,
+                                        **{k: v for k, v in asdict(self).items() if k in keep}})
+
+    def normalise_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` (these or a manifest's) with the image and action keys as the full
+        feature keys they select, so that 'image' and 'steps/observation/image', or 'auto' and
+        the keys it picks, compare equal: they give the same episodes. Keys this dataset does
+        not have are left as they are (the settings then differ)."""
+        out = dict(settings)
+        specs = self.specs
+        with contextlib.suppress(KeyError, TypeError):
+            out["image_key"] = _resolve(out["image_key"], specs, f"{STEPS}/observation")
+        with contextlib.suppress(KeyError, TypeError):
+            keys = out["action_keys"]
+            out["action_keys"] = action_keys_for(specs, tuple(keys) if isinstance(keys, list) else keys)
+        return out
 
     def iter_episodes(self, source: Path, exists: Callable[[str], bool],
                       errors: list[str]) -> Iterator[tuple[str, Episode]]:

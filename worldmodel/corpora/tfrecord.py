@@ -28,6 +28,7 @@ import gzip
 import logging
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -290,12 +291,22 @@ def make_example(features: dict[str, Any]) -> bytes:
     return example.SerializeToString()
 
 
+# What decoding one malformed record can raise: bad values or shapes and invalid episodes
+# (ValueError, which includes EpisodeFormatError: NaN actions, wrong lengths), missing keys
+# (KeyError), values of the wrong type (TypeError), short lists (IndexError) and corrupt
+# zlib-encoded tensors (zlib.error). Such a record is reported and skipped; anything else is a
+# bug and fails the source.
+BAD_RECORD_ERRORS = (ValueError, KeyError, TypeError, IndexError, zlib.error)
+
+
 def iter_example_episodes(source: Path, to_episode: Callable[[dict], Any], exists: Callable[[str], bool],
                           errors: list[str], verify_crc: bool = True,
                           digits: int = 5) -> Iterator[tuple[str, Any]]:
-    """Each tf.train.Example record of one shard as a named episode (RLDS and BAIR store one
-    episode per record). Episodes whose name ``exists`` are skipped before decoding; malformed
-    records and framing errors are appended to ``errors`` by file and record, never raised."""
+    """Each tf.train.Example record of one shard as a named, validated episode (RLDS and BAIR
+    store one episode per record). Episodes whose name ``exists`` are skipped before decoding;
+    malformed records (``BAD_RECORD_ERRORS``, invalid episodes included) and framing errors are
+    appended to ``errors`` by file and record, never raised, and reading goes on with the next
+    record. A rerun skips the episodes written and reports the same bad records again."""
     record_errors: list[RecordError] = []
     stem = source.name.replace(".", "_")
     try:
@@ -305,10 +316,18 @@ def iter_example_episodes(source: Path, to_episode: Callable[[dict], Any], exist
                 continue
             try:
                 episode = to_episode(parse_example(data))
-            except (ValueError, KeyError) as e:
-                errors.append(f"{source} record {index}: {e}")
+                episode.meta.update(source_file=source.name, record=index)
+                episode.validate(f"{source} record {index}")
+            except BAD_RECORD_ERRORS as e:
+                errors.append(_record_fault(source, index, e))
                 continue
-            episode.meta.update(source_file=source.name, record=index)
             yield name, episode
     finally:
         errors.extend(str(e) for e in record_errors)
+
+
+def _record_fault(source: Path, index: int, error: BaseException) -> str:
+    """One line for the bad-record report: file, record and the fault (an EpisodeFormatError's
+    fault without the path it carries, which would repeat the file and record)."""
+    fault = getattr(error, "fault", None) or f"{type(error).__name__}: {error}"
+    return f"{source} record {index}: {fault}"

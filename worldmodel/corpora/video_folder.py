@@ -5,9 +5,16 @@ ships with imageio-ffmpeg), every ``frame_step``-th frame kept, resized to ``ima
 capped at ``max_frames``. Videos carry no actions: ``action`` is float32 [T, 0], rewards zero,
 success false. ``labels`` optionally names a JSON list of {"id", "label" or "template"} (the
 format of Something-Something v2's label files) whose text goes into ``meta["task"]``.
+
+Episode names: the relative path with its extension plus a short hash of it
+(``sub/101.mp4`` -> ``sub__101_mp4-<hash>.npz``, see ``episode_name``), unique and the same on
+every run; videos whose names would still clash are refused before anything is converted. A
+folder converted with the older naming (``sub__101.npz``) is refused on resume (its manifest has
+no ``naming``): convert into a new folder.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +27,19 @@ from worldmodel.episodes import Episode
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FFMPEG_PLUGIN = "FFMPEG"
+NAME_HASH_CHARS = 8  # hex digits of sha1(relative path) in episode names: 2**32 values per name
+NAMING = "path-ext-hash"  # the episode naming scheme, recorded in the settings (see episode_name)
+
+
+def episode_name(relative: Path) -> str:
+    """The episode name of a video at ``relative`` (a path under the root, with its extension):
+    readable and unique. Separators become '__' and dots '_' (``sub/101.mp4`` ->
+    ``sub__101_mp4-<hash>``); the hash of the exact relative path keeps apart what that mapping
+    merges (``a/b.mp4`` and ``a__b.mp4``), and the extension keeps ``clip.mp4`` and ``clip.avi``
+    apart. The same file always gets the same name, so reruns skip it."""
+    readable = "__".join(relative.parts).replace(".", "_")
+    digest = hashlib.sha1(relative.as_posix().encode()).hexdigest()[:NAME_HASH_CHARS]
+    return f"{readable}-{digest}"
 
 
 def read_video(path: str | Path, frame_step: int = 1, max_frames: int | None = None,
@@ -78,10 +98,23 @@ class VideoFolderReader:
                         and p.is_file() and not p.name.startswith("."))
         if not videos:
             raise FileNotFoundError(f"no video files ({', '.join(self.extensions)}) under {root}")
+        self._check_unique_names(videos)
         return videos
 
+    def _check_unique_names(self, videos: list[Path]) -> None:
+        """Refuse videos whose episode names clash (also ignoring case: one file on a
+        case-insensitive disk), rather than skip the second one as already converted."""
+        seen: dict[str, Path] = {}
+        for video in videos:
+            key = episode_name(video.relative_to(self.root)).lower()
+            if key in seen:
+                raise ValueError(f"videos {seen[key]} and {video} would be written to the same "
+                                 "episode file; rename one of them")
+            seen[key] = video
+
     def settings(self) -> dict[str, Any]:
-        return {"format": "videos", **{k: v for k, v in asdict(self).items() if k != "root"}}
+        return {"format": "videos", "naming": NAMING,
+                **{k: v for k, v in asdict(self).items() if k != "root"}}
 
     def _label(self, video_id: str) -> str | None:
         if self.labels is None:
@@ -93,8 +126,8 @@ class VideoFolderReader:
 
     def iter_episodes(self, source: Path, exists: Callable[[str], bool],
                       errors: list[str]) -> Iterator[tuple[str, Episode]]:
-        relative = source.relative_to(self.root).with_suffix("")
-        name = "__".join(relative.parts).replace(".", "_")
+        relative = source.relative_to(self.root)
+        name = episode_name(relative)
         if exists(name):
             return
         original: list[int] = []
@@ -113,7 +146,7 @@ class VideoFolderReader:
             return
         obs = to_chw(frames)  # [N, 3, S, S]
         transitions = len(frames) - 1
-        meta = {"source": "video", "file": str(relative.with_suffix(source.suffix)),
+        meta = {"source": "video", "file": relative.as_posix(),
                 "fps": fps / self.frame_step if fps else None, "frame_step": self.frame_step,
                 "original_size": original, "resize": self.resize}
         label = self._label(source.stem)

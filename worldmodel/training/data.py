@@ -6,7 +6,10 @@ rank and across restarts, and adding files to a folder never moves old ones betw
 folder always keeps at least one training episode; if the hash holds out nothing at all, the
 file with the smallest hash is held out. A folder whose held-out files are all shorter than a
 segment is left out of evaluation (with a warning). Alternatively ``val_folders`` names folders
-of their own.
+of their own (``val_folder_steps``): relative paths are under the mix root, like the mix's own
+folders, and each folder is sampled at the frame step of the mix dataset it belongs to (the same
+folder, or a folder of the same name as a mix dataset or its folder), or at the one it gives
+(``{path, frame_step}``), else 1.
 
 Data position: the segment that sample ``i`` of micro-batch ``m`` of stage ``s`` on rank ``r``
 gets is drawn by a generator seeded with ``(seed, s, m, r, i)`` (``KeyedSegments``). A batch is
@@ -17,7 +20,10 @@ draws different segments.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -25,12 +31,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from worldmodel.corpora.mix import ActionFreeSegmentDataset, mix_folders
+from worldmodel.corpora.mix import ActionFreeSegmentDataset, mix_folders, mix_root, resolve_folder
 from worldmodel.data import SegmentDataset, collate_segments
 from worldmodel.episodes import episode_paths
 
+log = logging.getLogger(__name__)
+
 HASH_SPACE = float(2 ** 64)
 EVAL_STREAM = 1_000_003  # stage index used for the fixed evaluation batches (never a real stage)
+VAL_FOLDER_KEYS = ("path", "frame_step")  # the keys of a {path, frame_step} entry of eval.val_folders
 
 
 class _OnlyFiles:
@@ -81,18 +90,77 @@ def held_out_files(folders: list[str], val_fraction: float) -> tuple[set[str], s
     return train, val
 
 
+def _val_entry(entry: str | Mapping[str, Any]) -> tuple[str, int | None]:
+    """(path, frame_step or None) of one eval.val_folders entry: a path or {path, frame_step}."""
+    if isinstance(entry, (str, Path)):
+        return str(entry), None
+    if not isinstance(entry, Mapping) or "path" not in entry or set(entry) - set(VAL_FOLDER_KEYS):
+        raise ValueError(f"eval.val_folders entry {entry!r}: expected a folder path or "
+                         "{path: <folder>, frame_step: <k>}")
+    step = entry.get("frame_step")
+    if step is not None and int(step) < 1:
+        raise ValueError(f"eval.val_folders entry {entry!r}: frame_step must be >= 1")
+    return str(entry["path"]), None if step is None else int(step)
+
+
+def _mix_step(folder: Path, data_cfg: Mapping[str, Any], base: Path) -> int | None:
+    """The frame step of the mix dataset ``folder`` belongs to: the same folder, else the
+    dataset named like it (by its name in the mix or its folder's name); None when none does."""
+    same, named = set(), set()
+    for name, entry in (data_cfg.get("datasets") or {}).items():
+        mix_folder = resolve_folder(entry["path"], base)
+        step = int(entry.get("frame_step", 1))
+        if mix_folder.resolve() == folder.resolve():
+            same.add(step)
+        elif folder.name in (name, mix_folder.name):
+            named.add(step)
+    steps = same or named
+    if len(steps) > 1:
+        raise ValueError(f"eval.val_folders: {folder} matches mix datasets of frame steps {sorted(steps)}; "
+                         "give its step: {path: ..., frame_step: <k>}")
+    return steps.pop() if steps else None
+
+
+def val_folder_steps(val_folders: list[str | Mapping[str, Any]], data_cfg: Mapping[str, Any],
+                     root: str | None = None) -> dict[str, int]:
+    """{folder: frame_step} of eval.val_folders (see the module docstring): relative paths are
+    resolved under the mix root (``root``, else the mix's ``root``) as ``mix_folders`` does."""
+    base = mix_root(data_cfg, root)
+    mix_steps = {int(e.get("frame_step", 1)) for e in (data_cfg.get("datasets") or {}).values()}
+    out: dict[str, int] = {}
+    for entry in val_folders:
+        path, step = _val_entry(entry)
+        folder = resolve_folder(path, base)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"eval.val_folders: {folder} does not exist (relative paths are under the "
+                                    f"mix root {base}; set data.root or data_loader.root, or give an absolute path)")
+        if step is None:
+            step = _mix_step(folder, data_cfg, base)
+        if step is None:
+            step = 1
+            if mix_steps - {1}:
+                log.warning("eval.val_folders: %s belongs to no mix dataset and is sampled at frame_step 1, "
+                            "while the mix uses frame steps %s; give {path: ..., frame_step: <k>}",
+                            folder, sorted(mix_steps))
+        out[str(folder)] = step
+    return out
+
+
 def build_datasets(data_cfg: Mapping[str, Any], segment_length: int, seed: int = 0,
-                   val_fraction: float = 0.05, val_folders: list[str] | None = None,
+                   val_fraction: float = 0.05, val_folders: list[str | Mapping[str, Any]] | None = None,
                    root: str | None = None, allow_missing: bool = False,
                    cache_episodes: int = 64) -> tuple[SegmentDataset, SegmentDataset | None]:
-    """(training dataset, held-out dataset or None) of a mix config (``cfgs/data/*.yaml``)."""
+    """(training dataset, held-out dataset or None) of a mix config (``cfgs/data/*.yaml``).
+    ``val_folders``: held-out folders (paths or {path, frame_step}, see ``val_folder_steps``)
+    instead of a hash split of the mix's files."""
     weights, steps = mix_folders(data_cfg, root, allow_missing)
     action_free = bool(data_cfg.get("action_free", False))
     cls = SplitActionFreeSegmentDataset if action_free else SplitSegmentDataset
     common = dict(image_size=data_cfg.get("image_size"), skip_bad=True, seed=seed,
                   cache_episodes=cache_episodes)
     if val_folders:
-        val = cls({str(f): 1.0 for f in val_folders}, segment_length, **common)
+        val_steps = val_folder_steps(list(val_folders), data_cfg, root)
+        val = cls({f: 1.0 for f in val_steps}, segment_length, frame_step=val_steps, **common)
         return cls(weights, segment_length, frame_step=steps, **common), val
     if val_fraction <= 0:
         return cls(weights, segment_length, frame_step=steps, **common), None
@@ -146,7 +214,30 @@ def position_loader(dataset: SegmentDataset, seed: int, stage: int, start: int, 
                       generator=torch.Generator().manual_seed(seed))
 
 
+class FixedBatches(Sequence):
+    """Held-out batches ``start`` .. ``start + count - 1`` of the evaluation stream, drawn when
+    read: the same segments at every read, step and restart, without holding them in memory."""
+
+    def __init__(self, dataset: SegmentDataset, seed: int, start: int, count: int, batch_size: int):
+        self.keyed, self.start, self.count, self.batch_size = KeyedSegments(dataset, seed), start, count, batch_size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, j: int):  # -> SegmentBatch
+        if not 0 <= j < self.count:
+            raise IndexError(f"held-out batch {j} of {self.count}")
+        return collate_segments([self.keyed[(EVAL_STREAM, self.start + j, 0, i)] for i in range(self.batch_size)])
+
+
 def eval_batches(dataset: SegmentDataset, seed: int, batches: int, batch_size: int) -> list:
     """The fixed held-out batches every evaluation uses (the same at every step and restart)."""
-    keyed = KeyedSegments(dataset, seed)
-    return [collate_segments([keyed[(EVAL_STREAM, j, 0, i)] for i in range(batch_size)]) for j in range(batches)]
+    return list(FixedBatches(dataset, seed, 0, batches, batch_size))
+
+
+def fvd_extra_batches(dataset: SegmentDataset, seed: int, videos: int, batch_size: int,
+                      eval_batches_count: int) -> FixedBatches:
+    """The held-out batches FVD needs beyond the ``eval_batches_count`` regular ones to reach
+    ``videos`` videos: the next batches of the same fixed stream, drawn at each evaluation."""
+    needed = math.ceil(videos / batch_size)
+    return FixedBatches(dataset, seed, eval_batches_count, max(0, needed - eval_batches_count), batch_size)

@@ -3,23 +3,30 @@
     tokenizer    val losses, reconstruction PSNR / SSIM (context and future frames) [, LPIPS]
     transformer  teacher-forced token CE / accuracy / symlog reward MSE; open loop from the real
                  context with the real actions (``reset`` / ``step``): PSNR / SSIM of the imagined
-                 frames, reward MSE [, LPIPS, FVD]
-    diffusion    val diffusion loss; open loop as above [, LPIPS, FVD]
+                 frames, reward MSE [, LPIPS, FVD and fvd_videos]
+    diffusion    val diffusion loss; open loop as above [, LPIPS, FVD and fvd_videos]
     reward       symlog and raw reward MSE on real transitions
 
 Runs in eval mode without gradients; the caller isolates the RNG (``torch.random.fork_rng``) so
 evaluating never changes the training stream. Videos: uint8 [T, 3, n*H, 2*W], real on the left,
 predicted on the right, one row per sample.
+
+FVD compares ``EvalTools.fvd_videos`` real segments (context + future) with their open-loop
+imagination: the videos of the eval batches first, then those of ``EvalTools.fvd_batches`` (the
+next batches of the same fixed held-out stream), so the set is the same at every evaluation and
+restart. I3D runs on each batch as it comes (only features are kept); ``fvd_videos`` is logged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from worldmodel.interface import SegmentBatch, WorldModel
-from worldmodel.training.metrics import FVD, LPIPS, psnr, ssim
+from worldmodel.training.metrics import FVD, FVD_RECOMMENDED_VIDEOS, LPIPS, psnr, ssim
 
 
 @dataclass
@@ -29,6 +36,34 @@ class EvalTools:
     seed: int = 0  # sampling seed of the open-loop rollouts (the same every evaluation)
     lpips: LPIPS | None = None
     fvd: FVD | None = None
+    fvd_videos: int = FVD_RECOMMENDED_VIDEOS  # videos per FVD set: the first ones of the eval batches, then
+    fvd_batches: Sequence[SegmentBatch] = field(default_factory=list)  # these further fixed held-out batches
+
+
+class _FVDFeatures:
+    """I3D features of real and imagined videos, batch by batch, up to ``tools.fvd_videos``."""
+
+    def __init__(self, fvd: FVD, videos: int):
+        self.fvd, self.videos = fvd, videos
+        self.real: list[np.ndarray] = []
+        self.pred: list[np.ndarray] = []
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.videos
+
+    def add(self, real: torch.Tensor, pred: torch.Tensor) -> None:
+        """uint8 [B, T, 3, H, W] x2: the first videos still needed."""
+        take = min(len(real), self.videos - self.count)
+        if take > 0:
+            self.real.append(self.fvd.features(real[:take]))
+            self.pred.append(self.fvd.features(pred[:take]))
+            self.count += take
+
+    def metrics(self) -> dict[str, float]:
+        return {"open_loop_fvd": self.fvd.distance(np.concatenate(self.real), np.concatenate(self.pred)),
+                "fvd_videos": float(self.count)}
 
 
 def side_by_side(real: torch.Tensor, pred: torch.Tensor, n: int) -> torch.Tensor:
@@ -100,9 +135,26 @@ def _tokenizer(model: WorldModel, stage: str, batches: list[SegmentBatch], tools
     return _collect(rows), video
 
 
+def _imagined_video(model: WorldModel, batch: SegmentBatch,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(imagined frames [B, k, 3, H, W], rewards [B, k], the real context + imagined frames [B, T, ...])."""
+    frames, rewards = _open_loop(model, batch, seed)
+    return frames, rewards, torch.cat([batch.obs[:, :model.context_frames], frames], 1)
+
+
+def _fvd_metrics(model: WorldModel, tools: EvalTools, fvd: _FVDFeatures, first: int) -> dict[str, float]:
+    """FVD over ``tools.fvd_videos`` videos: those already added, then the videos of
+    ``tools.fvd_batches`` (rollout seeds continue from batch index ``first``)."""
+    for j, batch in enumerate(tools.fvd_batches):
+        if fvd.full:
+            break
+        fvd.add(batch.obs, _imagined_video(model, batch, tools.seed + first + j)[2])
+    return fvd.metrics()
+
+
 def _open_loop_stage(model: WorldModel, stage: str, batches: list[SegmentBatch], tools: EvalTools):
     T0, rows, video = model.context_frames, [], None
-    real_videos, pred_videos = [], []
+    fvd = _FVDFeatures(tools.fvd, tools.fvd_videos) if tools.fvd is not None and tools.open_loop else None
     for j, batch in enumerate(batches):
         row: dict[str, torch.Tensor] = {}
         device_batch = batch.to(model.device)
@@ -120,19 +172,18 @@ def _open_loop_stage(model: WorldModel, stage: str, batches: list[SegmentBatch],
             loss, _ = model.diffusion_loss(to_float(device_batch.obs), device_batch.action.float())
             row["diffusion_loss"] = loss.detach().reshape(1)
         if tools.open_loop:
-            frames, rewards = _open_loop(model, batch, tools.seed + j)
+            frames, rewards, pred = _imagined_video(model, batch, tools.seed + j)
             row.update(_frame_scores(batch.obs[:, T0:], frames, "open_loop_", tools))
             row["open_loop_last_psnr"] = psnr(batch.obs[:, -1], frames[:, -1])
             row["open_loop_reward_mse"] = (rewards - batch.reward[:, T0 - 1:].float()).pow(2).mean().reshape(1)
-            pred = torch.cat([batch.obs[:, :T0], frames], 1)
-            real_videos.append(batch.obs)
-            pred_videos.append(pred)
+            if fvd is not None:
+                fvd.add(batch.obs, pred)
             if video is None:
                 video = side_by_side(batch.obs, pred, tools.video_samples)
         rows.append(row)
     metrics = _collect(rows)
-    if tools.fvd is not None and real_videos:
-        metrics["open_loop_fvd"] = tools.fvd(torch.cat(real_videos), torch.cat(pred_videos))
+    if fvd is not None:
+        metrics.update(_fvd_metrics(model, tools, fvd, len(batches)))
     return metrics, video
 
 

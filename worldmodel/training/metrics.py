@@ -7,13 +7,16 @@ downloaded here, so they are built only from files the user names:
   ``PerceptualLoss`` (the tokenizer's perceptual net), e.g. the published LPIPS v0.1 VGG weights.
 * FVD: a TorchScript I3D (the ``i3d_torchscript.pt`` used by StyleGAN-V and most video papers),
   called as ``detector(videos, rescale=False, resize=True, return_features=True)`` on videos
-  float [N, 3, T, H, W] in [-1, 1]; FVD is the Frechet distance of the two feature sets.
+  float [N, 3, T, H, W] in [-1, 1] with T >= 9 (``FVD_MIN_FRAMES``); FVD is the Frechet distance
+  of the two feature sets, with covariances normalised by N as in StyleGAN-V and iVideoGPT. It is
+  meaningful with at least 256 videos per set (``FVD_RECOMMENDED_VIDEOS``). Needs scipy.
 
 Frames everywhere: uint8 [..., 3, H, W]. Per-frame scores are averaged over all leading dims.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -25,6 +28,14 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 PSNR_EPS = 1e-10  # identical frames give a finite (very high) PSNR
 FVD_DETECTOR_KWARGS = dict(rescale=False, resize=True, return_features=True)
+# I3D (the TF-Hub Kinetics-400 model that i3d_torchscript.pt ports) halves the time axis three
+# times with 'SAME' padding (Conv3d_1a_7x7, MaxPool3d_4a_3x3, MaxPool3d_5a_2x2: T -> ceil(T/2))
+# and ends with a 'VALID' average pool of 2 frames, so it needs ceil(ceil(ceil(T/2)/2)/2) >= 2,
+# i.e. T >= 9 (8 frames leave 1 and fail: "input image (T: 1 ...) smaller than kernel size (kT: 2").
+FVD_MIN_FRAMES = 9
+FVD_RECOMMENDED_VIDEOS = 256  # fewest videos per set in the FVD literature for 400-dim I3D features
+FVD_CHUNK = 16  # videos per I3D call (I3D runs at 224x224: bounds its activation memory)
+FRECHET_EPS = 1e-6  # added to the covariance diagonals when their product is singular (as in pytorch-fid)
 
 
 def _unit(frames: torch.Tensor) -> torch.Tensor:
@@ -86,36 +97,100 @@ class LPIPS:
 
 
 class FVD:
-    """Frechet video distance with a user-given TorchScript I3D (see the module docstring)."""
+    """Frechet video distance with a user-given TorchScript I3D (see the module docstring).
 
-    def __init__(self, i3d_path: str | os.PathLike, device: torch.device | str = "cpu"):
+    Features are computed ``chunk`` videos at a time (``features``), so any number of videos
+    fits in memory; ``distance`` compares two feature sets. scipy (for the matrix square root)
+    is imported here, so a missing scipy fails when FVD is set up, not at the first evaluation.
+    """
+
+    def __init__(self, i3d_path: str | os.PathLike, device: torch.device | str = "cpu",
+                 chunk: int = FVD_CHUNK):
+        _require_scipy()
         if not os.path.isfile(i3d_path):
             raise FileNotFoundError(
                 f"eval.fvd_i3d={i3d_path} does not exist: give the path of a TorchScript I3D "
                 "(i3d_torchscript.pt, as used by StyleGAN-V) or set it to null to skip FVD.")
-        self.device = torch.device(device)
+        if chunk < 1:
+            raise ValueError(f"FVD chunk must be >= 1 video (got {chunk}).")
+        self.device, self.chunk = torch.device(device), chunk
         self.detector = torch.jit.load(str(i3d_path), map_location=self.device).eval()
+
+    @staticmethod
+    def check_frames(frames: int) -> None:
+        """Refuse clips too short for I3D (see FVD_MIN_FRAMES), naming the fixes."""
+        if frames < FVD_MIN_FRAMES:
+            raise ValueError(
+                f"FVD needs clips of at least {FVD_MIN_FRAMES} frames (I3D halves the time axis three "
+                f"times before a temporal pool of 2), but the evaluation clips have {frames}: raise "
+                f"segment_length to {FVD_MIN_FRAMES} or more (if the model allows it), or set "
+                "eval.fvd_i3d=null to evaluate without FVD.")
 
     @torch.no_grad()
     def features(self, videos: torch.Tensor) -> np.ndarray:
-        """uint8 [N, T, 3, H, W] -> I3D features float64 [N, D]."""
-        x = videos.to(self.device).float() / (PIXEL_MAX / 2) - 1  # [-1, 1]
-        feats = self.detector(x.permute(0, 2, 1, 3, 4).contiguous(), **FVD_DETECTOR_KWARGS)
-        return feats.double().cpu().numpy()
+        """uint8 [N, T, 3, H, W] -> I3D features float64 [N, D], ``chunk`` videos per I3D call."""
+        if videos.dtype != torch.uint8 or videos.ndim != 5:
+            raise ValueError(f"FVD takes uint8 videos [N, T, 3, H, W]; got {videos.dtype} {tuple(videos.shape)}.")
+        self.check_frames(videos.shape[1])
+        parts = []
+        for part in videos.split(self.chunk):
+            x = part.to(self.device).float() / (PIXEL_MAX / 2) - 1  # [-1, 1]
+            feats = self.detector(x.permute(0, 2, 1, 3, 4).contiguous(), **FVD_DETECTOR_KWARGS)
+            parts.append(feats.double().cpu().numpy())
+        return np.concatenate(parts)
+
+    @staticmethod
+    def distance(real_features: np.ndarray, pred_features: np.ndarray) -> float:
+        """FVD of two feature sets [N, D] (``frechet_distance``)."""
+        return frechet_distance(real_features, pred_features)
 
     def __call__(self, real: torch.Tensor, pred: torch.Tensor) -> float:
         _check_pair(real, pred)
-        return frechet_distance(self.features(real), self.features(pred))
+        return self.distance(self.features(real), self.features(pred))
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets [N, D] and [M, D] (N, M >= 2)."""
+def _require_scipy() -> None:
+    try:
+        import scipy.linalg  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"FVD needs scipy ({e}): pip install scipy (a dependency in setup.cfg), "
+                          "or set eval.fvd_i3d=null to evaluate without FVD.") from None
+
+
+def _mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance normalised by N (not N-1), as StyleGAN-V's and iVideoGPT's FVD."""
+    return features.mean(0), np.atleast_2d(np.cov(features, rowvar=False, bias=True))  # [D, D], also for D = 1
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = FRECHET_EPS) -> float:
+    """Frechet distance between Gaussians fitted to feature sets [N, D] and [M, D] (N, M >= 2).
+
+    The square root of cov_a @ cov_b is taken with scipy; when scipy finds the product singular
+    (fewer videos than feature dims, constant features) or the root is not finite, ``eps`` is
+    added to both diagonals and it is taken again (as pytorch-fid does); its imaginary part
+    (numerical noise) is dropped, as in the reference FVD / FID code."""
     from scipy import linalg
 
     if len(a) < 2 or len(b) < 2:
-        raise ValueError("the Frechet distance needs at least 2 videos per set (raise eval.batches).")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    covmean = np.real(covmean)
+        raise ValueError("the Frechet distance needs at least 2 videos per set (raise eval.fvd_videos).")
+    (mu_a, cov_a), (mu_b, cov_b) = _mean_cov(np.asarray(a, np.float64)), _mean_cov(np.asarray(b, np.float64))
+    covmean = _sqrtm_or_none(cov_a @ cov_b)
+    if covmean is None:  # singular: regularise both covariances
+        offset = np.eye(len(cov_a)) * eps
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = np.real(covmean)  # the imaginary part of the root of a PSD product is numerical noise
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+def _sqrtm_or_none(matrix: np.ndarray) -> np.ndarray | None:
+    """scipy's matrix square root, or None when scipy finds the matrix singular or the root is
+    not finite."""
+    from scipy import linalg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", linalg.LinAlgWarning)
+        try:
+            root = linalg.sqrtm(matrix)
+        except linalg.LinAlgWarning:
+            return None
+    return root if np.isfinite(root).all() else None

@@ -39,7 +39,7 @@ from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldMod
 from worldmodel.optim import adamw
 from worldmodel.registry import load_pretrained, pretrained_model_type, world_model_class
 from worldmodel.training.csv_log import CsvLog
-from worldmodel.training.data import build_datasets, eval_batches, position_loader
+from worldmodel.training.data import build_datasets, eval_batches, fvd_extra_batches, position_loader
 from worldmodel.training.evaluation import EvalTools, evaluate
 from worldmodel.training.stages import Stage, build_stage, freeze, stage_names
 
@@ -235,6 +235,7 @@ class Pretrainer:
         set_seed(cfg["seed"])  # the same initial weights on every rank
         segment_length = cfg["segment_length"] or cfg["world_model"]["segment_length"]
         ev, dl = cfg["eval"], cfg["data_loader"]
+        self._check_fvd_settings(segment_length)
         self.train_data, self.val_data = build_datasets(
             cfg["data"], segment_length, seed=cfg["seed"], val_fraction=ev["val_fraction"] if ev["every"] else 0,
             val_folders=ev["val_folders"], root=dl["root"], allow_missing=dl["allow_missing"],
@@ -285,14 +286,46 @@ class Pretrainer:
     def _batch(self) -> int:
         return int(self.cfg["batch_size"] or self.cfg["world_model"]["batch_size"])
 
+    def _fvd_wanted(self) -> bool:
+        """FVD runs when evaluation is on, an I3D is given and open-loop videos are made."""
+        ev = self.cfg["eval"]
+        return bool(ev["every"] and ev["fvd_i3d"] and ev["open_loop"])
+
+    def _check_fvd_settings(self, segment_length: int) -> None:
+        """Fail at start (not at the first evaluation) on FVD settings that cannot work."""
+        from worldmodel.training.metrics import FVD, FVD_RECOMMENDED_VIDEOS
+
+        ev = self.cfg["eval"]
+        if ev["fvd_i3d"] and not ev["open_loop"]:
+            self.print("note: eval.fvd_i3d is set but eval.open_loop=false: FVD needs imagined videos and is skipped")
+        if not self._fvd_wanted():
+            return
+        try:
+            FVD.check_frames(segment_length)
+        except ValueError as e:
+            raise WorldModelConfigError(str(e)) from None
+        videos = int(ev["fvd_videos"])
+        if videos < 2:
+            raise WorldModelConfigError(f"eval.fvd_videos={videos}: FVD needs at least 2 videos per set "
+                                        f"({FVD_RECOMMENDED_VIDEOS} or more to be meaningful).")
+        if videos < FVD_RECOMMENDED_VIDEOS:
+            self.print(f"warning: eval.fvd_videos={videos} is below {FVD_RECOMMENDED_VIDEOS}: FVD of 400-dim I3D "
+                       "features over so few videos is biased upwards and noisy; compare it only with runs of "
+                       "the same eval.fvd_videos")
+
     def _eval_tools(self) -> EvalTools:
         ev = self.cfg["eval"]
         from worldmodel.training.metrics import FVD, LPIPS
 
         device = self.accelerator.device
-        return EvalTools(video_samples=ev["video_samples"], open_loop=ev["open_loop"], seed=self.cfg["seed"],
-                         lpips=LPIPS(ev["lpips_weights"], device) if ev["lpips_weights"] else None,
-                         fvd=FVD(ev["fvd_i3d"], device) if ev["fvd_i3d"] else None)
+        tools = EvalTools(video_samples=ev["video_samples"], open_loop=ev["open_loop"], seed=self.cfg["seed"],
+                          lpips=LPIPS(ev["lpips_weights"], device) if ev["lpips_weights"] else None)
+        if self._fvd_wanted():  # nothing is loaded or drawn for FVD otherwise
+            batch_size = ev["batch_size"] or self._batch()
+            tools.fvd, tools.fvd_videos = FVD(ev["fvd_i3d"], device), int(ev["fvd_videos"])
+            tools.fvd_batches = fvd_extra_batches(self.val_data, self.cfg["seed"], tools.fvd_videos, batch_size,
+                                                  len(self.eval_data))
+        return tools
 
     # ----- one stage -----
     def _optimizer(self, stage: Stage, steps: int):
