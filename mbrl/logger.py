@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-# Columns every row of train.csv / eval.csv starts with (DESIGN.md section 10).
+# Columns every row of train.csv / eval.csv starts with (the README's run-dir table).
 BASE_COLUMNS = ("frame", "step", "episode", "episode_reward", "success", "fps", "wall_time")
 
 

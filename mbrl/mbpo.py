@@ -1,4 +1,4 @@
-"""MBPO with a video world model (iVideoGPT's adaptation of MBPO to DrQ-v2; DESIGN.md section 3).
+"""MBPO with a video world model (iVideoGPT's adaptation of MBPO to DrQ-v2).
 
 The loop calls ``on_step`` after every env step. Once ``start_frames`` frames are in, the world
 model is trained on real segments (each part at its own frequency, from the world model's config),

@@ -44,7 +44,14 @@ def choose_preset(args: list[str]) -> list[str]:
     preset = "reference" if torch.cuda.is_available() else "cpu"
     why = "CUDA is available" if preset == "reference" else "no CUDA device: the CPU-sized schedule and world model"
     print(f"[train] preset={preset} ({why}; override with preset=reference|cpu)")
-    return args + [f"preset={preset}"]
+    return with_override(args, f"preset={preset}")
+
+
+def with_override(args: list[str], override: str) -> list[str]:
+    """``args`` with ``override`` right after the user's last ``key=value``: not after Hydra's own
+    flags (``--cfg job``, ``--help``), whose argparse would then refuse it."""
+    last = max((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=-1)
+    return args[:last + 1] + [override] + args[last + 1:]
 
 
 def resolve_resume(args: list[str]) -> list[str]:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 EVAL_STREAM = 1  # tags eval episodes' seeds apart from training episodes' (see eval_episode_seed)
 EPISODES_DIR = "episodes"
+WORLD_MODEL_DIR = "world_model"  # the run's world model, save_pretrained at each checkpoint
 
 
 def check_loop_config(cfg: DictConfig) -> None:
@@ -77,6 +78,12 @@ class Trainer:
         self.mbpo = None if world_model is None else MBPO(
             cfg.mbpo, cfg.world_model, world_model, self.agent, self.replay, self.frame_stack, a.nstep,
             a.discount, self.device, cfg.seed)
+        frames_per_episode = int(cfg.task.episode_length) + 1
+        if self.mbpo is not None and frames_per_episode < self.mbpo.segment_length:
+            raise ConfigValueError(
+                f"world_model.segment_length={self.mbpo.segment_length} frames is longer than an episode "
+                f"(task.episode_length={cfg.task.episode_length} steps, {frames_per_episode} frames): no segment "
+                "could be cut; shorten the segments or lengthen the episodes.")
         self.logger = Logger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb_mode=cfg.log.wandb,
                              wandb_project=cfg.log.wandb_project,
                              config=OmegaConf.to_container(cfg, resolve=True))
@@ -195,6 +202,8 @@ class Trainer:
                  "mbpo": self.mbpo.state_dict() if self.mbpo is not None else None,
                  "config": OmegaConf.to_container(self.cfg, resolve=True)}
         save_checkpoint(self.run_dir / "checkpoints", state)
+        if self.mbpo is not None:  # also as a model folder the player, other runs and pretraining load
+            self.mbpo.world_model.save_pretrained(self.run_dir / WORLD_MODEL_DIR)
         self.last_save_frame = self.frame
 
     def restore(self) -> bool:

@@ -29,6 +29,7 @@ from worldmodel.episodes import Episode  # noqa: E402
 FRAME_STACK = 3
 ACTION_DIM = 4  # Meta-World
 EPISODE_STEPS = 100  # iVideoGPT's Meta-World episodes (agent steps)
+BENCH_STEP = 10_000  # the agent step updates are timed at (past exploration)
 SEGMENT_BATCH, SEGMENT_LENGTH = 16, 12  # iVideoGPT world-model batches
 
 
@@ -46,7 +47,7 @@ def bench_updates(cfg, size: int, device: torch.device, updates: int, warmup: in
                             reward=torch.rand(n, device=device),
                             discount=torch.full((n,), cfg.discount ** cfg.nstep, device=device),
                             next_obs=frames())
-    step = cfg.num_expl_steps
+    step = BENCH_STEP  # past exploration: the actor's noise schedule, as in training
     for _ in range(warmup):
         agent.update(batch, step)
     sync(device)

@@ -298,7 +298,7 @@ def test_plot_curves_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_reference_data():
     walker = {c.method: c for c in reference.reference_curves("dmc/walker_walk")}["drqv2"]
     assert walker.seeds == 10 and reference.value_at(walker, 500000) == pytest.approx(722.3, abs=0.1)
-    assert reference.value_at(walker, 1_000_000) == pytest.approx(766.9, abs=0.1)  # DESIGN.md: 722 / 767
+    assert reference.value_at(walker, 1_000_000) == pytest.approx(766.9, abs=0.1)  # DrQ-v2 walker_walk: 722 / 767
     methods = {(c.method, c.obs) for c in reference.reference_curves("metaworld/plate_slide")}
     assert {("mwm", "pixels"), ("dreamerv2", "pixels"), ("tdmpc2", "state"), ("sac", "state")} <= methods
     aggregate = {p.method: p.value for p in reference.read_off_points("metaworld/aggregate")}

@@ -108,6 +108,7 @@ def test_a_run_stopped_before_its_first_checkpoint_continues_from_its_episodes(t
 @pytest.mark.parametrize("override, message", [
     ("task=metaworld/plate_slidee", "plate_slidee"),
     ("agent.update_every_steps=0", "agent.update_every_steps must be >= 1"),
+    ("world_model=ivideogpt", "longer than an episode"),  # TINY's episodes: 11 frames < 12
     ("agent.stddev_clip=-1", "stddev_clip"),
     ("agent.not_a_key=1", "not_a_key"),
     ("device=cuda:7", "CUDA"),
@@ -139,3 +140,15 @@ def test_missing_simulator_names_the_extra(tmp_path):
     assert result.returncode == 1
     assert "metaworld" in result.stderr and "pip install" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_auto_preset_goes_before_hydras_own_flags():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_mbpo", REPO / "mbrl" / "train_mbpo.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.with_override(["task=dmc/walker_walk", "--cfg", "job"], "preset=cpu") == [
+        "task=dmc/walker_walk", "preset=cpu", "--cfg", "job"]
+    assert script.with_override(["--help"], "preset=cpu") == ["preset=cpu", "--help"]
+    assert script.with_override(["-m", "seed=1,2"], "preset=cpu") == ["-m", "seed=1,2", "preset=cpu"]

@@ -85,6 +85,11 @@ def test_mbpo_resume_restores_world_model(tmp_path):
     for key, value in resumed.mbpo.world_model.state_dict().items():
         torch.testing.assert_close(value, weights[key])
     resumed.close()
+    from worldmodel.registry import load_pretrained  # the run's world_model/ folder: the same weights
+
+    exported = load_pretrained(run / "world_model")
+    for key, value in exported.state_dict().items():
+        torch.testing.assert_close(value, weights[key])
     finished = make_trainer(run, "world_model=ivideogpt", "num_train_frames=120", "resume=true")
     finished.train()
     assert finished.frame >= 120 and len(finished.mbpo.imagined) > 0

@@ -69,7 +69,8 @@ class WorldModelHost:
         path = Path(str(checkpoint)).expanduser()
         if not str(checkpoint) or not path.is_dir():
             raise PlayerError(f"world_model.pretrained={checkpoint!s}: no such directory; give a folder "
-                              "written by save_pretrained (e.g. a run's checkpoints) or scripts/pretrain.py.")
+                              "written by save_pretrained: a training run's world_model/, scripts/pretrain.py's "
+                              "model/, or an imported official checkpoint.")
         try:
             model = load_pretrained(path)
         except (WorldModelConfigError, ValueError, TypeError, KeyError, OSError) as e:

@@ -34,7 +34,7 @@ ROPE_SCALING_TYPES = ("yarn",)
 def rope_scaling_config(scaling: dict[str, Any], max_positions: int) -> dict[str, Any]:
     """Normalise ``rope_scaling`` = {type: yarn, factor: f, original_max_position_embeddings: n
     (default: the preset's max_position_embeddings)} -- context extension by YaRN RoPE scaling,
-    the third long-context baseline next to VRAG and the history buffer (DESIGN.md section 6)."""
+    the third long-context baseline next to VRAG and the history buffer (worldmodel/memory)."""
     scaling = dict(scaling)
     kind = scaling.pop("type", scaling.pop("rope_type", "yarn"))
     if kind not in ROPE_SCALING_TYPES:
