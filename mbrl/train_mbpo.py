@@ -22,6 +22,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from mbrl.utils import insert_override  # noqa: E402
+
 CONFIG_DIR = str(REPO_ROOT / "cfgs")
 RUNS_DIR = Path("runs")
 
@@ -44,14 +46,8 @@ def choose_preset(args: list[str]) -> list[str]:
     preset = "reference" if torch.cuda.is_available() else "cpu"
     why = "CUDA is available" if preset == "reference" else "no CUDA device: the CPU-sized schedule and world model"
     print(f"[train] preset={preset} ({why}; override with preset=reference|cpu)")
-    return with_override(args, f"preset={preset}")
+    return insert_override(args, f"preset={preset}")
 
-
-def with_override(args: list[str], override: str) -> list[str]:
-    """``args`` with ``override`` right after the user's last ``key=value``: not after Hydra's own
-    flags (``--cfg job``, ``--help``), whose argparse would then refuse it."""
-    last = max((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=-1)
-    return args[:last + 1] + [override] + args[last + 1:]
 
 
 def resolve_resume(args: list[str]) -> list[str]:
@@ -73,7 +69,7 @@ def resolve_resume(args: list[str]) -> list[str]:
     if resume not in ("true", "True"):
         if not Path(resume).is_dir():
             raise SystemExit(f"[train] resume={resume}: no such run directory")
-        return rest + ["resume=true", f"hydra.run.dir={resume}"]
+        return insert_override(insert_override(rest, "resume=true"), f"hydra.run.dir={resume}")
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
@@ -83,9 +79,9 @@ def resolve_resume(args: list[str]) -> list[str]:
     runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if (p / "checkpoints" / "last.pt").exists())
     if not runs:
         print(f"[train] resume=true: no earlier run with a checkpoint under {parent}; starting a new run")
-        return rest + ["resume=true"]
+        return insert_override(rest, "resume=true")
     print(f"[train] resume=true: continuing {runs[-1]}")
-    return rest + ["resume=true", f"hydra.run.dir={runs[-1]}"]
+    return insert_override(insert_override(rest, "resume=true"), f"hydra.run.dir={runs[-1]}")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)

@@ -22,17 +22,34 @@ def set_seed_everywhere(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available; anything else is passed to torch, checked."""
+def resolve_device(name: str, option: str = "device=") -> torch.device:
+    """`auto` picks CUDA when available; anything else is passed to torch, checked. ``option``:
+    how the setting is written where it came from (``device=`` in configs, ``--device `` in scripts)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigValueError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N.") from None
+        raise ConfigValueError(f"{option}{name} is not a device; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigValueError(f"device={name} asked for CUDA, but torch sees no GPU; use device=auto or cpu.")
+        raise ConfigValueError(f"{option}{name} asked for CUDA, but torch sees no GPU "
+                               f"(torch {torch.__version__}); use {option}auto or {option}cpu.")
     return device
+
+
+def script_device(name: str) -> torch.device:
+    """``resolve_device`` for a script's ``--device`` option: one line and exit 1 where it cannot work."""
+    try:
+        return resolve_device(name, option="--device ")
+    except ConfigValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def insert_override(args: list[str], override: str) -> list[str]:
+    """``args`` with ``override`` right after the user's last ``key=value``: not after Hydra's own
+    flags (``--cfg job``, ``--help``), whose argparse would then refuse it."""
+    last = max((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=-1)
+    return args[:last + 1] + [override] + args[last + 1:]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -2,6 +2,7 @@
 
     python scripts/bench_mbpo.py                              # CPU preset, iVideoGPT tiny
     python scripts/bench_mbpo.py --preset reference           # on a GPU: the reference settings
+                                                              # (refused without CUDA unless --allow-cpu)
     python scripts/bench_mbpo.py --world-model vid2world --frames 3000
 
 Both runs use the same settings; timing starts after the MBPO warm-up (initial world-model
@@ -51,6 +52,21 @@ def run(world_model: str, args: argparse.Namespace, run_dir: Path) -> dict[str, 
     return out
 
 
+def check_preset_device(preset: str, allow_cpu: bool) -> None:
+    """The reference preset's full-size models are meant for a GPU: refuse it without CUDA
+    unless ``--allow-cpu`` says to time them on the CPU anyway (then warn)."""
+    import torch
+
+    if preset != "reference" or torch.cuda.is_available():
+        return
+    if not allow_cpu:
+        raise SystemExit("error: --preset reference runs the full-size world model at the reference agent settings, "
+                         "which need a CUDA GPU, but torch sees none; use --preset cpu, or add --allow-cpu to time "
+                         "it on the CPU")
+    print("[bench_mbpo] warning: --preset reference on the CPU (--allow-cpu): the full-size world model, far "
+          "slower than on a GPU; these figures are no guide to the GPU's", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=["cpu", "reference"])
@@ -58,8 +74,10 @@ def main() -> None:
     parser.add_argument("--task", default="metaworld/plate_slide")
     parser.add_argument("--warmup", type=int, default=2000, help="frames before timing starts")
     parser.add_argument("--frames", type=int, default=2000, help="frames timed")
+    parser.add_argument("--allow-cpu", action="store_true", help="run --preset reference without a CUDA GPU")
     parser.add_argument("override", nargs="*", help="extra Hydra overrides for both runs")
     args = parser.parse_args()
+    check_preset_device(args.preset, args.allow_cpu)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("none", args.world_model):

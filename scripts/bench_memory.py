@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mbrl.utils import script_device  # noqa: E402
 from worldmodel.memory import KeyedSegmentBatch  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
 
@@ -257,10 +258,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = script_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     results: dict[str, dict[str, float]] = {}

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mbrl.utils import script_device  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
 
 
@@ -38,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+
 def time_rollout(model: Vid2World, context: torch.Tensor, actions: torch.Tensor) -> float:
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     sync()
@@ -51,8 +53,7 @@ def time_rollout(model: Vid2World, context: torch.Tensor, actions: torch.Tensor)
 
 def main() -> None:
     args = parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = script_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     model = Vid2World(image_size=args.image_size, action_dim=args.action_dim, size=args.size,

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mbrl.utils import script_device  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 from worldmodel.ivideogpt.official_loop import official_rollout  # noqa: E402
 
@@ -62,6 +63,7 @@ def parse_args() -> argparse.Namespace:
                    help="count each path's floating-point work (on the CPU at batch 1, scaled by --batch), print "
                         "the rate each path achieves and what a token step reads from memory")
     return p.parse_args()
+
 
 
 def sync(device: torch.device) -> None:
@@ -160,8 +162,7 @@ def token_step_bytes(model: IVideoGPT, context: torch.Tensor) -> tuple[int, int,
 
 def main() -> None:
     args = parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = script_device(args.device)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     model = build_model(args).to(device).eval()

@@ -5,7 +5,8 @@
     python scripts/collect_demos.py task=maniskill/pick_cube episodes=10     # ManiSkill motion planner
 
 Meta-World uses its scripted expert policies; ManiSkill its motion-planning solutions (needs
-the maniskill extra and mplib). Episodes go to demonstrations/<suite>/<task>/ unless out=...
+the maniskill extra and mplib). DMC and LIBERO have no scripted expert: the error says how to
+get their demonstrations. Episodes go to demonstrations/<suite>/<task>/ unless out=...
 Config: cfgs/collect_demos.yaml.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,7 +23,17 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mbrl.demos import demo_dir  # noqa: E402
+from mbrl.demos.collect import (CollectResult, CollectSettingsError, NoExpertError,  # noqa: E402
+                                TooFewSuccessesError, collect)
+from mbrl.envs.errors import MissingSimulatorError, UnknownTaskError  # noqa: E402
 from worldmodel.episodes import episode_paths  # noqa: E402
+
+if TYPE_CHECKING:
+    from mbrl.demos.maniskill import MotionPlanningResult
+
+# What a user can fix (the message says how): printed as one line, exit status 1.
+USER_ERRORS = (MissingSimulatorError, UnknownTaskError, NoExpertError, CollectSettingsError,
+               TooFewSuccessesError)
 
 
 @hydra.main(config_path="../cfgs", config_name="collect_demos", version_base="1.3")
@@ -30,19 +42,26 @@ def main(cfg: DictConfig) -> None:
     if out.is_dir() and episode_paths(out) and not cfg.overwrite:
         sys.exit(f"{out} already holds episodes; pass overwrite=true to add to / replace them, "
                  "or out=<another folder>.")
-    if cfg.task.suite == "maniskill" and cfg.policy == "expert":
-        from mbrl.demos.maniskill import collect_motionplanning
-        result = collect_motionplanning(cfg.task, cfg.episodes, out, seed=cfg.seed,
-                                        max_attempts=cfg.max_attempts)
-    else:
-        from mbrl.demos.collect import collect
-        result = collect(cfg.task, cfg.episodes, out, seed=cfg.seed, noise=cfg.noise,
-                         workers=cfg.workers, policy=cfg.policy, success_only=cfg.success_only,
-                         max_attempts=cfg.max_attempts)
+    try:
+        result = run_collection(cfg, out)
+    except USER_ERRORS as e:
+        print(f"[collect_demos] error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     hours = result.seconds / 3600
     print(f"wrote {len(result.paths)} episodes to {out}: {result.successes}/{result.attempts} "
           f"attempts succeeded; {result.seconds:.1f} s, {len(result.paths) / hours:.0f} episodes/h, "
           f"{result.frames / hours:.0f} frames/h")
+
+
+def run_collection(cfg: DictConfig, out: Path) -> CollectResult | MotionPlanningResult:
+    """The suite's collector: ManiSkill's motion planner for its expert, else ``collect``."""
+    if cfg.task.suite == "maniskill" and cfg.policy == "expert":
+        from mbrl.demos.maniskill import collect_motionplanning
+        return collect_motionplanning(cfg.task, cfg.episodes, out, seed=cfg.seed,
+                                      max_attempts=cfg.max_attempts)
+    return collect(cfg.task, cfg.episodes, out, seed=cfg.seed, noise=cfg.noise,
+                   workers=cfg.workers, policy=cfg.policy, success_only=cfg.success_only,
+                   max_attempts=cfg.max_attempts)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,15 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mbrl.demos import demo_dir  # noqa: E402
+from mbrl.demos.libero import LiberoFormatError, LiberoTaskError, convert_libero, libero_task_name  # noqa: E402
+from mbrl.demos.maniskill import ManiSkillFormatError, convert_maniskill  # noqa: E402
+from mbrl.envs import boolean  # noqa: E402
+from mbrl.envs.errors import MissingSimulatorError, UnknownTaskError  # noqa: E402
+from worldmodel.episodes import EpisodeFormatError  # noqa: E402
+
+# What a user can fix (the message says how): printed as one line, exit status 1.
+USER_ERRORS = (LiberoFormatError, LiberoTaskError, ManiSkillFormatError, EpisodeFormatError,
+               MissingSimulatorError, UnknownTaskError)
 
 
 @hydra.main(config_path="../cfgs", config_name="convert_demos", version_base="1.3")
@@ -28,22 +37,27 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out) if cfg.out else demo_dir(cfg.task)
     if not Path(cfg.input).is_file():
         sys.exit(f"input={cfg.input} is not a file")
+    if cfg.format not in ("libero", "maniskill"):
+        sys.exit(f"format={cfg.format} is not one of: libero, maniskill")
+    try:
+        paths = convert(cfg, out)
+    except USER_ERRORS as e:
+        print(f"[convert_demos] error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"wrote {len(paths)} episodes to {out}")
+
+
+def convert(cfg: DictConfig, out: Path) -> list[Path]:
+    """Convert ``cfg.input`` in ``cfg.format`` (libero | maniskill) into episode files in ``out``."""
     if cfg.format == "libero":
-        from mbrl.demos.libero import convert_libero, libero_task_name
-        from mbrl.envs import boolean
         rotate = not boolean(cfg.task.get("rotate_180", False)) if cfg.rotate_180 is None else boolean(cfg.rotate_180)
         expected = cfg.libero_task or libero_task_name(str(cfg.task.name), int(cfg.task.task_index))
-        paths = convert_libero(cfg.input, out, int(cfg.task.image_size),
-                               task=f"{cfg.task.suite}/{cfg.task.name}", rotate_180=rotate,
-                               camera=cfg.camera, success_bonus=float(cfg.task.success_bonus),
-                               max_demos=cfg.max_episodes, expected_task=expected)
-    elif cfg.format == "maniskill":
-        from mbrl.demos.maniskill import convert_maniskill
-        paths = convert_maniskill(cfg.input, cfg.task, out, success_only=cfg.success_only,
-                                  max_episodes=cfg.max_episodes)
-    else:
-        sys.exit(f"format={cfg.format} is not one of: libero, maniskill")
-    print(f"wrote {len(paths)} episodes to {out}")
+        return convert_libero(cfg.input, out, int(cfg.task.image_size),
+                              task=f"{cfg.task.suite}/{cfg.task.name}", rotate_180=rotate,
+                              camera=cfg.camera, success_bonus=float(cfg.task.success_bonus),
+                              max_demos=cfg.max_episodes, expected_task=expected)
+    return convert_maniskill(cfg.input, cfg.task, out, success_only=cfg.success_only,
+                             max_episodes=cfg.max_episodes)
 
 
 if __name__ == "__main__":

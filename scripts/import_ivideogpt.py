@@ -1,6 +1,6 @@
 """Import an official thuml/iVideoGPT checkpoint into this toolkit's save_pretrained format.
 
-    huggingface-cli download thuml/ivideogpt-oxe-64-act-free --local-dir pretrained/oxe-64-act-free
+    hf download thuml/ivideogpt-oxe-64-act-free --local-dir pretrained/oxe-64-act-free   # huggingface_hub's CLI
     python scripts/import_ivideogpt.py pretrained/oxe-64-act-free pretrained/oxe64_metaworld --action-dim 4
     python mbrl/train_mbpo.py task=metaworld/plate_slide world_model.pretrained=pretrained/oxe64_metaworld
 

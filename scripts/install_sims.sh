@@ -5,7 +5,7 @@
 #   bash scripts/install_sims.sh all                    # + ManiSkill 3 and LIBERO
 #
 # Idempotent: run it again and it only checks. Needs root (or sudo) for apt packages.
-# What it does (see shared/ENVIRONMENTS.md for why):
+# What it does, and why (README.md's Quickstart refers here for the details):
 #   * apt: Mesa's software EGL (MuJoCo renders headless with MUJOCO_GL=egl);
 #   * pip: each simulator with a constraints file pinning torch (the version already installed,
 #     else 2.13.0) and mujoco==3.3.0, so no simulator drags in a CUDA torch or another mujoco;
@@ -36,6 +36,18 @@ usage() {
     echo "usage: bash scripts/install_sims.sh [metaworld|dmc|maniskill|libero|all]..." >&2
     exit 2
 }
+
+# ---------------------------------------------------------------- arguments (before anything is created)
+[[ $# -eq 0 ]] && usage
+targets=()
+for arg in "$@"; do
+    case "$arg" in
+        all) targets+=(metaworld dmc maniskill libero) ;;
+        metaworld | dmc | maniskill | libero) targets+=("$arg") ;;
+        -h | --help) usage ;;
+        *) echo "unknown simulator '$arg'" >&2; usage ;;
+    esac
+done
 
 # ---------------------------------------------------------------- python / pip
 if [[ -n "${VIRTUAL_ENV:-}" ]]; then
@@ -198,16 +210,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- main
-[[ $# -eq 0 ]] && usage
-targets=()
-for arg in "$@"; do
-    case "$arg" in
-        all) targets+=(metaworld dmc maniskill libero) ;;
-        metaworld | dmc | maniskill | libero) targets+=("$arg") ;;
-        -h | --help) usage ;;
-        *) echo "unknown simulator '$arg'" >&2; usage ;;
-    esac
-done
 for t in "${targets[@]}"; do
     log "== $t"
     "install_$t"

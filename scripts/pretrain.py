@@ -26,9 +26,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mbrl.train_mbpo import override_value  # noqa: E402  (the same argv reading as training)
+from mbrl.utils import insert_override  # noqa: E402
 
 CONFIG_DIR = str(REPO_ROOT / "cfgs")
 PRESETS = ("reference", "cpu")
+
 
 
 def choose_preset(args: list[str]) -> list[str]:
@@ -48,15 +50,23 @@ def choose_preset(args: list[str]) -> list[str]:
     if preset not in PRESETS:
         raise SystemExit(f"[pretrain] preset={preset}: choose one of {PRESETS}")
     model = override_value(args, "world_model") or "ivideogpt"
-    return args + [f"world_model_preset@world_model={preset}_{model}"]
+    return insert_override(args, f"world_model_preset@world_model={preset}_{model}")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from mbrl.utils import ConfigValueError
+    from worldmodel.episodes import EpisodeFormatError
+    from worldmodel.interface import WorldModelConfigError
     from worldmodel.training import Pretrainer
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    Pretrainer(cfg).run()
+    try:
+        Pretrainer(cfg).run()
+    except (FileNotFoundError, WorldModelConfigError, EpisodeFormatError, ConfigValueError) as e:
+        # errors in the data or the config: their message names the fix, a traceback would bury it
+        print(f"[pretrain] error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

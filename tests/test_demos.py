@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mbrl.demos import DemoSettingsError, demo_dir, env_settings, load_demos, task_slug
+from mbrl.demos import DemoSettingsError, collect_command, demo_dir, env_settings, load_demos, task_slug
 from mbrl.demos.collect import collect
 from worldmodel.episodes import Episode, EpisodeFormatError, load_episode, save_episode
 
@@ -115,6 +115,58 @@ def test_load_demos_errors_name_the_fix(tmp_path):
         load_demos(cfg, 32, METAWORLD_ACTION_DIM)
 
 
+def test_demo_instructions_fit_the_suite(tmp_path):
+    """Only suites with a scripted expert or motion planner are sent to collect_demos.py."""
+    dmc, libero = task_cfgs(["dmc/walker_walk", "libero/libero_spatial"])
+    with pytest.raises(FileNotFoundError) as err:
+        load_demos(dmc, 64, 6, root=tmp_path)
+    message = str(err.value)
+    assert "no scripted expert for DMC" in message and "collect_demos.py task=dmc" not in message
+    assert str(tmp_path / "dmc" / "walker_walk") in message  # where to put the episodes
+    assert "train_mbpo.py task=dmc/walker_walk world_model=none task.camera=1`" in \
+        collect_command(dmc, overrides=["task.camera=1"])
+    with pytest.raises(FileNotFoundError, match=r"To make them: python scripts/convert_demos\.py format=libero "
+                                                r"input=<LIBERO demo \.hdf5> task=libero/libero_spatial "
+                                                r"task\.task_index=0\.$"):
+        load_demos(libero, 64, 7, root=tmp_path)
+
+
+def run_script(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess, message: str) -> None:
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
+
+
+def _maniskill_expert_missing() -> str:
+    """What collect_demos.py says for task=maniskill/pick_cube here, '' when it could collect."""
+    import importlib.util
+
+    if importlib.util.find_spec("mani_skill") is None:
+        return "pip install -e '.[maniskill]'"
+    return "" if importlib.util.find_spec("mplib") is not None else "pip install mplib"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["task=dmc/walker_walk"], "there is no scripted expert for DMC"),
+    (["task=libero/libero_spatial"], "python scripts/convert_demos.py format=libero"),
+    (["task=maniskill/pick_cube"], None),
+    (["episodes=0"], "episodes must be >= 1, got 0"),
+])
+def test_collect_script_user_errors_are_one_line(tmp_path, args, message):
+    if message is None:
+        message = _maniskill_expert_missing()
+        if not message:
+            pytest.skip("ManiSkill and mplib are installed: task=maniskill/pick_cube collects")
+    assert_one_line_error(run_script("collect_demos.py", *args, f"out={tmp_path / 'out'}"), message)
+    assert not (tmp_path / "out").exists()
+
+
 def write_demo(folder: Path, meta: dict, name: str = "ep_0000_seed0.npz", steps: int = 4) -> Path:
     episode = Episode(obs=np.zeros((steps + 1, 3, 8, 8), np.uint8), action=np.zeros((steps, 4), np.float32),
                       reward=np.zeros(steps, np.float32), success=np.zeros(steps, bool), meta=meta)
@@ -180,17 +232,18 @@ def test_shipped_demos_seed_the_real_replay_buffer():
 
 
 # ----- LIBERO converter -----
-def write_libero_file(path: Path, lengths=(6, 9), size: int = 32):
-    """A file with the schema of LIBERO's create_dataset.py. Image j of a demo has intensity
-    10*j in its top-left quadrant (and 0 elsewhere), so alignment and rotation are visible."""
+def write_libero_file(path: Path, lengths=(6, 9), size: int = 32, task: str = "put_the_bowl_on_the_plate"):
+    """A file with the schema of LIBERO's create_dataset.py, holding demos of ``task`` (a bddl
+    file stem). Image j of a demo has intensity 10*j in its top-left quadrant (and 0 elsewhere),
+    so alignment and rotation are visible."""
     import h5py
 
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         data.attrs["env_name"] = "Libero_Tabletop_Manipulation"
         data.attrs["problem_info"] = json.dumps({"problem_name": "libero_tabletop_manipulation",
-                                                 "language_instruction": "put the bowl on the plate"})
-        data.attrs["bddl_file_name"] = "libero_spatial/put_the_bowl_on_the_plate.bddl"
+                                                 "language_instruction": task.replace("_", " ")})
+        data.attrs["bddl_file_name"] = f"libero_spatial/{task}.bddl"
         for i, n in enumerate(lengths):
             demo = data.create_group(f"demo_{i}")
             images = np.zeros((n, size, size, 3), np.uint8)
@@ -400,8 +453,10 @@ def test_maniskill_replay_in_our_env(tmp_path):
 
 
 def test_convert_script_libero(tmp_path):
-    src = tmp_path / "task_demo.hdf5"
-    write_libero_file(src, lengths=(5,))
+    from mbrl.demos.libero import libero_task_name
+
+    src = tmp_path / "task_demo.hdf5"  # task 3's demos (its name is known only where LIBERO is installed)
+    write_libero_file(src, lengths=(5,), task=libero_task_name("libero_spatial", 3) or "put_the_bowl_on_the_plate")
     out = tmp_path / "converted"
     run = subprocess.run([sys.executable, str(REPO / "scripts/convert_demos.py"), "format=libero",
                           f"input={src}", "task=libero/libero_spatial", "task.task_index=3", f"out={out}"],
@@ -416,9 +471,31 @@ def test_convert_script_libero(tmp_path):
                             f"input={src}", "task=libero/libero_spatial", "libero_task=turn_on_the_stove",
                             f"out={tmp_path / 'wrong'}"],
                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert wrong.returncode != 0 and "but the task to convert for is turn_on_the_stove" in wrong.stderr
+    assert_one_line_error(wrong, "but the task to convert for is turn_on_the_stove")
     cfg = task_cfg("libero/libero_spatial")
     assert demo_dir(cfg).parts[-3:] == ("libero", "libero_spatial", "task_0")
+
+
+def test_convert_script_reports_format_errors_in_one_line(tmp_path):
+    h5 = write_maniskill_pair(tmp_path / "nojson", broken="json")
+    run = run_script("convert_demos.py", "format=maniskill", f"input={h5}", "task=maniskill/pick_cube",
+                     f"out={tmp_path / 'out'}")
+    assert_one_line_error(run, "nojson.json is missing: ManiSkill trajectories come as a pair")
+
+
+def test_motion_planning_names_what_to_install(monkeypatch):
+    import types
+
+    from mbrl.demos.maniskill import MissingMotionPlannerError, require_motion_planning
+    from mbrl.envs import MissingSimulatorError
+
+    monkeypatch.setitem(sys.modules, "mani_skill", None)  # import fails
+    with pytest.raises(MissingSimulatorError, match=r"ManiSkill 3 is not installed: pip install -e '\.\[maniskill\]'"):
+        require_motion_planning()
+    monkeypatch.setitem(sys.modules, "mani_skill", types.ModuleType("mani_skill"))
+    monkeypatch.setitem(sys.modules, "mplib", None)
+    with pytest.raises(MissingMotionPlannerError, match="motion planners need mplib.*pip install mplib"):
+        require_motion_planning()
 
 
 def test_maniskill_motion_planning_collection(tmp_path):

@@ -432,3 +432,10 @@ def test_outputs_equal_the_official_code_given_the_same_weights():
     result = _run_equivalence_check(Path(os.environ["IVIDEOGPT_OFFICIAL_REPO"]))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUMMARY matches the official code" in result.stdout
+
+
+def test_download_command_in_the_docstring_is_huggingface_hubs_cli():
+    """huggingface_hub 2.x (installed here) ships the ``hf`` command and no ``huggingface-cli``."""
+    doc = (REPO / "scripts" / "import_ivideogpt.py").read_text().split('"""')[1]
+    assert "hf download thuml/ivideogpt-oxe-64-act-free --local-dir pretrained/oxe-64-act-free" in doc
+    assert "huggingface-cli" not in doc

@@ -204,6 +204,40 @@ def test_batches_are_a_function_of_their_position():
     assert {str(e.path) for e in train.entries[0]}.isdisjoint({str(e.path) for e in val.entries[0]})
 
 
+def _pretrain_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_auto_overrides_go_where_hydra_reads_overrides():
+    insert = _pretrain_script().insert_override
+    assert insert(["data=x", "--cfg", "job"], "k=v") == ["data=x", "k=v", "--cfg", "job"]
+    assert insert(["--cfg", "job", "data=x"], "k=v") == ["--cfg", "job", "data=x", "k=v"]
+    assert insert(["--cfg", "job"], "k=v") == ["k=v", "--cfg", "job"]
+    assert insert(["-m", "seed=1,2", "--config-name=pretrain"], "k=v") == \
+        ["-m", "seed=1,2", "k=v", "--config-name=pretrain"]
+    assert insert([], "k=v") == ["k=v"]
+    choose = _pretrain_script().choose_preset
+    assert choose(["preset=cpu", "world_model=vid2world", "--cfg", "job"]) == \
+        ["world_model=vid2world", "world_model_preset@world_model=cpu_vid2world", "--cfg", "job"]
+
+
+def test_script_prints_its_config_and_reports_missing_data_in_one_line(tmp_path):
+    shown = subprocess.run([sys.executable, SCRIPT, "preset=cpu", "data=metaworld_demos", "--cfg", "job"],
+                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "name: metaworld_demos" in shown.stdout and "name: ivideogpt" in shown.stdout
+    missing = subprocess.run([sys.executable, SCRIPT, "preset=cpu", "data=oxe_small", f"data.root={tmp_path}",
+                              f"out={tmp_path / 'out'}"], cwd=REPO, env={**_env(), "HYDRA_FULL_ERROR": "0"},
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr[-3000:]
+    assert missing.stderr.startswith("[pretrain] error: mix datasets not found")
+
+
 def test_freeze_patterns():
     from worldmodel.ivideogpt.model import IVideoGPT
     from worldmodel.training.stages import freeze

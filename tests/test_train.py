@@ -143,12 +143,9 @@ def test_missing_simulator_names_the_extra(tmp_path):
 
 
 def test_the_auto_preset_goes_before_hydras_own_flags():
-    import importlib.util
+    from mbrl.utils import insert_override
 
-    spec = importlib.util.spec_from_file_location("train_mbpo", REPO / "mbrl" / "train_mbpo.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert script.with_override(["task=dmc/walker_walk", "--cfg", "job"], "preset=cpu") == [
+    assert insert_override(["task=dmc/walker_walk", "--cfg", "job"], "preset=cpu") == [
         "task=dmc/walker_walk", "preset=cpu", "--cfg", "job"]
-    assert script.with_override(["--help"], "preset=cpu") == ["preset=cpu", "--help"]
-    assert script.with_override(["-m", "seed=1,2"], "preset=cpu") == ["-m", "seed=1,2", "preset=cpu"]
+    assert insert_override(["--help"], "preset=cpu") == ["preset=cpu", "--help"]
+    assert insert_override(["-m", "seed=1,2"], "preset=cpu") == ["-m", "seed=1,2", "preset=cpu"]

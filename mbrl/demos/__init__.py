@@ -6,7 +6,9 @@
 ``plate_slide``), derived from ``task_cfg.name`` (``plate-slide-v3``, ``PickCube-v1``,
 ``walker_walk``) unless the task config sets ``demo_dir``; LIBERO adds ``task_<task_index>``
 (``demonstrations/libero/libero_spatial/task_0``). Collect them with
-``scripts/collect_demos.py`` or convert downloaded ones with ``scripts/convert_demos.py``.
+``scripts/collect_demos.py`` (Meta-World, ManiSkill) or convert downloaded ones with
+``scripts/convert_demos.py`` (LIBERO, ManiSkill); DMC has no scripted expert: copy in episodes
+recorded at the task's settings (``collect_command`` says how for each suite).
 
 Each file records the env settings it was made with (``meta["env_settings"]``: the task keys
 in ``ENV_SETTING_KEYS``); ``load_demos`` refuses a demonstration whose settings differ from the
@@ -21,7 +23,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from worldmodel.episodes import Episode, EpisodeFormatError, episode_paths, load_episode
 
@@ -120,8 +122,9 @@ def check_settings(path: Path, meta: Mapping[str, Any], task_cfg: Mapping[str, A
             raise DemoSettingsError(
                 f"demonstration {path} was made with task.{key}={_override(recorded[key])} but this run "
                 f"has task.{key}={_override(value)}. Re-collect the demonstrations at the run's settings "
-                f"(move the old files out of {path.parent}, then: {collect_command(task_cfg)} "
-                f"task.{key}={_override(value)}), or run with task.{key}={_override(recorded[key])}.")
+                f"(move the old files out of {path.parent}, then: "
+                f"{collect_command(task_cfg, overrides=[f'task.{key}={_override(value)}'])}), "
+                f"or run with task.{key}={_override(recorded[key])}.")
     return notes
 
 
@@ -140,12 +143,30 @@ def _warn_settings(folder: Path, notes: dict[str, set], task_cfg: Mapping[str, A
                         folder, key, "/".join(values), _override(task_cfg[key]))
 
 
-def collect_command(task_cfg: Mapping[str, Any], episodes: int = 5) -> str:
-    if task_cfg.get("suite") == "libero":
+def collect_command(task_cfg: Mapping[str, Any], episodes: int = 5, overrides: Sequence[str] = (),
+                    root: str | os.PathLike | None = None) -> str:
+    """How to make this task's demonstrations (with ``overrides``, e.g. ``task.camera=topview``):
+    scripts/collect_demos.py where the suite has a scripted expert or motion planner, the
+    LIBERO converter for LIBERO, and for DMC, which has neither, what to copy into its
+    demonstration folder (under ``root``) instead."""
+    suite, slug = task_cfg.get("suite"), task_slug(task_cfg.get("name", "<task>"))
+    extra = "".join(f" {o}" for o in overrides)
+    if suite == "libero":
         return (f"python scripts/convert_demos.py format=libero input=<LIBERO demo .hdf5> "
-                f"task=libero/{task_slug(task_cfg.get('name'))} task.task_index={task_cfg.get('task_index')}")
-    return (f"python scripts/collect_demos.py task={task_cfg.get('suite')}/"
-            f"{task_slug(task_cfg.get('name', '<task>'))} episodes={episodes}")
+                f"task=libero/{slug} task.task_index={task_cfg.get('task_index')}{extra}")
+    if suite == "dmc":
+        return (f"there is no scripted expert for DMC (nothing for scripts/collect_demos.py to run): copy "
+                f"episode files recorded at the run's task settings into {demo_dir(task_cfg, root)}, e.g. the last "
+                f"episodes (runs/dmc/{slug}/none/<run>/episodes/*.npz) of a trained "
+                f"`python mbrl/train_mbpo.py task=dmc/{slug} world_model=none{extra}` run")
+    return f"python scripts/collect_demos.py task={suite}/{slug} episodes={episodes}{extra}"
+
+
+def _or_convert(task_cfg: Mapping[str, Any]) -> str:
+    """The converter as an alternative, for the suites whose demonstrations are collected."""
+    if task_cfg.get("suite") in ("libero", "dmc"):
+        return ""
+    return " (or convert downloaded ones with scripts/convert_demos.py)"
 
 
 def load_demos(task_cfg: Mapping[str, Any], image_size: int, action_dim: int,
@@ -159,8 +180,8 @@ def load_demos(task_cfg: Mapping[str, Any], image_size: int, action_dim: int,
     if not paths:
         what = "is missing" if not folder.is_dir() else "holds no .npz episodes"
         raise FileNotFoundError(
-            f"demo=true but the demonstration folder {folder} {what}. Make demonstrations with: "
-            f"{collect_command(task_cfg)} (or convert downloaded ones with scripts/convert_demos.py).")
+            f"demo=true but the demonstration folder {folder} {what}. To make them: "
+            f"{collect_command(task_cfg, root=root)}{_or_convert(task_cfg)}.")
     episodes: list[Episode] = []
     notes: dict[str, set] = {}
     for path in paths:
@@ -168,7 +189,8 @@ def load_demos(task_cfg: Mapping[str, Any], image_size: int, action_dim: int,
             episode = load_episode(path, image_size=image_size, action_dim=action_dim)
         except EpisodeFormatError as e:
             if not skip_bad:
-                raise EpisodeFormatError(path, f"{e.fault}. Re-collect with: {collect_command(task_cfg)}") from None
+                hint = collect_command(task_cfg, root=root)
+                raise EpisodeFormatError(path, f"{e.fault}. Re-collect with: {hint}") from None
             log.warning("skipping %s", e)
             continue
         for key, value in check_settings(path, episode.meta, task_cfg).items():
@@ -176,6 +198,6 @@ def load_demos(task_cfg: Mapping[str, Any], image_size: int, action_dim: int,
         episodes.append(episode)
     if not episodes:
         raise FileNotFoundError(f"no readable demonstration in {folder}; re-collect with: "
-                                f"{collect_command(task_cfg)}")
+                                f"{collect_command(task_cfg, root=root)}")
     _warn_settings(folder, notes, task_cfg)
     return episodes

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from mbrl.demos import SETTINGS_META_KEY, env_settings
+from mbrl.demos import SETTINGS_META_KEY, collect_command, env_settings
 from worldmodel.episodes import Episode, EpisodeRecorder, save_episode
 
 Policy = Callable[[np.ndarray], np.ndarray]  # state float32 [S] -> action float32 [A] in [-1, 1]
@@ -31,13 +31,21 @@ class NoExpertError(ValueError):
     """The suite/task has no scripted expert to collect demonstrations with."""
 
 
+class CollectSettingsError(ValueError):
+    """A collection setting (episodes, noise, policy) that cannot work; the message says why."""
+
+
+class TooFewSuccessesError(RuntimeError):
+    """The attempts ran out before enough episodes succeeded; the message names the fix."""
+
+
 def make_policy(task_cfg: Mapping[str, Any], kind: str = "expert") -> Policy | None:
     """The policy that collects: ``expert`` (the suite's scripted one) or ``random``
     (uniform actions; returns None, the collector samples them)."""
     if kind == "random":
         return None
     if kind != "expert":
-        raise ValueError(f"policy must be 'expert' or 'random', got {kind!r}")
+        raise CollectSettingsError(f"policy must be 'expert' or 'random', got {kind!r}")
     suite = task_cfg["suite"]
     if suite == "metaworld":
         from mbrl.demos.metaworld_expert import MetaWorldExpert
@@ -46,9 +54,11 @@ def make_policy(task_cfg: Mapping[str, Any], kind: str = "expert") -> Policy | N
         raise NoExpertError("ManiSkill demonstrations come from its motion planners, which drive "
                             "their own env: use mbrl.demos.maniskill.collect_motionplanning "
                             "(scripts/collect_demos.py does this for task=maniskill/...).")
-    raise NoExpertError(f"there is no scripted expert for the {suite} suite. Convert recorded "
-                        "demonstrations instead (scripts/convert_demos.py), or collect "
-                        "policy=random for a pretraining corpus.")
+    corpus = "or collect policy=random success_only=false episodes for a pretraining corpus"
+    if suite == "dmc":  # collect_command says there is no expert, and what to do instead
+        raise NoExpertError(f"{collect_command(task_cfg)}; {corpus}.")
+    raise NoExpertError(f"there is no scripted expert for the {suite} suite: convert its recorded "
+                        f"demonstrations instead ({collect_command(task_cfg)}), {corpus}.")
 
 
 def run_episode(env, policy: Policy | None, seed: int, noise: float = 0.0) -> Episode:
@@ -142,14 +152,15 @@ def collect(task_cfg: Mapping[str, Any], episodes: int, out_dir: str | Path, *, 
     ``RuntimeError`` after ``max_attempts`` episodes (default 5 per wanted episode)."""
     from omegaconf import DictConfig, OmegaConf
 
-    from mbrl.envs import make_env  # noqa: F401  (fail here, before the workers, if missing)
+    from mbrl.envs import list_tasks
 
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise CollectSettingsError(f"episodes must be >= 1, got {episodes}")
     if noise < 0:
-        raise ValueError(f"noise is a standard deviation and must be >= 0, got {noise}")
+        raise CollectSettingsError(f"noise is a standard deviation and must be >= 0, got {noise}")
     cfg = OmegaConf.to_container(task_cfg, resolve=True) if isinstance(task_cfg, DictConfig) else dict(task_cfg)
-    make_policy(cfg, policy)  # a clear error before any process starts
+    make_policy(cfg, policy)  # clear errors before any process starts: no expert,
+    list_tasks(cfg["suite"])  # no simulator (MissingSimulatorError)
     max_attempts = max_attempts or episodes * (DEFAULT_ATTEMPTS_PER_EPISODE if success_only else 1)
     seeds = list(range(seed, seed + max_attempts))
     out_dir = Path(out_dir)
@@ -188,7 +199,7 @@ def collect(task_cfg: Mapping[str, Any], episodes: int, out_dir: str | Path, *, 
         results.close()
         bar.close()
     if len(paths) < episodes:
-        raise RuntimeError(
+        raise TooFewSuccessesError(
             f"only {len(paths)} of {episodes} episodes succeeded in {attempts} attempts "
             f"({cfg['suite']}/{cfg['name']}, noise={noise}); lower the noise, or raise "
             f"max_attempts. Kept files are in {out_dir}.")

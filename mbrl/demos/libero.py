@@ -51,6 +51,10 @@ class LiberoFormatError(ValueError):
     """The file is not a LIBERO demonstration file (or lacks what the conversion needs)."""
 
 
+class LiberoTaskError(ValueError):
+    """task.name / task.task_index name no LIBERO task."""
+
+
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """uint8 [N, H, W, 3] -> uint8 [N, 3, size, size] (antialiased bilinear)."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [N, 3, H, W]
@@ -78,10 +82,11 @@ def libero_task_name(suite: str, task_index: int) -> str | None:
         return None
     suites = benchmark.get_benchmark_dict()
     if suite not in suites:
-        raise ValueError(f"task.name={suite} is not a LIBERO suite; it has: {sorted(suites)}")
+        raise LiberoTaskError(f"task.name={suite} is not a LIBERO suite; it has: {sorted(suites)}")
     tasks = suites[suite]()
     if not 0 <= task_index < tasks.n_tasks:
-        raise ValueError(f"task.task_index={task_index} is out of range: {suite} has tasks 0..{tasks.n_tasks - 1}")
+        raise LiberoTaskError(f"task.task_index={task_index} is out of range: {suite} has tasks "
+                              f"0..{tasks.n_tasks - 1}")
     return str(tasks.get_task(task_index).name)
 
 

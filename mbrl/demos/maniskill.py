@@ -35,6 +35,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from mbrl.demos import SETTINGS_META_KEY, env_settings
+from mbrl.demos.collect import NoExpertError, TooFewSuccessesError
+from mbrl.envs.errors import MissingSimulatorError
 from worldmodel.episodes import Episode, EpisodeRecorder, load_episode, save_episode
 
 RGB = 3
@@ -44,6 +46,33 @@ DEFAULT_ATTEMPTS_PER_EPISODE = 3
 
 class ManiSkillFormatError(ValueError):
     """A trajectory file pair that does not follow ManiSkill's schema."""
+
+
+class MissingMotionPlannerError(MissingSimulatorError):
+    """ManiSkill is installed but mplib, which its motion-planning solutions need, is not."""
+
+    def __init__(self, cause: BaseException | None = None):
+        message = ("ManiSkill's motion planners need mplib, which is not installed: pip install mplib==0.1.1 "
+                   "(it needs numpy<2)")
+        if cause is not None:
+            message += f" [import failed: {type(cause).__name__}: {cause}]"
+        ImportError.__init__(self, message)  # not MissingSimulatorError's "ManiSkill is not installed"
+        self.suite = "maniskill"
+
+
+def require_motion_planning() -> None:
+    """Import ManiSkill and mplib, or raise the error that says which to install."""
+    from mbrl.envs.maniskill_env import prepare_vulkan
+
+    prepare_vulkan()
+    try:
+        import mani_skill  # noqa: F401
+    except ImportError as e:
+        raise MissingSimulatorError("maniskill", e) from None
+    try:
+        import mplib  # noqa: F401
+    except ImportError as e:
+        raise MissingMotionPlannerError(e) from None
 
 
 @dataclass
@@ -263,7 +292,8 @@ def solution_for(env_id: str):
     name = "solve" + env_id.split("-v")[0]
     if not hasattr(solutions, name):
         available = sorted(n[5:] for n in dir(solutions) if n.startswith("solve"))
-        raise ValueError(f"ManiSkill ships no motion-planning solution for {env_id}; it has: {available}")
+        raise NoExpertError(f"ManiSkill ships no motion-planning solution for {env_id}; it has: {available}. "
+                            "Convert downloaded trajectories instead (scripts/convert_demos.py format=maniskill).")
     return getattr(solutions, name)
 
 
@@ -275,11 +305,11 @@ def collect_motionplanning(task_cfg: Mapping[str, Any], episodes: int, out_dir: 
        ManiSkill's RecordEpisode (h5 + json, env states included);
     2. convert the actions to the task's control mode with ManiSkill's replay tool;
     3. replay the converted file in our env (``convert_maniskill``), keeping successes."""
+    require_motion_planning()
     import gymnasium as gym
-
-    from mbrl.envs.maniskill_env import RENDER_BACKEND, SIM_BACKEND, prepare_vulkan
-    prepare_vulkan()
     from mani_skill.utils.wrappers.record import RecordEpisode
+
+    from mbrl.envs.maniskill_env import RENDER_BACKEND, SIM_BACKEND
 
     env_id = str(task_cfg["name"])
     solve = solution_for(env_id)
@@ -313,8 +343,8 @@ def collect_motionplanning(task_cfg: Mapping[str, Any], episodes: int, out_dir: 
             episode = load_episode(path)
             paths.append(save_episode(Path(out_dir) / f"ep_{i:04d}_seed{episode.meta['seed']}.npz", episode))
     if len(paths) < episodes:
-        raise RuntimeError(f"only {len(paths)} of {episodes} motion-planned episodes of {env_id} "
-                           f"succeeded when replayed in our env ({planned} planned successfully in "
-                           f"{s - seed + 1} attempts); raise max_attempts.")
+        raise TooFewSuccessesError(f"only {len(paths)} of {episodes} motion-planned episodes of {env_id} "
+                                   f"succeeded when replayed in our env ({planned} planned successfully in "
+                                   f"{s - seed + 1} attempts); raise max_attempts.")
     frames = sum(len(load_episode(p)) + 1 for p in paths)
     return MotionPlanningResult(paths, s - seed + 1, planned, time.perf_counter() - start, frames)

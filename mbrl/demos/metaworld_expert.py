@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from mbrl.envs.errors import MissingSimulatorError
+from mbrl.envs.errors import MissingSimulatorError, UnknownTaskError
 
 METAWORLD_VERSION_SUFFIX = "-v3"
 
@@ -42,8 +42,7 @@ class MetaWorldExpert:
         classes = expert_policy_classes()
         name = metaworld_env_name(task)
         if name not in classes:
-            raise ValueError(f"Meta-World has no task '{task}' (looked for '{name}'); "
-                             f"tasks are e.g. {sorted(classes)[:5]} ...")
+            raise UnknownTaskError("Meta-World task", name, classes)
         self.name = name
         self.policy = classes[name]()
 

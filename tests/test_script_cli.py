@@ -1,0 +1,73 @@
+"""Command-line behaviour of the bench and install scripts: user errors end in one clear line
+(no traceback), and the scripts run from any folder without the package installed."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+TIMEOUT = 180
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+
+
+def run(cmd: list[str], cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(cmd, cwd=cwd, env={**base, "OMP_NUM_THREADS": "1", **env}, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, message: str, code: int = 1) -> None:
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+
+
+@no_cuda
+@pytest.mark.parametrize("script", ["bench_worldmodel.py", "bench_vid2world.py", "bench_memory.py"])
+def test_gpu_benches_without_cuda_say_so_in_one_line(script):
+    proc = run([sys.executable, str(SCRIPTS / script), "--device", "cuda"])
+    assert_one_line_error(proc, "error: --device cuda asked for CUDA, but torch sees no GPU")
+    assert "use --device auto or --device cpu" in proc.stderr
+
+
+def test_a_device_name_that_is_no_device_is_refused():
+    proc = run([sys.executable, str(SCRIPTS / "bench_vid2world.py"), "--device", "gpu0"])
+    assert_one_line_error(proc, "error: --device gpu0 is not a device; use auto, cpu, cuda or cuda:N")
+
+
+@no_cuda
+def test_bench_mbpo_refuses_the_reference_preset_without_cuda(capsys):
+    proc = run([sys.executable, str(SCRIPTS / "bench_mbpo.py"), "--preset", "reference"])
+    assert_one_line_error(proc, "--preset reference runs the full-size world model")
+    assert "--allow-cpu" in proc.stderr
+    spec = importlib.util.spec_from_file_location("bench_mbpo", SCRIPTS / "bench_mbpo.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.check_preset_device("reference", allow_cpu=True)  # runs, with a warning
+    assert "warning: --preset reference on the CPU" in capsys.readouterr().err
+    bench.check_preset_device("cpu", allow_cpu=False)
+
+
+def test_bench_envs_runs_from_another_folder(tmp_path):
+    """Without the package installed: the script finds mbrl beside itself."""
+    proc = run([sys.executable, str(SCRIPTS / "bench_envs.py"), "--help"], cwd=tmp_path)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"]])
+def test_install_sims_checks_its_arguments_before_creating_a_venv(tmp_path, args):
+    """A copy in a checkout without .venv: bad arguments print the usage and create nothing."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPTS / "install_sims.sh", tmp_path / "scripts")
+    proc = run(["bash", str(tmp_path / "scripts" / "install_sims.sh"), *args], cwd=tmp_path)
+    assert proc.returncode == 2 and "usage: bash scripts/install_sims.sh" in proc.stderr, proc.stderr
+    assert not (tmp_path / ".venv").exists() and not (tmp_path / ".sims").exists()
