@@ -348,6 +348,7 @@ def test_http_play_undo_save_and_download(client, player):
     assert info["model"]["action_dim"] == ACT and info["model"]["horizon"] == HORIZON
     assert [d["name"] for d in info["controls"]] == ["x", "y", "z", "gripper"]
     assert info["episodes"] == player.catalog.names() and info["model"]["sampling"]["top_k"] == 100
+    assert info["collect_command"].startswith("python scripts/collect_demos.py task=metaworld/")
     sid = post(client, "/api/sessions")["session"]
     view = post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": info["episodes"][0]})
     assert len(view["context"]) == 2 and view["context"][0].startswith("data:image/png;base64,")

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
+from mbrl.demos import collect_command
 from mbrl.player.controls import action_layout, layout_json
 from mbrl.player.errors import PlayerError
 from mbrl.player.host import WorldModelHost
@@ -77,7 +78,7 @@ class Player:
         return {"task": self.task_key, "suite": str(self.task_cfg.get("suite")), "model": model,
                 "controls": layout_json(action_layout(str(self.task_cfg.get("suite")), model["action_dim"])),
                 "episodes": self.catalog.names(), "episode_root": str(self.catalog.root),
-                "collect_command": f"python scripts/collect_demos.py task={self.task_key} episodes=5",
+                "collect_command": collect_command(self.task_cfg),
                 "env": {"available": self.simulator[0], "reason": self.simulator[1]},
                 "max_sessions": self.sessions.max_sessions}
 
