@@ -145,15 +145,13 @@ class MBPO:
         copy-last-frame baseline), reward MSE, and an mp4 with real and imagined side by side."""
         t0, horizon = self.world_model.context_frames, self.cfg["gen_horizon"]
         batch = self.real.sample_segments(self.cfg["validate_batch"], t0 + horizon, self.rng).to(self.device)
-        state = self.world_model.reset(batch.obs[:, :t0], generator=self.generator)
         frames, rewards = [], []
-        was_training = self.world_model.training
-        self.world_model.eval()
-        for i in range(horizon):
-            frame, reward, state = self.world_model.step(state, batch.action[:, t0 - 1 + i])
-            frames.append(frame)
-            rewards.append(reward)
-        self.world_model.train(was_training)
+        with self.world_model.sampling_mode():
+            state = self.world_model.reset(batch.obs[:, :t0], generator=self.generator)
+            for i in range(horizon):
+                frame, reward, state = self.world_model.step(state, batch.action[:, t0 - 1 + i])
+                frames.append(frame)
+                rewards.append(reward)
         imagined = torch.stack(frames, 1).float() / 255  # [B, k, 3, H, W]
         real = batch.obs[:, t0:].float() / 255
         last = batch.obs[:, t0 - 1:t0].float() / 255

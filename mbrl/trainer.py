@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbrl.agent import DrQV2Agent
 from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mbrl.demos import SETTINGS_META_KEY, env_settings
 from mbrl.envs import make_env
 from mbrl.logger import Logger
 from mbrl.mbpo import MBPO
@@ -54,6 +55,7 @@ def check_loop_config(cfg: DictConfig) -> None:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        check_loop_config(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         if cfg.cpu_threads > 0:
@@ -67,7 +69,6 @@ class Trainer:
         self.image_size = obs_shape[-1]
         self.action_dim = int(self.train_env.action_space.shape[0])
         a = cfg.agent
-        check_loop_config(cfg)
         self.agent = DrQV2Agent.from_config(a, obs_shape, self.action_dim, self.device,
                                             num_expl_steps=cfg.num_seed_frames // self.action_repeat)
         self.replay = RealReplayBuffer(
@@ -148,7 +149,8 @@ class Trainer:
                 break
         episode = recorder.episode({"task": str(self.cfg.task.name), "suite": str(self.cfg.task.suite),
                                     "source": "eval" if eval_mode else "train",
-                                    "action_repeat": self.action_repeat})
+                                    "action_repeat": self.action_repeat,
+                                    SETTINGS_META_KEY: env_settings(self.cfg.task)})  # usable as demos
         return episode, (recorder.frames if record else [])
 
     def after_train_step(self) -> None:
@@ -222,14 +224,22 @@ class Trainer:
                 self.mbpo.load_state_dict(state["mbpo"])
             self.wall_offset = state["wall_time"]
         self.step = self.episode = 0
+        stored = []  # each stored episode's train.csv row, in case the run was killed before logging it
         for path, episode in iter_episodes(episodes, self.image_size, self.action_dim):
             self.replay.add_episode(episode)
             self.step += len(episode)
             self.episode += 1
+            stored.append({"frame": self.frame, "step": self.step, "episode": self.episode,
+                           "episode_reward": float(episode.reward.sum()), "success": float(episode.success.any()),
+                           "fps": float("nan"), "wall_time": self.wall_offset, "buffer_size": len(self.replay)})
         self.last_save_frame = self.frame
         kept = self.logger.csv_log("eval").truncate_after(self.frame)
         self.last_eval_frame = max([int(float(r["frame"])) for r in kept], default=self.last_eval_frame)
-        self.logger.csv_log("train").truncate_after(self.frame)
+        logged = max((int(float(r["frame"])) for r in self.logger.csv_log("train").truncate_after(self.frame)),
+                     default=-1)
+        for row in stored:
+            if row["frame"] > logged:  # stored, but killed before its row was written (or while writing it)
+                self.logger.log("train", row)
         if state is None:
             print(f"[train] {self.run_dir} stopped before its first checkpoint (save_every_frames="
                   f"{self.cfg.save_every_frames}): continuing from its {self.episode} episodes (frame "

@@ -95,14 +95,20 @@ def test_resume_after_kill_loses_no_episode(tmp_path):
 def test_a_run_stopped_before_its_first_checkpoint_continues_from_its_episodes(tmp_path):
     run = tmp_path / "run"
     train(run, "num_train_frames=80")
-    (run / "checkpoints" / "last.pt").unlink()  # as if killed before the first save
+    (run / "checkpoints" / "last.pt").unlink()  # as if killed before the first save,
+    log = run / "train.csv"  # and after storing the last episode but before logging it
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))
     before = {p.name: p.read_bytes() for p in (run / "episodes").glob("*.npz")}
     result = train(run, "num_train_frames=120", "resume=true")
     assert "stopped before its first checkpoint" in result.stderr
     after = {p.name: p.read_bytes() for p in (run / "episodes").glob("*.npz")}
     assert len(after) == 120 // FRAMES_PER_EPISODE and all(after[name] == data for name, data in before.items())
     frames = [int(r["frame"]) for r in rows(run / "train.csv")]
-    assert frames == sorted(set(frames)) and frames[-1] == 120  # no episode logged twice
+    assert frames == list(range(FRAMES_PER_EPISODE, 121, FRAMES_PER_EPISODE))  # each episode logged once
+    from worldmodel.episodes import load_episode  # training episodes serve as demos: settings recorded
+
+    meta = load_episode(sorted((run / "episodes").glob("*.npz"))[0]).meta
+    assert meta["env_settings"]["action_repeat"] == ACTION_REPEAT and "success_bonus" in meta["env_settings"]
 
 
 @pytest.mark.parametrize("override, message", [

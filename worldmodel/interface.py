@@ -105,7 +105,8 @@ class WorldModel(nn.Module, abc.ABC):
     optional_weights: tuple[str, ...] = ()
     # True when ``step`` returns a new state and leaves the one it was given intact (only the
     # sampling generator, shared by reference, moves on): a caller may keep states and step
-    # from them again (the player's undo). False when a state grows in place (a KV cache).
+    # from them again (the player's undo; such states tell their size with ``nbytes()``). False
+    # when a state grows in place (a KV cache).
     value_states: bool = False
     image_size: int
     action_dim: int

@@ -121,10 +121,9 @@ def check_settings(path: Path, meta: Mapping[str, Any], task_cfg: Mapping[str, A
         else:
             raise DemoSettingsError(
                 f"demonstration {path} was made with task.{key}={_override(recorded[key])} but this run "
-                f"has task.{key}={_override(value)}. Re-collect the demonstrations at the run's settings "
-                f"(move the old files out of {path.parent}, then: "
-                f"{collect_command(task_cfg, overrides=[f'task.{key}={_override(value)}'])}), "
-                f"or run with task.{key}={_override(recorded[key])}.")
+                f"has task.{key}={_override(value)}. Run with task.{key}={_override(recorded[key])}, or move "
+                f"the files out of {path.parent} and make new ones at the run's settings: "
+                f"{collect_command(task_cfg, overrides=[f'task.{key}={_override(value)}'])}.")
     return notes
 
 

@@ -60,16 +60,6 @@ def has_value_states(model: Any) -> bool:
     return bool(getattr(model, "value_states", False))
 
 
-def state_nbytes(state: Any) -> int:
-    """Bytes of the tensors a model state holds (its fields, one level of lists / tuples / dicts)."""
-    fields = vars(state).values() if hasattr(state, "__dict__") else [state]
-    total = 0
-    for value in fields:
-        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
-        total += sum(t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor))
-    return total
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 frames [3, H, W]."""
     mse = (a.float() - b.float()).pow(2).mean().item()
@@ -347,7 +337,7 @@ class PlaySession:
     def _keep_state(self) -> None:
         """Keep the current state as an anchor, dropping the oldest kept ones beyond the budget."""
         self._anchors.append(Anchor(len(self.steps), self._generator.get_state(), self._state,
-                                    state_nbytes(self._state)))
+                                    self._state.nbytes()))
         kept = [a for a in self._anchors if not a.is_reset]
         while kept and self.kept_state_bytes > self.state_budget:
             self._anchors.remove(kept.pop(0))

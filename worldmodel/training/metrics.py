@@ -182,15 +182,19 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = FRECHET_EPS) -> 
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 
 
+SQRTM_RESIDUAL = 1e-3  # relative error ||root @ root - matrix|| beyond which a root is not trusted
+
+
 def _sqrtm_or_none(matrix: np.ndarray) -> np.ndarray | None:
-    """scipy's matrix square root, or None when scipy finds the matrix singular or the root is
-    not finite."""
+    """scipy's matrix square root, or None when it is not finite or does not square back to the
+    matrix (a singular product; checked on the result, which every scipy version returns, rather
+    than on its warning, which older ones only print)."""
     from scipy import linalg
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error", linalg.LinAlgWarning)
-        try:
-            root = linalg.sqrtm(matrix)
-        except linalg.LinAlgWarning:
-            return None
-    return root if np.isfinite(root).all() else None
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(matrix)
+    if not np.isfinite(root).all():
+        return None
+    residual = np.linalg.norm(root @ root - matrix) / max(np.linalg.norm(matrix), np.finfo(float).tiny)
+    return root if residual <= SQRTM_RESIDUAL else None
