@@ -472,10 +472,14 @@ def test_fvd_runs_over_fvd_videos_fixed_held_out_segments(tmp_path, stub_i3d):
     model = counting_resets(Vid2World(image_size=16, action_dim=2, backbone=micro, sampling_steps=2,
                                       max_context_frames=3))
     tools = EvalTools(video_samples=1, fvd=FVD(stub_i3d), fvd_videos=10, fvd_batches=extra)
+    features, i3d_calls = tools.fvd.features, []
+    tools.fvd.features = lambda videos: (i3d_calls.append(len(videos)), features(videos))[1]
     metrics, _ = evaluate(model, "diffusion", batches, tools)
     assert metrics["fvd_videos"] == 10 and np.isfinite(metrics["open_loop_fvd"]) and model.resets == 3
+    assert i3d_calls == [4, 4, 4, 4, 2, 2]  # real and imagined videos of each batch
     again, _ = evaluate(model, "diffusion", batches, tools)  # fixed segments: the same value every time
     assert again["open_loop_fvd"] == metrics["open_loop_fvd"]
+    assert i3d_calls[6:] == [4, 4, 2]  # the real videos' features are reused: I3D on the imagined ones only
     few = EvalTools(video_samples=1, fvd=FVD(stub_i3d), fvd_videos=3,
                     fvd_batches=fvd_extra_batches(dataset, 0, 3, 4, 1))
     model.resets = 0

@@ -14,7 +14,8 @@ predicted on the right, one row per sample.
 FVD compares ``EvalTools.fvd_videos`` real segments (context + future) with their open-loop
 imagination: the videos of the eval batches first, then those of ``EvalTools.fvd_batches`` (the
 next batches of the same fixed held-out stream), so the set is the same at every evaluation and
-restart. I3D runs on each batch as it comes (only features are kept); ``fvd_videos`` is logged.
+restart. I3D runs on each batch as it comes (only features are kept; those of the real videos are
+computed at the first evaluation and reused); ``fvd_videos`` is logged.
 """
 from __future__ import annotations
 
@@ -38,13 +39,16 @@ class EvalTools:
     fvd: FVD | None = None
     fvd_videos: int = FVD_RECOMMENDED_VIDEOS  # videos per FVD set: the first ones of the eval batches, then
     fvd_batches: Sequence[SegmentBatch] = field(default_factory=list)  # these further fixed held-out batches
+    # I3D features of the real videos, in the order FVD adds them: they are the same fixed segments at
+    # every evaluation, so I3D runs on them once (filled by the first evaluation)
+    fvd_real_features: list[np.ndarray] = field(default_factory=list)
 
 
 class _FVDFeatures:
     """I3D features of real and imagined videos, batch by batch, up to ``tools.fvd_videos``."""
 
-    def __init__(self, fvd: FVD, videos: int):
-        self.fvd, self.videos = fvd, videos
+    def __init__(self, fvd: FVD, videos: int, real_cache: list[np.ndarray]):
+        self.fvd, self.videos, self.real_cache = fvd, videos, real_cache
         self.real: list[np.ndarray] = []
         self.pred: list[np.ndarray] = []
         self.count = 0
@@ -57,7 +61,9 @@ class _FVDFeatures:
         """uint8 [B, T, 3, H, W] x2: the first videos still needed."""
         take = min(len(real), self.videos - self.count)
         if take > 0:
-            self.real.append(self.fvd.features(real[:take]))
+            if len(self.real) == len(self.real_cache):  # first evaluation: I3D on the real videos too
+                self.real_cache.append(self.fvd.features(real[:take]))
+            self.real.append(self.real_cache[len(self.real)])
             self.pred.append(self.fvd.features(pred[:take]))
             self.count += take
 
@@ -154,7 +160,8 @@ def _fvd_metrics(model: WorldModel, tools: EvalTools, fvd: _FVDFeatures, first: 
 
 def _open_loop_stage(model: WorldModel, stage: str, batches: list[SegmentBatch], tools: EvalTools):
     T0, rows, video = model.context_frames, [], None
-    fvd = _FVDFeatures(tools.fvd, tools.fvd_videos) if tools.fvd is not None and tools.open_loop else None
+    fvd = (_FVDFeatures(tools.fvd, tools.fvd_videos, tools.fvd_real_features)
+           if tools.fvd is not None and tools.open_loop else None)
     for j, batch in enumerate(batches):
         row: dict[str, torch.Tensor] = {}
         device_batch = batch.to(model.device)
