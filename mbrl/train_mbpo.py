@@ -22,7 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mbrl.utils import insert_override  # noqa: E402
+from mbrl.utils import insert_override, user_errors  # noqa: E402
 
 CONFIG_DIR = str(REPO_ROOT / "cfgs")
 RUNS_DIR = Path("runs")
@@ -95,15 +95,12 @@ def main(cfg: DictConfig) -> None:
     from worldmodel.interface import WorldModelConfigError
 
     run_dir = HydraConfig.get().runtime.output_dir
-    try:
+    with user_errors("train", (MissingSimulatorError, UnknownTaskError, CheckpointError, EpisodeFormatError,
+                               WorldModelConfigError, ConfigValueError, FileNotFoundError)):
         from mbrl.trainer import Trainer
 
         print(f"[train] run dir: {run_dir}")
         result = Trainer(cfg, run_dir).train()
-    except (MissingSimulatorError, UnknownTaskError, CheckpointError, EpisodeFormatError,
-            WorldModelConfigError, ConfigValueError, FileNotFoundError) as e:
-        print(f"[train] error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
     if result:
         print(f"[train] done: final eval success {result['success']:.2f}, return {result['episode_reward']:.1f}")
 

@@ -153,6 +153,12 @@ class Trainer:
                                     SETTINGS_META_KEY: env_settings(self.cfg.task)})  # usable as demos
         return episode, (recorder.frames if record else [])
 
+    def train_row(self, episode: Episode, fps: float, wall_time: float) -> dict[str, Any]:
+        """The base columns of train.csv for ``episode``, just stored as episode ``self.episode``."""
+        return {"frame": self.frame, "step": self.step, "episode": self.episode,
+                "episode_reward": float(episode.reward.sum()), "success": float(episode.success.any()),
+                "fps": fps, "wall_time": wall_time, "buffer_size": len(self.replay)}
+
     def after_train_step(self) -> None:
         """Called after each training env step: agent and world-model updates."""
         prev_frame = self.frame
@@ -229,9 +235,7 @@ class Trainer:
             self.replay.add_episode(episode)
             self.step += len(episode)
             self.episode += 1
-            stored.append({"frame": self.frame, "step": self.step, "episode": self.episode,
-                           "episode_reward": float(episode.reward.sum()), "success": float(episode.success.any()),
-                           "fps": float("nan"), "wall_time": self.wall_offset, "buffer_size": len(self.replay)})
+            stored.append(self.train_row(episode, fps=float("nan"), wall_time=self.wall_offset))
         self.last_save_frame = self.frame
         kept = self.logger.csv_log("eval").truncate_after(self.frame)
         self.last_eval_frame = max([int(float(r["frame"])) for r in kept], default=self.last_eval_frame)
@@ -271,10 +275,8 @@ class Trainer:
             episode, _ = self.run_episode(self.train_env, eval_mode=False, seed=self.train_episode_seed())
             self.store_episode(episode)
             self.episode += 1
-            row = {"frame": self.frame, "step": self.step, "episode": self.episode,
-                   "episode_reward": float(episode.reward.sum()), "success": float(episode.success.any()),
-                   "fps": (self.frame - start_frame) / max(time.time() - start_time, 1e-6),
-                   "wall_time": self.wall_time(), "buffer_size": len(self.replay)}
+            row = self.train_row(episode, fps=(self.frame - start_frame) / max(time.time() - start_time, 1e-6),
+                                 wall_time=self.wall_time())
             row.update({f"time_{k}": v for k, v in self.timer.pop().items()})
             row.update({f"agent_{k}": v for k, v in getattr(self, "last_agent_metrics", {}).items()})
             if self.mbpo is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,17 @@ def script_device(name: str) -> torch.device:
         return resolve_device(name, option="--device ")
     except ConfigValueError as e:
         raise SystemExit(f"error: {e}") from None
+
+
+@contextmanager
+def user_errors(program: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Errors in the user's config or data: their message names the fix, so print it as one line
+    (``[program] error: ...``) and exit 1 instead of burying it under a traceback."""
+    try:
+        yield
+    except errors as e:
+        print(f"[{program}] error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def insert_override(args: list[str], override: str) -> list[str]:

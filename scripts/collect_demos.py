@@ -26,6 +26,7 @@ from mbrl.demos import demo_dir  # noqa: E402
 from mbrl.demos.collect import (CollectResult, CollectSettingsError, NoExpertError,  # noqa: E402
                                 TooFewSuccessesError, collect)
 from mbrl.envs.errors import MissingSimulatorError, UnknownTaskError  # noqa: E402
+from mbrl.utils import user_errors  # noqa: E402
 from worldmodel.episodes import episode_paths  # noqa: E402
 
 if TYPE_CHECKING:
@@ -42,11 +43,8 @@ def main(cfg: DictConfig) -> None:
     if out.is_dir() and episode_paths(out) and not cfg.overwrite:
         sys.exit(f"{out} already holds episodes; pass overwrite=true to add to / replace them, "
                  "or out=<another folder>.")
-    try:
+    with user_errors("collect_demos", USER_ERRORS):
         result = run_collection(cfg, out)
-    except USER_ERRORS as e:
-        print(f"[collect_demos] error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
     hours = result.seconds / 3600
     print(f"wrote {len(result.paths)} episodes to {out}: {result.successes}/{result.attempts} "
           f"attempts succeeded; {result.seconds:.1f} s, {len(result.paths) / hours:.0f} episodes/h, "

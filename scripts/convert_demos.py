@@ -25,6 +25,7 @@ from mbrl.demos.libero import LiberoFormatError, LiberoTaskError, convert_libero
 from mbrl.demos.maniskill import ManiSkillFormatError, convert_maniskill  # noqa: E402
 from mbrl.envs import boolean  # noqa: E402
 from mbrl.envs.errors import MissingSimulatorError, UnknownTaskError  # noqa: E402
+from mbrl.utils import user_errors  # noqa: E402
 from worldmodel.episodes import EpisodeFormatError  # noqa: E402
 
 # What a user can fix (the message says how): printed as one line, exit status 1.
@@ -39,11 +40,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"input={cfg.input} is not a file")
     if cfg.format not in ("libero", "maniskill"):
         sys.exit(f"format={cfg.format} is not one of: libero, maniskill")
-    try:
+    with user_errors("convert_demos", USER_ERRORS):
         paths = convert(cfg, out)
-    except USER_ERRORS as e:
-        print(f"[convert_demos] error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
     print(f"wrote {len(paths)} episodes to {out}")
 
 

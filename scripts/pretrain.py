@@ -55,18 +55,14 @@ def choose_preset(args: list[str]) -> list[str]:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from mbrl.utils import ConfigValueError
+    from mbrl.utils import ConfigValueError, user_errors
     from worldmodel.episodes import EpisodeFormatError
     from worldmodel.interface import WorldModelConfigError
     from worldmodel.training import Pretrainer
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    try:
+    with user_errors("pretrain", (FileNotFoundError, WorldModelConfigError, EpisodeFormatError, ConfigValueError)):
         Pretrainer(cfg).run()
-    except (FileNotFoundError, WorldModelConfigError, EpisodeFormatError, ConfigValueError) as e:
-        # errors in the data or the config: their message names the fix, a traceback would bury it
-        print(f"[pretrain] error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -108,14 +108,10 @@ def _frame_scores(real: torch.Tensor, pred: torch.Tensor, prefix: str, tools: Ev
 def evaluate(model: WorldModel, stage: str, batches: list[SegmentBatch],
              tools: EvalTools) -> tuple[dict[str, float], torch.Tensor | None]:
     """Metrics of ``stage`` on ``batches`` and a video (or None)."""
-    was_training = model.training
-    model.eval()
-    try:
-        fn = {"tokenizer": _tokenizer, "transformer": _open_loop_stage, "diffusion": _open_loop_stage,
-              "reward": _reward}[stage]
+    fn = {"tokenizer": _tokenizer, "transformer": _open_loop_stage, "diffusion": _open_loop_stage,
+          "reward": _reward}[stage]
+    with model.sampling_mode():
         return fn(model, stage, batches, tools)
-    finally:
-        model.train(was_training)
 
 
 def _collect(per_batch: list[dict[str, Any]]) -> dict[str, float]:
