@@ -157,6 +157,17 @@ def test_vid2world_pretraining(tmp_path):
     init = load_pretrained(out / "stages" / "0-diffusion", action_dim=4)
     assert torch.equal(init.backbone.conv_in.weight, model.backbone.conv_in.weight)  # reward stage: backbone fixed
     assert not torch.equal(init.reward_head.mlp[-1].weight, model.reward_head.mlp[-1].weight)
+    # optim.lr=null: each stage takes the model's lr for its part (vid2world: lr 1e-4, reward_lr 3e-4)
+    first_lr = {stage: float(_csv_rows(out / "logs" / f"{stage}_train.csv")[0]["lr"])
+                for stage in ("diffusion", "reward")}
+    assert first_lr["reward"] == pytest.approx(3 * first_lr["diffusion"]) and first_lr["diffusion"] > 0
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 # ----- the pieces, in-process -----
@@ -189,6 +200,19 @@ def test_held_out_split_is_stable_and_disjoint():
     assert held_out_files(folders, 0.3) == (train, val)
     for f in folders:  # every folder keeps training data
         assert any(p.startswith(f + "/") for p in train)
+
+
+def test_nested_mix_folders_hold_out_each_file_once(tmp_path):
+    from worldmodel.training.data import held_out_files
+
+    for folder in ("oxe", "oxe/bridge"):
+        _write_counting_episodes(tmp_path / folder, episodes=30, steps=2)
+    outer, inner = str(tmp_path / "oxe"), str(tmp_path / "oxe" / "bridge")
+    train, val = held_out_files([inner, outer], 0.2)
+    assert train and val and not train & val  # a file of oxe/bridge is either held out or trained on
+    assert len(train | val) == 60
+    assert held_out_files([outer], 0.2)[1] <= val  # the outer folder's own decisions are unchanged
+    assert any(p.startswith(inner + "/") for p in train)
 
 
 def test_batches_are_a_function_of_their_position():
@@ -355,6 +379,8 @@ def test_val_folders_resolve_under_the_mix_root_and_take_its_frame_steps(tmp_pat
     assert val.folders == [str(root / f) for f in ("val/kuka", "kuka_val", "other", "oxe/kuka")]
     assert val.frame_steps == [3, 1, 2, 3]  # same name, no match, explicit, same folder
     assert "kuka_val belongs to no mix dataset" in caplog.text and "val/kuka" not in caplog.text
+    assert f"{root / 'oxe/kuka'} overlaps the mix folder" in caplog.text  # trained on: said, not silent
+    assert "kuka_val overlaps" not in caplog.text
     rng = np.random.default_rng(0)
     for _ in range(40):  # the segments really are cut at those steps
         obs, _, _, folder = val.sample(rng)

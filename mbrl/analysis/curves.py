@@ -43,6 +43,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mbrl.logger import is_complete
+
 CONFIDENCE = 0.95  # width of every interval
 BOOTSTRAP_REPS = 2000  # resamples per interval (rliable's default is 50k; 2k gives ~0.5% MC error)
 IQM_TRIM = 0.25  # fraction cut at each end for the interquartile mean
@@ -144,11 +146,6 @@ def _parse_row(row: Mapping[str, str | None], metric: str) -> tuple[int, float]:
         raise ValueError(f"frame {row.get('frame')!r}, {metric} {row.get(metric)!r} ({e})") from None
 
 
-def _is_cut_off(row: Mapping[str | None, Any]) -> bool:
-    """A line with fewer fields than the header (csv gives None for the missing ones)."""
-    return any(value is None for value in row.values())
-
-
 def _read_eval_csv(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Frames and scores of an eval.csv, sorted by frame. A last row that was cut off (the run was
     writing it, or was killed while doing so) is dropped with a CurveWarning; any other bad row is a
@@ -164,8 +161,8 @@ def _read_eval_csv(path: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
     for i, row in enumerate(rows):
         last = i == len(rows) - 1
         try:
-            if last and _is_cut_off(row):
-                raise ValueError("fewer fields than the header")
+            if last and not is_complete(row, ("frame", metric)):  # the rule resume applies to its CSVs
+                raise ValueError("cut off or garbled")
             parsed.append(_parse_row(row, metric))
         except ValueError as e:
             if not last:

@@ -52,12 +52,8 @@ class MissingMotionPlannerError(MissingSimulatorError):
     """ManiSkill is installed but mplib, which its motion-planning solutions need, is not."""
 
     def __init__(self, cause: BaseException | None = None):
-        message = ("ManiSkill's motion planners need mplib, which is not installed: pip install mplib==0.1.1 "
-                   "(it needs numpy<2)")
-        if cause is not None:
-            message += f" [import failed: {type(cause).__name__}: {cause}]"
-        ImportError.__init__(self, message)  # not MissingSimulatorError's "ManiSkill is not installed"
-        self.suite = "maniskill"
+        super().__init__("maniskill", cause, message="ManiSkill's motion planners need mplib, which is not "
+                         "installed: pip install mplib==0.1.1 (it needs numpy<2)")
 
 
 def require_motion_planning() -> None:

@@ -16,10 +16,13 @@ _EXTRAS = {
 class MissingSimulatorError(ImportError):
     """The simulator behind a suite is not installed (or cannot be imported)."""
 
-    def __init__(self, suite: str, cause: BaseException | None = None):
-        what, extra = _EXTRAS.get(suite, (suite, suite))
-        message = (f"{what} is not installed: pip install -e '.[{extra}]' "
-                   f"(or bash scripts/install_sims.sh {extra})")
+    def __init__(self, suite: str, cause: BaseException | None = None, message: str | None = None):
+        """``message`` replaces the default "<simulator> is not installed: pip install ..." for a
+        missing part of an installed simulator (e.g. ManiSkill's motion planner)."""
+        if message is None:
+            what, extra = _EXTRAS.get(suite, (suite, suite))
+            message = (f"{what} is not installed: pip install -e '.[{extra}]' "
+                       f"(or bash scripts/install_sims.sh {extra})")
         if cause is not None:
             message += f" [import failed: {type(cause).__name__}: {cause}]"
         super().__init__(message)

@@ -1,15 +1,16 @@
 """Training and held-out segments for pretraining, with a data position that survives restarts.
 
 Held-out split: an episode file is held out when a hash of its name (folder name + path inside
-the folder) falls below ``val_fraction``, so the split is the same on every machine, for every
-rank and across restarts, and adding files to a folder never moves old ones between splits. A
-folder always keeps at least one training episode; if the hash holds out nothing at all, the
-file with the smallest hash is held out. A folder whose held-out files are all shorter than a
-segment is left out of evaluation (with a warning). Alternatively ``val_folders`` names folders
-of their own (``val_folder_steps``): relative paths are under the mix root, like the mix's own
-folders, and each folder is sampled at the frame step of the mix dataset it belongs to (the same
-folder, or a folder of the same name as a mix dataset or its folder), or at the one it gives
-(``{path, frame_step}``), else 1.
+the folder; the outermost mix folder's for nested folders) falls below ``val_fraction``, so the
+split is the same on every machine, for every rank and across restarts, and adding files to a
+folder never moves old ones between splits. A folder always keeps at least one training episode;
+if the hash holds out nothing at all, the file with the smallest hash is held out. A folder whose
+held-out files are all shorter than a segment is left out of evaluation (with a warning).
+Alternatively ``val_folders`` names folders of their own (``val_folder_steps``): relative paths
+are under the mix root, like the mix's own folders, and each folder is sampled at the frame step
+of the mix dataset it belongs to (the same folder, or a folder of the same name as a mix dataset
+or its folder), or at the one it gives (``{path, frame_step}``), else 1. A held-out folder that
+overlaps a mix folder is also trained on; that is allowed, with a warning.
 
 Data position: the segment that sample ``i`` of micro-batch ``m`` of stage ``s`` on rank ``r``
 gets is drawn by a generator seeded with ``(seed, s, m, r, i)`` (``KeyedSegments``). A batch is
@@ -69,25 +70,27 @@ def file_hash(folder: str | Path, path: Path) -> float:
 
 
 def held_out_files(folders: list[str], val_fraction: float) -> tuple[set[str], set[str]]:
-    """(training files, held-out files) of ``folders`` by file hash (see the module docstring)."""
-    train, val = set(), set()
-    best: tuple[float, str] | None = None
-    for folder in folders:
-        hashed = sorted((file_hash(folder, p), str(p)) for p in episode_paths(folder))
-        held = [p for h, p in hashed if h < val_fraction]
-        if len(held) == len(hashed):  # keep one training episode per folder
-            held = held[:-1]
-        val.update(held)
-        train.update(p for _, p in hashed if p not in held)
-        if len(hashed) > 1 and (best is None or hashed[0][0] < best[0]):
-            best = hashed[0]
+    """(training files, held-out files) of ``folders`` by file hash (see the module docstring).
+    A file in nested mix folders (``oxe`` and ``oxe/bridge``) is decided once, by its hash under
+    the outermost of them, so it is never held out by one folder and trained on through another."""
+    hashes: dict[str, float] = {}
+    members: dict[str, list[str]] = {}
+    for folder in sorted(folders, key=lambda f: len(Path(f).resolve().parts)):  # outermost first
+        paths = episode_paths(folder)
+        members[folder] = [str(p) for p in paths]
+        for p in paths:
+            hashes.setdefault(str(p), file_hash(folder, p))
+    val = {p for p, h in hashes.items() if h < val_fraction}
+    for paths in members.values():  # keep one training episode per folder: its largest hash
+        if paths and set(paths) <= val:
+            val.discard(max(paths, key=hashes.__getitem__))
     if not val and val_fraction > 0:
-        if best is None:
+        candidates = [p for paths in members.values() if len(paths) > 1 for p in paths]
+        if not candidates:
             raise ValueError("every folder of the mix holds a single episode: nothing can be held out for "
                              "evaluation. Set eval.val_folders, or eval.every=0 to train without evaluation.")
-        val.add(best[1])
-        train.discard(best[1])
-    return train, val
+        val.add(min(candidates, key=hashes.__getitem__))
+    return set(hashes) - val, val
 
 
 def _val_entry(entry: str | Mapping[str, Any]) -> tuple[str, int | None]:
@@ -146,6 +149,20 @@ def val_folder_steps(val_folders: list[str | Mapping[str, Any]], data_cfg: Mappi
     return out
 
 
+def _warn_if_trained_on(val_folders: list[str], mix: list[str]) -> None:
+    """Held-out folders are meant to be unseen; one that is, holds or sits inside a mix folder is
+    also trained on (allowed, e.g. to compare with a seen-data score, but never silently)."""
+    for v in val_folders:
+        vr = Path(v).resolve()
+        for m in mix:
+            mr = Path(m).resolve()
+            if vr == mr or mr in vr.parents or vr in mr.parents:
+                log.warning("eval.val_folders: %s overlaps the mix folder %s, so its episodes are also trained "
+                            "on and its held-out scores are seen-data scores. For unseen episodes of the mix, "
+                            "leave eval.val_folders empty (eval.val_fraction holds out a share of every folder).",
+                            v, m)
+
+
 def build_datasets(data_cfg: Mapping[str, Any], segment_length: int, seed: int = 0,
                    val_fraction: float = 0.05, val_folders: list[str | Mapping[str, Any]] | None = None,
                    root: str | None = None, allow_missing: bool = False,
@@ -160,6 +177,7 @@ def build_datasets(data_cfg: Mapping[str, Any], segment_length: int, seed: int =
                   cache_episodes=cache_episodes)
     if val_folders:
         val_steps = val_folder_steps(list(val_folders), data_cfg, root)
+        _warn_if_trained_on(list(val_steps), list(weights))
         val = cls({f: 1.0 for f in val_steps}, segment_length, frame_step=val_steps, **common)
         return cls(weights, segment_length, frame_step=steps, **common), val
     if val_fraction <= 0:

@@ -332,8 +332,7 @@ class Pretrainer:
         from transformers import get_scheduler
 
         o = self.cfg["optim"]
-        train_cfg = getattr(self.model, "training_cfg", None) or {}
-        lr = o["lr"] if o["lr"] is not None else train_cfg.get("lr", 1e-4)
+        lr = o["lr"] if o["lr"] is not None else self._model_lr(stage.name)
         params = [p for p in stage.parameters() if p.requires_grad]
         if not params:
             raise WorldModelConfigError(f"stage '{stage.name}' has nothing to train: every parameter is frozen.")
@@ -342,6 +341,15 @@ class Pretrainer:
         sched = get_scheduler(o["schedule"], opt, num_warmup_steps=min(o["warmup_steps"], steps),
                               num_training_steps=steps, scheduler_specific_kwargs=kwargs)
         return opt, sched
+
+    def _model_lr(self, part: str) -> float:
+        """The peak lr of the model's own optimiser for ``part`` (its fine-tuning lr; each world
+        model's config sets it). ``initial_lr``: a warm-up schedule has already scaled ``lr``."""
+        if part not in self.model.optimizers:
+            raise WorldModelConfigError(f"optim.lr=null takes the model's lr for stage '{part}', but the "
+                                        f"model's optimisers are {sorted(self.model.optimizers)}: set optim.lr.")
+        group = self.model.optimizers[part].param_groups[0]
+        return float(group.get("initial_lr", group["lr"]))
 
     def _checkpoints(self, idx: int, name: str) -> list[Path]:
         root = self.out / "checkpoints" / f"{idx}-{name}"
