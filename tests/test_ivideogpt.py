@@ -595,6 +595,17 @@ def test_action_free_checkpoint_loads_into_action_conditioned_model(tmp_path, ca
     with pytest.raises(WorldModelConfigError, match="action-free"):
         free.step(state, torch.rand(1, ACT))
     assert free.step(state, None)[0].shape == (1, 3, IMG, IMG)
+    segments = _segments(2, 4, 0)  # and trains on segments without actions
+    assert "transformer/token_ce" in free.update(SegmentBatch(segments.obs, None, segments.reward))
+
+
+def test_action_conditioned_checkpoint_loads_as_action_free_without_its_action_head(tmp_path, caplog):
+    conditioned = randomise_heads(tiny_model(action_dim=ACT))
+    conditioned.save_pretrained(tmp_path / "act")
+    with caplog.at_level(logging.WARNING):
+        free = IVideoGPT.from_pretrained(tmp_path / "act", action_dim=0)
+    assert "action head" in caplog.text and free.transformer.action_linear is None
+    assert torch.equal(free.transformer.reward_linear.weight, conditioned.transformer.reward_linear.weight)
 
 
 def _segments(B: int, T: int, seed: int, size: int = IMG) -> SegmentBatch:

@@ -282,3 +282,22 @@ def test_yarn_rope_scaling_extends_the_transformer_context(tmp_path):
     with pytest.raises(ValueError, match="factor must be > 1"):
         IVideoGPT.from_config({**base, "transformer": {**base["transformer"], "rope_scaling": {"factor": 1.0}},
                                "max_future_frames": 1})
+
+
+def test_yarn_extends_a_loaded_checkpoint_and_null_keeps_the_checkpoints(tmp_path):
+    """rope_scaling is a run setting: YaRN extends a pretrained checkpoint's context (its weights
+    unchanged); the run config's default null leaves a checkpoint's own scaling in place."""
+    from worldmodel.ivideogpt.model import IVideoGPT
+
+    base = {"image_size": 32, "action_dim": 2, "context_frames": 2, "max_future_frames": 1,
+            "tokenizer": {"size": "tiny", "max_att_resolution": 8},
+            "transformer": {"size": "tiny", "max_position_embeddings": 160}}
+    IVideoGPT.from_config(base).save_pretrained(tmp_path / "plain")
+    run = {"max_future_frames": 12, "transformer": {"size": "small", "rope_scaling": {"type": "yarn", "factor": 4.0}}}
+    extended = IVideoGPT.from_pretrained(tmp_path / "plain", **IVideoGPT.run_overrides(run))
+    assert extended.transformer.max_positions == 640 and extended.transformer.hparams["hidden_size"] != 768
+    extended.save_pretrained(tmp_path / "extended")
+    run_default = {"transformer": {"rope_scaling": None}}
+    assert IVideoGPT.run_overrides(run_default) == {}
+    again = IVideoGPT.from_pretrained(tmp_path / "extended", **IVideoGPT.run_overrides(run_default))
+    assert again.transformer.hparams == extended.transformer.hparams

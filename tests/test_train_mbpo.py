@@ -35,7 +35,7 @@ def frame_keys(frames: np.ndarray) -> set[bytes]:
 @pytest.mark.parametrize("world_model", ["ivideogpt", "vid2world"])
 def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
     fit = ["world_model.model.max_context_frames=5"] if world_model == "vid2world" else []  # segments of 6
-    trainer = make_trainer(tmp_path / "run", f"world_model={world_model}", *fit)
+    trainer = make_trainer(tmp_path / "run", f"world_model={world_model}", "mbpo.real_ratio=0.25", *fit)
     act, policy_steps = trainer.agent.act, []
 
     def recording_act(obs, step, eval_mode, generator=None):
@@ -50,13 +50,19 @@ def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
     assert policy_steps[:HORIZON] == [0] * HORIZON
     assert policy_steps[HORIZON:] and min(policy_steps[HORIZON:]) >= 30 > trainer.cfg.agent.num_expl_steps
     assert mbpo.started and mbpo.wm_updates > 2
-    # rollouts: the initial batch plus one every gen_every_frames after the start
-    assert mbpo.imagined.total_added >= 4 * 2
-    assert len(mbpo.imagined) == mbpo.imagined.size * HORIZON
+    # rollouts: the initial batch plus one every gen_every_frames after the start, gen_batch each,
+    # all kept (finite); the policy acts once per imagined step of each
+    rollout_batches, rest = divmod(len(policy_steps), HORIZON)
+    assert rest == 0 and rollout_batches >= 2
+    assert mbpo.imagined.total_added == mbpo.imagined.size == rollout_batches * trainer.cfg.mbpo.gen_batch
 
     # An agent batch: the first real_ratio part from the real buffer, the rest imagined.
+    sizes = []
+    for source in (mbpo.real, mbpo.imagined):
+        source.sample = (lambda sample: lambda n, rng: sizes.append(n) or sample(n, rng))(source.sample)
     batch = mbpo.agent_batch(16)
-    n_real = 8
+    n_real = 4  # round(16 x real_ratio 0.25)
+    assert sizes == [n_real, 16 - n_real]
     imagined_frames = frame_keys(mbpo.imagined.frames[:mbpo.imagined.size, 3:])  # imagined steps only
     newest = batch.obs[:, -3:].numpy()
     from_imagination = [f.tobytes() in imagined_frames for f in newest]
@@ -181,14 +187,23 @@ def test_a_resumed_run_meets_the_episode_starts_of_an_uninterrupted_one(tmp_path
 def test_eval_starts_repeat_within_a_run_and_differ_between_run_seeds(tmp_path):
     """Each evaluation of a run meets the same starts; runs with neighbouring seeds share none
     (seed + offset + i would share all but one)."""
-    overrides = [o for o in TINY_MBPO if not o.startswith("world_model.")] + ["world_model=none"]
+    overrides = [o for o in TINY_MBPO if not o.startswith("world_model.")] + ["world_model=none", "num_eval_episodes=2"]
     trainers = []
     for s in (1, 2):
         with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
             trainers.append(Trainer(compose("config", overrides=[*overrides, f"seed={s}"]), tmp_path / f"seed{s}"))
     seeds = [[t.eval_episode_seed(i) for i in range(20)] for t in trainers]
     assert not set(seeds[0]) & set(seeds[1])
-    assert seeds[0] == [trainers[0].eval_episode_seed(i) for i in range(20)]
+    reset_seeds, reset = [], trainers[0].eval_env.reset
+
+    def recording_reset(*args, seed=None, **kwargs):
+        reset_seeds.append(seed)
+        return reset(*args, seed=seed, **kwargs)
+    trainers[0].eval_env.reset = recording_reset
+    for _ in range(2):  # two evaluations of the run: the same starts, from eval_episode_seed
+        trainers[0].evaluate()
+    n = trainers[0].cfg.num_eval_episodes
+    assert reset_seeds == seeds[0][:n] * 2
     a, b = (trainers[0].eval_env.reset(seed=s)[0] for s in seeds[0][:2])
     assert not np.array_equal(a, b)  # the seeds reach the env: different starts
     for t in trainers:

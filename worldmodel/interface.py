@@ -37,12 +37,12 @@ class SegmentBatch:
     """Real training segments: contiguous steps inside one episode."""
 
     obs: torch.Tensor  # uint8 [B, T, 3, H, W]
-    action: torch.Tensor  # float32 [B, T-1, A]
+    action: torch.Tensor | None  # float32 [B, T-1, A]; an action-free model (A = 0) also takes None
     reward: torch.Tensor  # float32 [B, T-1]
 
     def to(self, device: torch.device | str) -> "SegmentBatch":
         return SegmentBatch(self.obs.to(device, non_blocking=True),
-                            self.action.to(device, non_blocking=True),
+                            None if self.action is None else self.action.to(device, non_blocking=True),
                             self.reward.to(device, non_blocking=True))
 
 

@@ -27,7 +27,7 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -60,7 +60,8 @@ DEFAULT_TRAINING = {
     "codebooks": "auto",
 }
 # Parameters that are missing in an action-free / reward-free checkpoint and start at zero.
-OPTIONAL_HEADS = ("transformer.action_linear.", "transformer.reward_linear.")
+ACTION_HEAD = "transformer.action_linear."
+OPTIONAL_HEADS = (ACTION_HEAD, "transformer.reward_linear.")
 # The GAN discriminator: trained only with the tokenizer loss, so a checkpoint with one loads into a
 # model without (it is dropped) and one without loads into a GAN model (it starts fresh).
 DISCRIMINATOR = "tokenizer.discriminator."
@@ -104,10 +105,22 @@ class IVideoGPT(WorldModel):
     # A checkpoint keeps its sizes, codebooks and context length; a run sets these (the
     # tokenizer's loss terms included: a GAN or perceptual loss can be switched on or off).
     run_settings = ("max_future_frames", "sampling", "training", "transformer.attention_dropout",
+                    "transformer.rope_scaling",
                     *(f"tokenizer.{key}" for key in ("commit_beta", "rec_weight", "perceptual_weight",
                                                      "perceptual_weights_path", "gan", "disc_start", "disc_weight",
                                                      "adaptive_weight_max", "dead_code_reset", "dead_code_steps",
                                                      "cross_attn_dropout")))
+
+    @classmethod
+    def run_overrides(cls, model_cfg: Mapping[str, Any]) -> dict:
+        """As the base; a null ``transformer.rope_scaling`` keeps the checkpoint's (a YaRN-extended
+        checkpoint stays extended), while a given one extends a loaded checkpoint's context."""
+        out = super().run_overrides(model_cfg)
+        if out.get("transformer", {}).get("rope_scaling", 0) is None:
+            del out["transformer"]["rope_scaling"]
+            if not out["transformer"]:
+                del out["transformer"]
+        return out
 
     def __init__(self, image_size: int, action_dim: int, context_frames: int = 2,
                  tokenizer: dict[str, Any] | str = "tiny", transformer: dict[str, Any] | str = "tiny",
@@ -265,11 +278,18 @@ class IVideoGPT(WorldModel):
         optional = [k for k in missing if k.startswith(OPTIONAL_HEADS)]
         fresh_discriminator = [k for k in missing if k.startswith(DISCRIMINATOR)]
         dropped = [k for k in unexpected if k.startswith(DISCRIMINATOR)]
-        lenient = len(optional) + len(fresh_discriminator) == len(missing) and len(dropped) == len(unexpected)
+        # An action-free model asked of an action-conditioned checkpoint (e.g. to go on pretraining on
+        # action-free video) leaves its action head out, as scripts/import_ivideogpt.py does.
+        action_head = [k for k in unexpected if k.startswith(ACTION_HEAD) and model.action_dim == 0]
+        lenient = (len(optional) + len(fresh_discriminator) == len(missing)
+                   and len(dropped) + len(action_head) == len(unexpected))
         load_weights_checked(model, path, strict=not (lenient and (missing or unexpected)))
         if optional:
             log.warning("%s has no %s: they start at zero (e.g. an action-free checkpoint loaded "
                         "into an action-conditioned model).", directory, optional)
+        if action_head:
+            log.warning("%s: the checkpoint's action head %s is not loaded (an action-free model, "
+                        "action_dim=0, was asked for).", directory, action_head)
         if fresh_discriminator or dropped:
             log.warning("%s: the GAN discriminator %s (tokenizer.gan=%s).", directory,
                         "starts fresh" if fresh_discriminator else "is not loaded", model.tokenizer.config["gan"])
