@@ -76,9 +76,18 @@ def resolve_resume(args: list[str]) -> list[str]:
         cfg = compose("config", overrides=[a for a in rest if not a.startswith("hydra.")],
                       return_hydra_config=True)
     parent = RUNS_DIR / cfg.hydra.runtime.choices.task / cfg.world_model.name
-    runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if (p / "checkpoints" / "last.pt").exists())
+    from mbrl.checkpoint import CHECKPOINT_NAME
+    from mbrl.trainer import EPISODES_DIR
+    from worldmodel.episodes import episode_paths
+
+    def resumable(run: Path) -> bool:  # a checkpoint, or episodes of a run stopped before its first one
+        return ((run / "checkpoints" / CHECKPOINT_NAME).exists()
+                or ((run / EPISODES_DIR).is_dir() and bool(episode_paths(run / EPISODES_DIR))))
+
+    runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if resumable(p))
     if not runs:
-        print(f"[train] resume=true: no earlier run with a checkpoint under {parent}; starting a new run")
+        print(f"[train] resume=true: no earlier run with a checkpoint or episodes under {parent}; "
+              "starting a new run")
         return insert_override(rest, "resume=true")
     print(f"[train] resume=true: continuing {runs[-1]}")
     return insert_override(insert_override(rest, "resume=true"), f"hydra.run.dir={runs[-1]}")

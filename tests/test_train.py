@@ -112,6 +112,29 @@ def test_a_run_stopped_before_its_first_checkpoint_continues_from_its_episodes(t
     assert meta["env_settings"]["action_repeat"] == ACTION_REPEAT and "success_bonus" in meta["env_settings"]
 
 
+def test_resume_true_finds_the_latest_run_with_a_checkpoint_or_episodes(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "mbrl"))
+    from train_mbpo import resolve_resume
+
+    import numpy as np
+
+    from worldmodel.episodes import Episode, save_episode
+
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs") / "metaworld" / "plate_slide" / "none"
+    args = ["task=metaworld/plate_slide", "world_model=none", "resume=true"]
+    assert resolve_resume(args) == [*args[:2], "resume=true"]  # nothing to resume: a new run
+    (runs / "20260101-000000_seed1" / "checkpoints").mkdir(parents=True)
+    (runs / "20260101-000000_seed1" / "checkpoints" / "last.pt").write_bytes(b"")
+    (runs / "20260102-000000_seed1" / "episodes").mkdir(parents=True)  # newer, no episode: nothing to resume
+    assert resolve_resume(args)[-1] == f"hydra.run.dir={runs / '20260101-000000_seed1'}"
+    episode = Episode(obs=np.zeros((3, 3, 8, 8), np.uint8), action=np.zeros((2, 4), np.float32),
+                      reward=np.zeros(2, np.float32), success=np.zeros(2, bool))
+    save_episode(runs / "20260103-000000_seed1" / "episodes" / "ep_000000.npz", episode)
+    assert resolve_resume(args)[-1] == f"hydra.run.dir={runs / '20260103-000000_seed1'}"  # killed before saving
+    assert resolve_resume([*args[:2], "seed=2", "resume=true"])[-1] == "resume=true"  # another seed's runs
+
+
 @pytest.mark.parametrize("override, message", [
     ("task=metaworld/plate_slidee", "plate_slidee"),
     ("agent.update_every_steps=0", "agent.update_every_steps must be >= 1"),
