@@ -260,6 +260,9 @@ def test_script_prints_its_config_and_reports_missing_data_in_one_line(tmp_path)
                              capture_output=True, text=True, timeout=TIMEOUT)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr[-3000:]
     assert missing.stderr.startswith("[pretrain] error: mix datasets not found")
+    no_log = subprocess.run([sys.executable, SCRIPT, *TINY, "log.every=0", f"out={tmp_path / 'out'}"], cwd=REPO,
+                            env={**_env(), "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True, timeout=TIMEOUT)
+    assert no_log.returncode == 1 and "log.every=0: " in no_log.stderr and "Traceback" not in no_log.stderr
 
 
 def test_freeze_patterns():

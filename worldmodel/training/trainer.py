@@ -170,6 +170,9 @@ class Pretrainer:
         self.cfg = cfg = _plain(cfg)
         self.out = Path(cfg["out"]).absolute()
         log = cfg["log"]
+        if int(log["every"]) < 1:
+            raise WorldModelConfigError(f"log.every={log['every']}: train metrics are averaged and logged every "
+                                        "N optimiser steps; give N >= 1.")
         trackers = (["tensorboard"] if log["tensorboard"] else []) + (["wandb"] if log["wandb"] != "disabled" else [])
         mixed = mixed_precision(cfg["mixed_precision"], os.environ.get("ACCELERATE_MIXED_PRECISION"),
                                 torch.cuda.is_available() and torch.cuda.is_bf16_supported())

@@ -53,7 +53,7 @@ class BackboneConfig:
             raise WorldModelConfigError(f"head_dim must be even for rotary encoding, got {self.head_dim}.")
 
 
-# Backbone presets. tiny: tests and CPU (~0.9M params); base: one GPU (~33M params).
+# Backbone presets. tiny: tests and CPU (~0.9M params); base: one GPU (~34M params).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(channels=(16, 32, 64), blocks_per_level=1, attention_resolutions=(16,),
                  head_dim=16, emb_dim=64, groups=8),
