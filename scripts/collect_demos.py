@@ -5,9 +5,11 @@
     python scripts/collect_demos.py task=maniskill/pick_cube episodes=10     # ManiSkill motion planner
 
 Meta-World uses its scripted expert policies; ManiSkill its motion-planning solutions (needs
-the maniskill extra and mplib). DMC and LIBERO have no scripted expert: the error says how to
-get their demonstrations. Episodes go to demonstrations/<suite>/<task>/ unless out=...
-Config: cfgs/collect_demos.yaml.
+the maniskill extra, and mplib 0.1.1, which crashes with numpy>=2: collect in a venv with
+numpy<2, README "Demonstrations"). The motion planner plans whole successful trajectories in
+this process, so noise, workers and success_only=false are refused for it. DMC and LIBERO have
+no scripted expert: the error says how to get their demonstrations. Episodes go to the task's
+demonstration folder (mbrl.demos.demo_dir) unless out=... Config: cfgs/collect_demos.yaml.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 # What a user can fix (the message says how): printed as one line, exit status 1.
 USER_ERRORS = (MissingSimulatorError, UnknownTaskError, NoExpertError, CollectSettingsError,
                TooFewSuccessesError)
+DEFAULT_WORKERS = 2  # worker processes of collect() when workers is not set
 
 
 @hydra.main(config_path="../cfgs", config_name="collect_demos", version_base="1.3")
@@ -51,14 +54,31 @@ def main(cfg: DictConfig) -> None:
           f"{result.frames / hours:.0f} frames/h")
 
 
+def check_motion_planning_settings(cfg: DictConfig) -> None:
+    """Refuse the keys ManiSkill's motion planner cannot honour (rather than ignore them): it plans
+    whole trajectories (no per-action noise), keeps only the ones that succeed when replayed in our
+    env, and runs in this process."""
+    if cfg.noise != 0:
+        raise CollectSettingsError(f"noise={cfg.noise}: ManiSkill's motion planner plans whole trajectories and "
+                                   "takes no action noise; use noise=0, or policy=random for noisy data")
+    if not cfg.success_only:
+        raise CollectSettingsError("success_only=false: ManiSkill's motion planner keeps only the trajectories "
+                                   "that succeed; use success_only=true, or policy=random success_only=false")
+    if cfg.workers not in (None, 1):
+        raise CollectSettingsError(f"workers={cfg.workers}: ManiSkill's motion planner runs in this process; "
+                                   "leave workers unset (or 1)")
+
+
 def run_collection(cfg: DictConfig, out: Path) -> CollectResult | MotionPlanningResult:
     """The suite's collector: ManiSkill's motion planner for its expert, else ``collect``."""
     if cfg.task.suite == "maniskill" and cfg.policy == "expert":
+        check_motion_planning_settings(cfg)
         from mbrl.demos.maniskill import collect_motionplanning
         return collect_motionplanning(cfg.task, cfg.episodes, out, seed=cfg.seed,
                                       max_attempts=cfg.max_attempts)
+    workers = DEFAULT_WORKERS if cfg.workers is None else cfg.workers
     return collect(cfg.task, cfg.episodes, out, seed=cfg.seed, noise=cfg.noise,
-                   workers=cfg.workers, policy=cfg.policy, success_only=cfg.success_only,
+                   workers=workers, policy=cfg.policy, success_only=cfg.success_only,
                    max_attempts=cfg.max_attempts)
 
 

@@ -5,10 +5,12 @@
     python scripts/play.py world_model.pretrained=<dir> episodes=path/to/episodes/
 
 then open http://127.0.0.1:7860. Overrides are Hydra's, composed from cfgs/play.yaml, which
-includes the training config: task=, world_model.pretrained=, seed and device mean what they
-mean for mbrl/train_mbpo.py. Start contexts come from demonstrations/<suite>/<task>/ (or
-``episodes=``) and, when the simulator is installed, from env resets that then run beside the
-world model as ground truth.
+includes the training config; of its keys the player reads task=, device and cpu_threads (as
+mbrl/train_mbpo.py does), seed (the sampling seed new pages start with) and
+world_model.pretrained= (loaded as saved, without train_mbpo.py's world_model.model.* run
+settings). Start contexts come from the task's demonstration folder (mbrl.demos.demo_dir, where
+collect_demos.py / convert_demos.py write; or ``episodes=``) and, when the simulator is
+installed, from env resets that then run beside the world model as ground truth.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ collection script, and the LIBERO / ManiSkill converters on files with the real 
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,8 +117,11 @@ def test_load_demos_errors_name_the_fix(tmp_path):
 
 
 def test_demo_instructions_fit_the_suite(tmp_path):
-    """Only suites with a scripted expert or motion planner are sent to collect_demos.py."""
-    dmc, libero = task_cfgs(["dmc/walker_walk", "libero/libero_spatial"])
+    """Only suites with a scripted expert or motion planner are sent to collect_demos.py; for
+    ManiSkill's motion planner the command says it needs numpy<2 (the player shows it too)."""
+    dmc, libero, maniskill = task_cfgs(["dmc/walker_walk", "libero/libero_spatial", "maniskill/pick_cube"])
+    assert collect_command(maniskill).startswith("python scripts/collect_demos.py task=maniskill/pick_cube "
+                                                 "episodes=5 in a venv with numpy<2 (")
     with pytest.raises(FileNotFoundError) as err:
         load_demos(dmc, 64, 6, root=tmp_path)
     message = str(err.value)
@@ -129,6 +133,33 @@ def test_demo_instructions_fit_the_suite(tmp_path):
                                                 r"input=<LIBERO demo \.hdf5> task=libero/libero_spatial "
                                                 r"task\.task_index=0\.$"):
         load_demos(libero, 64, 7, root=tmp_path)
+
+
+def test_every_task_config_has_a_demo_dir(tmp_path):
+    """task.demo_dir is a key of every suite config: null keeps the default folder, a folder given on
+    the command line replaces it (for demo=true, the collectors and the player, which share demo_dir)."""
+    tasks = sorted(f"{p.parent.name}/{p.stem}" for p in (REPO / "cfgs/task").glob("*/*.yaml"))
+    first_of_suite = {task.split("/")[0]: task for task in reversed(tasks)}.values()
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base="1.3"):
+        for task in tasks:
+            cfg = compose("collect_demos", overrides=[f"task={task}", f"task.demo_dir={tmp_path}"])
+            assert demo_dir(cfg.task) == tmp_path, task
+        for task in first_of_suite:  # the training and player configs, which compose the task the same way
+            for config in ("config", "play"):
+                assert compose(config, overrides=[f"task={task}"]).task.demo_dir is None, (config, task)
+                cfg = compose(config, overrides=[f"task={task}", f"task.demo_dir={tmp_path}"])
+                assert demo_dir(cfg.task) == tmp_path, (config, task)
+    for suite in sorted((REPO / "cfgs/suite").glob("*.yaml")):
+        assert re.search(r"^demo_dir: null +# \S", suite.read_text(), re.M), f"{suite.name}: demo_dir undocumented"
+
+
+def test_libero_episode_length_comment_names_each_task_files_value():
+    text = (REPO / "cfgs/suite/libero.yaml").read_text()
+    comment = text[text.index("episode_length:"):text.index("success_bonus:")]
+    yamls = sorted((REPO / "cfgs/task/libero").glob("*.yaml"))
+    assert len(yamls) == 5
+    for cfg in task_cfgs([f"libero/{y.stem}" for y in yamls]):
+        assert f"{cfg.name} {cfg.episode_length}" in comment, cfg.name
 
 
 def run_script(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -143,28 +174,79 @@ def assert_one_line_error(run: subprocess.CompletedProcess, message: str) -> Non
     assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
 
 
-def _maniskill_expert_missing() -> str:
+def _maniskill_expert_refusal() -> str:
     """What collect_demos.py says for task=maniskill/pick_cube here, '' when it could collect."""
+    import importlib.metadata
     import importlib.util
+
+    from mbrl.demos.maniskill import numpy_conflict
 
     if importlib.util.find_spec("mani_skill") is None:
         return "pip install -e '.[maniskill]'"
-    return "" if importlib.util.find_spec("mplib") is not None else "pip install mplib"
+    if importlib.util.find_spec("mplib") is None:
+        return "pip install mplib"
+    if numpy_conflict(np.__version__, importlib.metadata.version("mplib")):
+        return f"crashes with numpy>=2 and this venv has numpy {np.__version__}: collect in a separate venv"
+    return ""
 
 
 @pytest.mark.parametrize("args, message", [
     (["task=dmc/walker_walk"], "there is no scripted expert for DMC"),
     (["task=libero/libero_spatial"], "python scripts/convert_demos.py format=libero"),
     (["task=maniskill/pick_cube"], None),
+    (["task=maniskill/pick_cube", "noise=0.1"], "noise=0.1: ManiSkill's motion planner plans whole trajectories"),
     (["episodes=0"], "episodes must be >= 1, got 0"),
 ])
 def test_collect_script_user_errors_are_one_line(tmp_path, args, message):
+    """ManiSkill's motion planner under numpy 2 is refused in one line, where mplib would segfault."""
     if message is None:
-        message = _maniskill_expert_missing()
+        message = _maniskill_expert_refusal()
         if not message:
-            pytest.skip("ManiSkill and mplib are installed: task=maniskill/pick_cube collects")
+            pytest.skip("ManiSkill, mplib and numpy<2 are installed: task=maniskill/pick_cube collects "
+                        "(test_maniskill_motion_planning_collection)")
     assert_one_line_error(run_script("collect_demos.py", *args, f"out={tmp_path / 'out'}"), message)
     assert not (tmp_path / "out").exists()
+
+
+def load_collect_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("collect_demos_script", REPO / "scripts" / "collect_demos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_collect_script_passes_or_refuses_every_key(tmp_path, monkeypatch):
+    """ManiSkill's motion planner takes episodes, seed and max_attempts; noise, workers > 1 and
+    success_only=false are refused, not ignored. The other collectors get every key, workers
+    defaulting to 2."""
+    import mbrl.demos.maniskill as maniskill
+
+    script = load_collect_script()
+    calls = []
+    monkeypatch.setattr(maniskill, "collect_motionplanning", lambda *a, **kw: calls.append(("mp", a, kw)))
+    monkeypatch.setattr(script, "collect", lambda *a, **kw: calls.append(("collect", a, kw)))
+
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base="1.3"):
+            return compose("collect_demos", overrides=list(overrides))
+
+    for ok in ([], ["workers=1", "episodes=3", "seed=4", "max_attempts=9"]):
+        script.run_collection(cfg("task=maniskill/pick_cube", *ok), tmp_path)
+    assert [c[0] for c in calls] == ["mp", "mp"] and calls[1][1][1:] == (3, tmp_path)
+    assert calls[1][2] == {"seed": 4, "max_attempts": 9}
+    for bad, match in [("noise=0.2", "noise=0.2: ManiSkill's motion planner"),
+                       ("success_only=false", "success_only=false: ManiSkill's motion planner keeps only"),
+                       ("workers=2", "workers=2: ManiSkill's motion planner runs in this process")]:
+        with pytest.raises(script.CollectSettingsError, match=match):
+            script.run_collection(cfg("task=maniskill/pick_cube", bad), tmp_path)
+    assert len(calls) == 2
+    script.run_collection(cfg("task=maniskill/pick_cube", "policy=random", "noise=0.2", "workers=3",
+                              "success_only=false"), tmp_path)
+    script.run_collection(cfg("task=metaworld/hammer"), tmp_path)
+    assert calls[2][2]["noise"] == 0.2 and calls[2][2]["workers"] == 3 and calls[2][2]["success_only"] is False
+    assert calls[3][0] == "collect" and calls[3][2]["workers"] == script.DEFAULT_WORKERS == 2
 
 
 def write_demo(folder: Path, meta: dict, name: str = "ep_0000_seed0.npz", steps: int = 4) -> Path:
@@ -498,12 +580,46 @@ def test_motion_planning_names_what_to_install(monkeypatch):
         require_motion_planning()
 
 
+def test_numpy_conflict():
+    from mbrl.demos.maniskill import numpy_conflict
+
+    message = numpy_conflict("2.4.6", "0.1.1")
+    assert "(mplib 0.1.1) crashes with numpy>=2 and this venv has numpy 2.4.6" in message
+    assert "'numpy<2' 'opencv-python<4.12'" in message and "format=maniskill" in message
+    assert numpy_conflict("2.0.0", None) is not None  # no metadata: taken to be the pinned 0.1.1
+    assert numpy_conflict("1.26.4", "0.1.1") is None and numpy_conflict("2.1.0", "0.2.1") is None
+
+
+@pytest.mark.parametrize("numpy_version", ["2.0.0", "1.26.4"])
+def test_motion_planning_refuses_numpy_2_without_touching_mplib(tmp_path, monkeypatch, numpy_version):
+    """mplib 0.1.1 segfaults under numpy 2 (no traceback, no message): the check must come
+    before mplib is imported. The mplib here raises when imported."""
+    import types
+
+    from mbrl.demos.maniskill import MissingMotionPlannerError, require_motion_planning
+
+    (tmp_path / "mplib").mkdir()
+    (tmp_path / "mplib" / "__init__.py").write_text("raise AssertionError('mplib was imported')\n")
+    (tmp_path / "mplib-0.1.1.dist-info").mkdir()
+    (tmp_path / "mplib-0.1.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mplib\nVersion: 0.1.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mplib", raising=False)
+    monkeypatch.setitem(sys.modules, "mani_skill", types.ModuleType("mani_skill"))
+    monkeypatch.setattr(np, "__version__", numpy_version)
+    if numpy_version.startswith("2"):
+        with pytest.raises(MissingMotionPlannerError, match=r"crashes with numpy>=2 and this venv has numpy 2\.0\.0"):
+            require_motion_planning()
+    else:
+        require_motion_planning()
+    assert "mplib" not in sys.modules
+
+
 def test_maniskill_motion_planning_collection(tmp_path):
     """ManiSkill's own motion planner -> ManiSkill's control-mode conversion -> replay in our env."""
-    pytest.importorskip("mani_skill")
-    pytest.importorskip("mplib")
-    if int(np.__version__.split(".")[0]) >= 2:
-        pytest.skip("mplib 0.1.1 (ManiSkill's motion planner) crashes with numpy >= 2")
+    refusal = _maniskill_expert_refusal()
+    if refusal:
+        pytest.skip(f"ManiSkill's motion planner cannot run in this venv (collect_demos.py says: ...{refusal}); "
+                    "test_collect_script_user_errors_are_one_line checks that refusal")
     from mbrl.demos.maniskill import collect_motionplanning
 
     cfg = task_cfg("maniskill/pick_cube")

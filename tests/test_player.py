@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from mbrl.player import Conflict, EpisodeCatalog, PlayerError, SessionManager, WorldModelHost, psnr  # noqa: E402
 from mbrl.player.player import Player  # noqa: E402
 from mbrl.player.server import create_app  # noqa: E402
-from worldmodel.episodes import load_episode  # noqa: E402
+from worldmodel.episodes import Episode, load_episode, save_episode  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,10 +77,13 @@ def episodes(tmp_path_factory) -> Path:
 
 
 def play_config(checkpoint: Path, episodes: Path, tmp_path: Path, *overrides: str):
+    """Sessions sample with seed 0 unless ``seed=`` is given: with the tiny random model, frames
+    depend on the actions at only some steps, and with seed 0 two action sequences do differ."""
+    seed = [] if any(o.startswith("seed=") for o in overrides) else ["seed=0"]
     with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
         return compose("play", overrides=[f"task={TASK}", f"world_model.pretrained={checkpoint}",
                                           f"episodes={episodes}", f"out_dir={tmp_path / 'out'}",
-                                          f"task.episode_length={EPISODE_LENGTH}", "device=cpu", *overrides])
+                                          f"task.episode_length={EPISODE_LENGTH}", "device=cpu", *seed, *overrides])
 
 
 @pytest.fixture
@@ -539,8 +542,9 @@ def test_ivideogpt_play_equals_the_continuous_rollout_within_its_horizon(player)
     acts = actions(HORIZON, seed=4)
     for a in acts:
         sessions.call(sid, lambda s, a=a: s.step(a))
-    context = sessions.call(sid, lambda s: s.context)
-    assert torch.equal(sessions.call(sid, lambda s: s.frames())[1:], continuous_frames(player.host, context, acts))
+    context, seed = sessions.call(sid, lambda s: (s.context, s.seed))
+    assert torch.equal(sessions.call(sid, lambda s: s.frames())[1:],
+                       continuous_frames(player.host, context, acts, seed=seed))
 
 
 def test_generator_is_on_the_models_exact_device(checkpoints, episodes):
@@ -556,3 +560,57 @@ def test_generator_is_on_the_models_exact_device(checkpoints, episodes):
         assert sessions.call(sid, lambda s: s.step(torch.zeros(ACT))).frame.shape == (3, IMG, IMG)
     finally:
         host.close()
+
+
+def test_seed_and_cpu_threads_of_the_config_apply(checkpoints, episodes, tmp_path):
+    """play.yaml's seed is the sampling seed new sessions start with; cpu_threads sets torch's CPU
+    threads (on the worker thread that runs the model too), as for training."""
+    threads = torch.get_num_threads()
+    want = 1 if threads != 1 else 2
+    p = Player.from_config(play_config(checkpoints[0], episodes, tmp_path, "seed=7", f"cpu_threads={want}"), TASK)
+    try:
+        assert p.host.call(torch.get_num_threads) == want
+        sessions = p.sessions
+        sid = sessions.create()
+        assert sessions.call(sid, lambda s: s.seed) == 7
+        sessions.call(sid, lambda s: s.start_from_episode(first_episode(p)))
+        acts = actions(HORIZON, seed=5)
+        for a in acts:
+            sessions.call(sid, lambda s, a=a: s.step(a))
+        context = sessions.call(sid, lambda s: s.context)
+        frames = sessions.call(sid, lambda s: s.frames())[1:]
+        assert torch.equal(frames, continuous_frames(p.host, context, acts, seed=7))
+        assert not torch.equal(frames, continuous_frames(p.host, context, acts, seed=0))
+    finally:
+        p.close()
+        torch.set_num_threads(threads)
+    for bad, match in [("seed=-1", r"seed must be an integer in \[0, 2\^63\); got -1"),
+                       ("cpu_threads=-1", "cpu_threads=-1 must be an integer >= 0")]:
+        with pytest.raises(PlayerError, match=match):
+            Player.from_config(play_config(checkpoints[0], episodes, tmp_path, bad), TASK)
+
+
+def test_start_episodes_come_from_the_tasks_demo_folder(checkpoints, tmp_path, monkeypatch):
+    """The player looks where collect_demos.py / convert_demos.py write (mbrl.demos.demo_dir):
+    LIBERO's task_<task_index>/ only (not the suite's other tasks), under MBRL_DEMO_ROOT, or
+    task.demo_dir."""
+    from mbrl.demos import DEMO_ROOT_ENV
+
+    monkeypatch.setenv(DEMO_ROOT_ENV, str(tmp_path / "root"))
+    suite = tmp_path / "root" / "libero" / "libero_goal"
+    steps = 3
+    episode = Episode(obs=np.zeros((steps + 1, 3, IMG, IMG), np.uint8), action=np.zeros((steps, 7), np.float32),
+                      reward=np.zeros(steps, np.float32), success=np.zeros(steps, bool), meta={})
+    for folder, name in [(suite / "task_3", "mine.npz"), (suite / "task_0", "other.npz"),
+                         (tmp_path / "custom", "custom.npz")]:
+        save_episode(folder / name, episode)
+    for override, root, names in [("task.task_index=3", suite / "task_3", ["mine.npz"]),
+                                  (f"task.demo_dir={tmp_path / 'custom'}", tmp_path / "custom", ["custom.npz"])]:
+        with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+            cfg = compose("play", overrides=["task=libero/libero_goal", f"world_model.pretrained={checkpoints[0]}",
+                                             "device=cpu", override])
+        p = Player.from_config(cfg, "libero/libero_goal", check_simulator=False)
+        try:
+            assert p.catalog.root == root and p.catalog.names() == names
+        finally:
+            p.close()

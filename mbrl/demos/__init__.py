@@ -158,7 +158,10 @@ def collect_command(task_cfg: Mapping[str, Any], episodes: int = 5, overrides: S
                 f"episode files recorded at the run's task settings into {demo_dir(task_cfg, root)}, e.g. the last "
                 f"episodes (runs/dmc/{slug}/none/<run>/episodes/*.npz) of a trained "
                 f"`python mbrl/train_mbpo.py task=dmc/{slug} world_model=none{extra}` run")
-    return f"python scripts/collect_demos.py task={suite}/{slug} episodes={episodes}{extra}"
+    command = f"python scripts/collect_demos.py task={suite}/{slug} episodes={episodes}{extra}"
+    if suite == "maniskill":  # mplib 0.1.1 segfaults under numpy 2 (mbrl.demos.maniskill.numpy_conflict)
+        command += " in a venv with numpy<2 (ManiSkill's motion planner crashes with numpy 2; README, Demonstrations)"
+    return command
 
 
 def _or_convert(task_cfg: Mapping[str, Any]) -> str:

@@ -23,7 +23,10 @@ with ManiSkill's tool (the message says how).
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,15 +52,33 @@ class ManiSkillFormatError(ValueError):
 
 
 class MissingMotionPlannerError(MissingSimulatorError):
-    """ManiSkill is installed but mplib, which its motion-planning solutions need, is not."""
+    """ManiSkill is installed but its motion planner (mplib) is not, or cannot run in this venv."""
 
-    def __init__(self, cause: BaseException | None = None):
-        super().__init__("maniskill", cause, message="ManiSkill's motion planners need mplib, which is not "
-                         "installed: pip install mplib==0.1.1 (it needs numpy<2)")
+    def __init__(self, cause: BaseException | None = None, message: str | None = None):
+        super().__init__("maniskill", cause, message=message or (
+            "ManiSkill's motion planners need mplib, which is not installed: pip install mplib==0.1.1 "
+            "(it needs numpy<2)"))
+
+
+def numpy_conflict(numpy_version: str, mplib_version: str | None) -> str | None:
+    """Why mplib cannot run beside this numpy, or None. mplib 0.1.x (the version mani-skill 3.0.1
+    pins) is built against numpy 1 and segfaults in ``mplib.Planner`` under numpy 2, killing the
+    process without a traceback; later mplib releases are not refused here. An mplib without
+    version metadata is taken to be the pinned one."""
+    if int(numpy_version.split(".")[0]) < 2:
+        return None
+    if mplib_version is not None and tuple(int(x) for x in re.findall(r"\d+", mplib_version)[:2]) >= (0, 2):
+        return None
+    return (f"ManiSkill's motion planner (mplib {mplib_version or '0.1'}) crashes with numpy>=2 and this venv has "
+            f"numpy {numpy_version}: collect in a separate venv with numpy<2 (pip install -e '.[maniskill]' "
+            "'numpy<2' 'opencv-python<4.12'; opencv-python>=4.12, which sapien and LIBERO pull in, needs "
+            "numpy>=2), or convert downloaded ManiSkill trajectories: scripts/convert_demos.py format=maniskill")
 
 
 def require_motion_planning() -> None:
-    """Import ManiSkill and mplib, or raise the error that says which to install."""
+    """Check that ManiSkill and a usable mplib are installed, or raise the error that says what to
+    do. mplib is looked up, never imported or called, so a numpy it would crash under is refused
+    before anything touches it."""
     from mbrl.envs.maniskill_env import prepare_vulkan
 
     prepare_vulkan()
@@ -65,10 +86,15 @@ def require_motion_planning() -> None:
         import mani_skill  # noqa: F401
     except ImportError as e:
         raise MissingSimulatorError("maniskill", e) from None
+    if importlib.util.find_spec("mplib") is None:
+        raise MissingMotionPlannerError()
     try:
-        import mplib  # noqa: F401
-    except ImportError as e:
-        raise MissingMotionPlannerError(e) from None
+        mplib_version: str | None = importlib.metadata.version("mplib")
+    except importlib.metadata.PackageNotFoundError:
+        mplib_version = None
+    conflict = numpy_conflict(np.__version__, mplib_version)
+    if conflict:
+        raise MissingMotionPlannerError(message=conflict)
 
 
 @dataclass

@@ -7,15 +7,12 @@ from typing import Any, Mapping
 
 import torch
 
-from mbrl.demos import collect_command
+from mbrl.demos import collect_command, demo_dir
 from mbrl.player.controls import action_layout, layout_json
 from mbrl.player.errors import PlayerError
 from mbrl.player.host import WorldModelHost
-from mbrl.player.session import SessionManager
+from mbrl.player.session import SessionManager, check_seed
 from mbrl.player.sources import EpisodeCatalog, check_episode_root
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_ROOT = REPO_ROOT / "demonstrations"
 
 
 def simulator_status(task_cfg: Mapping[str, Any]) -> tuple[bool, str]:
@@ -55,19 +52,28 @@ class Player:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], task_key: str, check_simulator: bool = True) -> "Player":
         """Build from the composed ``cfgs/play.yaml`` (``task_key``: the chosen task config).
-        A bad checkpoint or episode path is a ``PlayerError`` naming it."""
+        A bad checkpoint or episode path is a ``PlayerError`` naming it. ``cpu_threads`` (> 0) sets
+        torch's CPU threads before the model is loaded, as training does; ``seed`` is the sampling
+        seed new sessions start with. Start episodes come from ``episodes`` or, by default, the
+        task's demonstration folder (``mbrl.demos.demo_dir``, where the collectors write)."""
         task_cfg = cfg["task"]
         pretrained = cfg["world_model"].get("pretrained")
         if not pretrained:
             raise PlayerError("give the world model to play: world_model.pretrained=<dir written by "
                               "save_pretrained or scripts/pretrain.py>.")
+        seed = check_seed(cfg.get("seed", 0), "seed")
+        threads = cfg.get("cpu_threads", 0)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise PlayerError(f"cpu_threads={threads!r} must be an integer >= 0 (0: torch's default).")
+        if threads > 0:
+            torch.set_num_threads(threads)
         episodes = cfg.get("episodes")
-        root = check_episode_root(episodes) if episodes else DEMO_ROOT / task_key
+        root = check_episode_root(episodes) if episodes else demo_dir(task_cfg)
         host = WorldModelHost(pretrained, int(task_cfg["image_size"]), resolve_device(str(cfg.get("device", "auto"))))
         catalog = EpisodeCatalog(root)
         sessions = SessionManager(host, task_cfg, catalog, max_sessions=int(cfg.get("max_sessions", 8)),
                                   replay_window=int(cfg.get("replay_window", 10)),
-                                  state_budget_mb=float(cfg.get("state_budget_mb", 64)))
+                                  state_budget_mb=float(cfg.get("state_budget_mb", 64)), seed=seed)
         simulator = simulator_status(task_cfg) if check_simulator else (False, "not checked")
         return cls(host=host, sessions=sessions, catalog=catalog, task_cfg=task_cfg, task_key=task_key,
                    out_dir=Path(str(cfg.get("out_dir", "play"))), video_fps=int(cfg.get("video_fps", 10)),

@@ -117,7 +117,7 @@ class PlaySession:
     """One page's trajectory. Not thread-safe: call it through ``SessionManager.call``."""
 
     def __init__(self, sid: str, host: WorldModelHost, task_cfg: Mapping[str, Any], catalog: EpisodeCatalog,
-                 replay_window: int = 10, state_budget_mb: float = 64.0):
+                 replay_window: int = 10, state_budget_mb: float = 64.0, seed: int = 0):
         if replay_window < 1:
             raise PlayerError(f"replay_window={replay_window} must be >= 1.")
         if not state_budget_mb >= 0:
@@ -129,7 +129,7 @@ class PlaySession:
         self.context: torch.Tensor | None = None  # uint8 [T0, 3, H, W] real frames; the last is o_0
         self.steps: list[Step] = []
         self.sampling: dict[str, Any] = host.sampling_defaults()
-        self.seed = 0  # sampling seed; applies at the next restart / re-imagination
+        self.seed = check_seed(seed, "sampling seed")  # applies at the next restart / re-imagination
         self.revision = 0  # bumped whenever ``steps`` change other than by one appended step
         self.saved_dir: Path | None = None
         self._saves = 0
@@ -162,7 +162,7 @@ class PlaySession:
     def start_from_env(self, seed: int) -> None:
         """Context = a real env reset with ``seed``, then ``context_frames - 1`` zero-action steps
         (real consecutive frames, as the model saw in training); the env keeps running beside."""
-        seed = _check_seed(seed, "env seed")
+        seed = check_seed(seed, "env seed")
         self._open_env(seed)
         self._episode, self.start = None, Start("env", env_seed=seed)
         self.context = torch.from_numpy(np.stack(self._env_reset()))
@@ -225,7 +225,7 @@ class PlaySession:
         if settings:
             self.sampling.update(self.host.check_sampling(dict(settings)))
         if seed is not None:
-            self.seed = _check_seed(seed, "sampling seed")
+            self.seed = check_seed(seed, "sampling seed")
 
     def demo_action(self) -> torch.Tensor | None:
         """The episode's recorded next action while the trajectory follows it, else None."""
@@ -454,7 +454,7 @@ class PlaySession:
         return action
 
 
-def _check_seed(seed: Any, what: str) -> int:
+def check_seed(seed: Any, what: str) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
         raise PlayerError(f"{what} must be an integer in [0, 2^63); got {seed!r}.")
     return int(seed)
@@ -470,18 +470,20 @@ class SessionManager:
     max_sessions: int = 8
     replay_window: int = 10
     state_budget_mb: float = 64.0  # per session: model states kept for undo (value-state models)
+    seed: int = 0  # the sampling seed new sessions start with (play.yaml's seed)
     _sessions: OrderedDict = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise PlayerError(f"max_sessions={self.max_sessions} must be >= 1.")
+        self.seed = check_seed(self.seed, "seed")
 
     def create(self) -> str:
         """A new empty session; returns its id."""
         def run() -> str:
             sid = secrets.token_urlsafe(12)
             self._sessions[sid] = PlaySession(sid, self.host, self.task_cfg, self.catalog, self.replay_window,
-                                              self.state_budget_mb)
+                                              self.state_budget_mb, self.seed)
             while len(self._sessions) > self.max_sessions:
                 _, old = self._sessions.popitem(last=False)
                 old.close()
