@@ -88,7 +88,7 @@ class Trainer:
         self.logger = Logger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb_mode=cfg.log.wandb,
                              wandb_project=cfg.log.wandb_project,
                              config=OmegaConf.to_container(cfg, resolve=True))
-        self.timer = SectionTimer()
+        self.timer = SectionTimer(sync=torch.cuda.synchronize if self.device.type == "cuda" else None)
         self.step = self.episode = 0
         self.last_save_frame = 0
         self.last_eval_frame = -(10**12)  # none yet: evaluate at frame 0 too, for the curve's start

@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, or it has no effect
 import torch  # noqa: E402
 
 CONFIG_DIR = str(REPO_ROOT / "cfgs")
@@ -63,15 +64,19 @@ def run_case(world_model: str, stage: str, preset: str, steps: int, warmup: int,
         trainer = Pretrainer(cfg)
         trainer.run()
         with open(Path(out) / "logs" / f"{stage}_train.csv") as f:
-            rows = list(csv.DictReader(f))[1:]  # after the warm-up
+            logged = list(csv.DictReader(f))
         model = trainer.model
         seg = cfg.segment_length or cfg.world_model.segment_length
         b = cfg.batch_size or cfg.world_model.batch_size
-    rate = sum(float(r["steps_per_s"]) for r in rows) / len(rows)
+    # Rows after the warm-up one; each covers the steps since the previous row (the last may cover
+    # fewer): the rate is their steps over their time, not a mean of rates.
+    spans = [(int(r["step"]) - int(p["step"]), float(r["steps_per_s"])) for p, r in zip(logged, logged[1:])]
+    rate = sum(n for n, _ in spans) / sum(n / r for n, r in spans)
+    scale = {key: float(logged[-1].get(key) or 0) / float(logged[-1]["steps_per_s"])  # per optimiser step
+             for key in ("frames_per_s", "tokens_per_s")}
     result = {"model": world_model, "stage": stage, "size": preset, "device": str(trainer.accelerator.device),
               "precision": trainer.accelerator.mixed_precision, "batch": f"{b}x{seg}", "steps_per_s": rate,
-              "frames_per_s": sum(float(r["frames_per_s"]) for r in rows) / len(rows),
-              "tokens_per_s": sum(float(r.get("tokens_per_s") or 0) for r in rows) / len(rows),
+              "frames_per_s": rate * scale["frames_per_s"], "tokens_per_s": rate * scale["tokens_per_s"],
               "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "mfu": None}
     peak = peak_flops()
     if stage == "transformer" and peak:
@@ -86,7 +91,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured first steps")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2 CPU, 8 GPU)")
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     gpu = torch.cuda.is_available()
     workers = args.workers if args.workers is not None else (8 if gpu else 2)
     cases = [("ivideogpt", "tokenizer", "cpu", None, []), ("ivideogpt", "transformer", "cpu", None, []),
@@ -109,7 +113,8 @@ def main() -> None:
                         + (f", {v['tokens_per_s']:.0f} tokens/s" if v["tokens_per_s"] else "")
                         + (f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] is not None else "")
                         for k, v in best.items())
-    print(f"pretraining throughput ({'GPU ' + torch.cuda.get_device_name() if gpu else 'CPU, 1 thread'}): {summary}")
+    machine = f"GPU {torch.cuda.get_device_name()}" if gpu else f"CPU, {torch.get_num_threads()} thread(s)"
+    print(f"pretraining throughput ({machine}): {summary}")
 
 
 if __name__ == "__main__":

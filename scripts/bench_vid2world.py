@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--context", type=int, default=2, help="real context frames")
     p.add_argument("--steps", type=int, nargs="+", default=[4, 10], help="DDIM steps per frame")
     p.add_argument("--guidance", type=float, default=2.5, help="guidance scale (1: one branch)")
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats; the median is reported")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats after a warm-up; the median is reported")
     p.add_argument("--no-cache-baseline", action="store_true", help="skip the uncached comparison")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p.parse_args()
@@ -70,14 +70,20 @@ def main() -> None:
     rates = {}
     for steps in args.steps:
         model.config.sampling_steps = steps
-        time_rollout(model, context, actions[:, :1])  # warm-up
-        cached = statistics.median(time_rollout(model, context, actions) for _ in range(args.repeats))
+        modes = [True] + ([] if args.no_cache_baseline else [False])  # use_cache: False recomputes the
+        times: dict[bool, list[float]] = {mode: [] for mode in modes}  # whole window at every denoising step
+        for repeat in range(args.repeats + 1):  # a full-horizon warm-up of each mode, then the modes take turns
+            for mode in modes:
+                model.use_cache = mode
+                seconds = time_rollout(model, context, actions)
+                if repeat:
+                    times[mode].append(seconds)
+        model.use_cache = True
+        cached = statistics.median(times[True])
         rates[steps] = n / cached
         row = f"{steps:>5} | {cached:>9.2f} | {n / cached:>14.1f} |"
         if not args.no_cache_baseline:
-            model.use_cache = False  # recompute the whole window at every denoising step
-            full = statistics.median(time_rollout(model, context, actions) for _ in range(args.repeats))
-            model.use_cache = True
+            full = statistics.median(times[False])
             row += f" {full:>10.2f} | {n / full:>16.1f}"
         print(row)
     summary = ", ".join(f"{s} steps {r:.1f}" for s, r in rates.items())

@@ -45,6 +45,7 @@ TOKENIZER = {
     "resolution": SIZE, "max_att_resolution": 16,
 }
 CONTEXT_TOKENS, FUTURE_TOKENS = 16 * 16, 4 * 4  # per frame at 64x64
+DECODER_OUT_SCALE = 0.1  # shrinks the random decoders' output convolutions (see official_models)
 LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4,
          "num_hidden_layers": 2, "vocab_size": 64 + 32 + 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-6,
          "tie_word_embeddings": False}
@@ -77,6 +78,12 @@ def official_models(tokenizer_cls: type, head_cls: type, seed: int) -> tuple[tor
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
         elif "quantize.embedding" in name:
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    # Random decoders put over half of the pixels outside the frame range, where both sides clamp and
+    # a difference would go unseen: their last convolutions are shrunk around mid-grey (the network's
+    # [0, 1] frames), so that every compared pixel is inside the range.
+    for decoder in (tokenizer.decoder, tokenizer.cond_decoder):
+        decoder.conv_out.weight.mul_(DECODER_OUT_SCALE)
+        decoder.conv_out.bias.fill_(0.5)
     head = head_cls(LlamaForCausalLM(LlamaConfig(**LLAMA)), action_dim=ACTION_DIM,
                     prelude_tokens_num=(CONTEXT_TOKENS + 1) * CONTEXT - 1, tokens_num_per_dyna=FUTURE_TOKENS,
                     context=CONTEXT, segment_length=CONTEXT + FUTURE, model_type="llama",
@@ -111,7 +118,7 @@ def compare(tokenizer: torch.nn.Module, head: torch.nn.Module, ours: IVideoGPT, 
     tok = ours.tokenizer
     context_map = context_codes.view(BATCH, CONTEXT, *tok.context_token_shape)
     future_map = future_codes.view(BATCH, FUTURE, *tok.future_token_shape)
-    decoded = tokenizer.detokenize(ids_official, CONTEXT).mul(2).sub(1).clamp(-1, 1)  # [B, T, 3, H, W]
+    decoded = tokenizer.detokenize(ids_official, CONTEXT).mul(2).sub(1)  # [B, T, 3, H, W], not clamped
     cache = tok.context_cache_from_codes(context_map)
 
     output, reward = head(input_ids=ids_official, labels=labels, action=action)
@@ -122,6 +129,8 @@ def compare(tokenizer: torch.nn.Module, head: torch.nn.Module, ours: IVideoGPT, 
         return (a.double() - b.double()).abs().max().item()
 
     return {
+        # ours clamps to [-1, 1]: a pixel outside would hide a difference (0 with DECODER_OUT_SCALE)
+        "decoded pixels outside [-1, 1] (share)": (decoded.abs() > 1).double().mean().item(),
         "token ids (count differing)": float((ids_official != ids_ours).sum()) if ids_official.shape == ids_ours.shape
         else float("inf"),
         "decoded context frames": gap(decoded[:, :CONTEXT], tok.decode_context(context_map)),

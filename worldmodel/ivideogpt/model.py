@@ -199,6 +199,13 @@ class IVideoGPT(WorldModel):
             self._frame_decoders[key] = GraphedCall(self.tokenizer.decode_newest)
         return self._frame_decoders[key](codes, *context_kv)
 
+    def release_imagination_buffers(self) -> None:
+        """Drop what imagination keeps between rollouts: the pooled static KV caches with their
+        weight copies and CUDA graphs, and the graphed frame decoders. They are rebuilt at the
+        next use; e.g. to free GPU memory between phases, or to measure one rollout's memory alone."""
+        self.transformer.release_static_decoders()
+        self._frame_decoders.clear()
+
     def _adamw(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
         t = self.training_cfg
         return adamw(params, self, lr=t["lr"], betas=t["betas"], eps=t["eps"], weight_decay=t["weight_decay"])

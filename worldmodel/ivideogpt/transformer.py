@@ -205,6 +205,10 @@ class VideoTransformer(nn.Module):
         step.prefill(prelude)
         return step
 
+    def release_static_decoders(self) -> None:
+        """Forget the pooled decoders (their buffers are freed once no imagination state holds one)."""
+        self._static_pool.clear()
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.lm_head(hidden)
 
