@@ -12,6 +12,8 @@ uint8 like real ones and are scaled once, inside the agent's encoder.
 """
 from __future__ import annotations
 
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +23,7 @@ import torch
 from mbrl.replay import TransitionBatch
 from mbrl.replay.imagined_buffer import ImaginedReplayBuffer
 from mbrl.replay.real_buffer import RealReplayBuffer
+from mbrl.utils import atomic_write
 from mbrl.video import comparison_video, write_video
 from worldmodel.interface import WorldModel, WorldModelConfigError
 
@@ -29,6 +32,7 @@ from worldmodel.interface import WorldModel, WorldModelConfigError
 # (uniform random actions during num_expl_steps), like the real seed data the world model has
 # just been trained on. The official code does the same (its "random action for init gen").
 INITIAL_ROLLOUT_STEP = 0
+IMAGINED_NAME = "imagined.npz"  # the imagined buffer, beside the run's checkpoint
 
 
 def crossed(prev_frame: int, frame: int, every: int) -> int:
@@ -78,7 +82,7 @@ class MBPO:
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.started = False
-        self.needs_refill = False  # set on resume: the imagined buffer is regenerated, not saved
+        self.needs_refill = False  # set on resume without a saved imagined buffer: it is regenerated
         self.wm_updates = 0
 
     # ----- schedule -----
@@ -184,3 +188,31 @@ class MBPO:
         self.generator.set_state(state["generator"])
         self.started = state["started"]
         self.needs_refill = self.started
+
+    def save_imagined(self, directory: str | Path) -> None:
+        """With ``checkpoint_imagined``: the imagined buffer beside the checkpoint (an uncompressed
+        npz, written atomically, before the checkpoint), so a resumed run goes on with its rollouts."""
+        if self.cfg["checkpoint_imagined"]:
+            arrays = self.imagined.state_arrays()
+            atomic_write(Path(directory) / IMAGINED_NAME, lambda f: np.savez(f, **arrays))
+
+    def load_imagined(self, directory: str | Path) -> None:
+        """After ``load_state_dict``: the saved imagined buffer, if it belongs to the checkpoint (the
+        rollouts it counts as added match); otherwise ``init_rollout_batches`` fresh batches are
+        imagined at the next step."""
+        path = Path(directory) / IMAGINED_NAME
+        if not (self.needs_refill and self.cfg["checkpoint_imagined"] and path.is_file()):
+            return
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            added = int(arrays["counters"][2])
+            if added != self.imagined.total_added:
+                raise ValueError(f"it holds the buffer after {added} rollouts, the checkpoint after "
+                                 f"{self.imagined.total_added} (killed between the two writes)")
+            self.imagined.load_state_arrays(arrays)
+        except (OSError, ValueError, KeyError, EOFError, IndexError, zipfile.BadZipFile) as e:
+            print(f"[train] {path} is not used ({e}); imagining {self.cfg['init_rollout_batches']} fresh "
+                  "rollout batches instead", file=sys.stderr)
+            return
+        self.needs_refill = False

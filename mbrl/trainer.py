@@ -209,6 +209,8 @@ class Trainer:
                  "rng": rng_state(), "replay_rng": self.rng.bit_generator.state,
                  "mbpo": self.mbpo.state_dict() if self.mbpo is not None else None,
                  "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        if self.mbpo is not None:  # first: a kill in between leaves an imagined buffer the checkpoint refuses
+            self.mbpo.save_imagined(self.run_dir / "checkpoints")
         save_checkpoint(self.run_dir / "checkpoints", state)
         if self.mbpo is not None:  # also as a model folder the player, other runs and pretraining load
             self.mbpo.world_model.save_pretrained(self.run_dir / WORLD_MODEL_DIR)
@@ -228,6 +230,7 @@ class Trainer:
             self.rng.bit_generator.state = state["replay_rng"]
             if self.mbpo is not None and state["mbpo"] is not None:
                 self.mbpo.load_state_dict(state["mbpo"])
+                self.mbpo.load_imagined(self.run_dir / "checkpoints")
             self.wall_offset = state["wall_time"]
         self.step = self.episode = 0
         stored = []  # each stored episode's train.csv row, in case the run was killed before logging it

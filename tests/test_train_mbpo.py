@@ -85,11 +85,17 @@ def test_mbpo_resume_restores_world_model(tmp_path):
     first.train()
     weights = {k: v.clone() for k, v in first.mbpo.world_model.state_dict().items()}
     updates = first.mbpo.wm_updates
+    imagined = {k: v.copy() for k, v in first.mbpo.imagined.state_arrays().items()}
+    assert imagined["counters"][0] > 0
     resumed = make_trainer(run, "world_model=ivideogpt", "num_train_frames=120", "resume=true")
     assert resumed.restore()
     assert resumed.frame == 90 and resumed.mbpo.wm_updates == updates and resumed.mbpo.started
     for key, value in resumed.mbpo.world_model.state_dict().items():
         torch.testing.assert_close(value, weights[key])
+    # the imagined buffer goes on as it was, rather than being imagined afresh
+    assert not resumed.mbpo.needs_refill
+    for key, value in resumed.mbpo.imagined.state_arrays().items():
+        np.testing.assert_array_equal(value, imagined[key])
     resumed.close()
     from worldmodel.registry import load_pretrained  # the run's world_model/ folder: the same weights
 
@@ -99,6 +105,27 @@ def test_mbpo_resume_restores_world_model(tmp_path):
     finished = make_trainer(run, "world_model=ivideogpt", "num_train_frames=120", "resume=true")
     finished.train()
     assert finished.frame >= 120 and len(finished.mbpo.imagined) > 0
+
+
+def test_an_imagined_buffer_that_is_not_the_checkpoints_is_imagined_afresh(tmp_path, capsys):
+    run = tmp_path / "run"
+    first = make_trainer(run, "world_model=ivideogpt", "num_train_frames=90")
+    first.train()
+    first.close()
+    saved = run / "checkpoints" / "imagined.npz"
+    with np.load(saved) as data:  # as if killed after writing the buffer of a later checkpoint
+        arrays = {k: data[k] for k in data.files}
+    arrays["counters"][2] += 4
+    np.savez(saved, **arrays)
+    resumed = make_trainer(run, "world_model=ivideogpt", "resume=true")
+    assert resumed.restore() and resumed.mbpo.needs_refill and len(resumed.mbpo.imagined) == 0
+    assert "is not used (it holds the buffer after" in capsys.readouterr().err
+    resumed.close()
+    saved.unlink()  # checkpoint_imagined=false writes none, and a resumed run imagines afresh
+    off = make_trainer(run, "world_model=ivideogpt", "num_train_frames=120", "resume=true",
+                       "mbpo.checkpoint_imagined=false")
+    off.train()
+    assert not saved.exists() and off.mbpo.imagined.total_added > arrays["counters"][2] - 4
 
 
 def test_world_model_that_does_not_fit_the_env_is_refused(tmp_path):

@@ -56,6 +56,26 @@ class ImaginedReplayBuffer:
         self.total_added += stored
         return stored
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The rollouts held and the counters, for a checkpoint (``load_state_arrays``)."""
+        n = self.size
+        return {"frames": self.frames[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
+                "counters": np.array([self.size, self.cursor, self.total_added, self.total_dropped], np.int64)}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore ``state_arrays``; a ValueError (nothing changed) if they do not fit this buffer."""
+        size, cursor, added, dropped = (int(x) for x in arrays["counters"])
+        fits = (arrays["frames"].shape == (size, *self.frames.shape[1:])
+                and arrays["actions"].shape == (size, *self.actions.shape[1:])
+                and arrays["rewards"].shape == (size, self.horizon) and 0 <= cursor < self.max_rollouts
+                and size <= self.max_rollouts)
+        if not fits:
+            raise ValueError(f"{size} rollouts of frames {arrays['frames'].shape[1:]} do not fit this buffer "
+                             f"({self.max_rollouts} rollouts of frames {self.frames.shape[1:]})")
+        self.frames[:size], self.actions[:size], self.rewards[:size] = (arrays["frames"], arrays["actions"],
+                                                                         arrays["rewards"])
+        self.size, self.cursor, self.total_added, self.total_dropped = size, cursor, added, dropped
+
     def _stack(self, rollout: np.ndarray, step: np.ndarray) -> np.ndarray:
         """Stacked obs at imagined step ``step`` (0 = the real start): [B, 3*fs, H, W]."""
         offsets = np.arange(self.frame_stack)  # frames step .. step+fs-1 in storage order
