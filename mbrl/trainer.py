@@ -31,6 +31,7 @@ from mbrl.utils import ConfigValueError, SectionTimer, resolve_device, set_seed_
 from mbrl.video import chw_to_hwc, write_video
 from mbrl.world_models import build_world_model
 from worldmodel.episodes import Episode, EpisodeRecorder, episode_paths, iter_episodes, save_episode
+from worldmodel.host_memory import keep_freed_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.cpu_threads > 0:
             torch.set_num_threads(cfg.cpu_threads)
+        if cfg.keep_freed_memory:
+            keep_freed_host_memory()
         set_seed_everywhere(cfg.seed)
         self.train_env = make_env(cfg.task, seed=cfg.seed)
         self.eval_env = make_env(cfg.task, seed=self.eval_episode_seed(0))

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from mbrl.agent import DrQV2Agent  # noqa: E402
 from mbrl.replay import RealReplayBuffer, TransitionBatch  # noqa: E402
 from worldmodel.episodes import Episode  # noqa: E402
+from worldmodel.host_memory import keep_freed_host_memory  # noqa: E402
 
 FRAME_STACK = 3
 ACTION_DIM = 4  # Meta-World
@@ -95,7 +96,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="episodes in the replay bench")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per replay measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (keep_freed_memory=false in training)")
     args = parser.parse_args()
+    kept_freed_memory = not args.default_malloc and keep_freed_host_memory()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     updates = args.updates or (200 if cuda else 5)
@@ -108,7 +112,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()} threads"
 
     print(f"device: {name}; batch {cfg.batch_size}, frame stack {FRAME_STACK}, "
-          f"hidden {cfg.hidden_dim}, feature {cfg.feature_dim}")
+          f"hidden {cfg.hidden_dim}, feature {cfg.feature_dim}, "
+          f"malloc {'keep-freed' if kept_freed_memory else 'default'}")
     print(f"{'size':>6} {'updates/s':>10} {'ms/update':>10} {'sample/s':>10} "
           f"{'sample+to/s':>12} {'segments/s':>11}")
     summary = []

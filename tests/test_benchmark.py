@@ -27,7 +27,8 @@ def make_run(root: Path, suite: str, task: str, world_model: str, seed: int, fra
     (run / ".hydra" / "config.yaml").write_text(
         f"task:\n  suite: {suite}\n  name: {task}\nworld_model:\n  name: {world_model}\n  pretrained: null\n"
         f"agent:\n  batch_size: {batch_size}\nseed: {seed}\nnum_train_frames: {target}\n"
-        f"demo: {str(demo).lower()}\nlog:\n  video: {seed % 2 == 0}\n")  # log.* never splits a group
+        f"demo: {str(demo).lower()}\nlog:\n  video: {seed % 2 == 0}\n"  # log.* never splits a group,
+        f"keep_freed_memory: {seed % 2 == 1}\n")  # nor a runtime setting
     if preset is not None:
         (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      preset: {preset}\n")
     metric = "episode_reward" if suite == "dmc" else "success"

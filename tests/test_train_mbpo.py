@@ -235,3 +235,16 @@ def test_eval_starts_repeat_within_a_run_and_differ_between_run_seeds(tmp_path):
     assert not np.array_equal(a, b)  # the seeds reach the env: different starts
     for t in trainers:
         t.close()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_freed_memory_decides_the_malloc_thresholds(tmp_path, monkeypatch, keep):
+    import mbrl.trainer
+
+    calls = []
+    monkeypatch.setattr(mbrl.trainer, "keep_freed_host_memory", lambda: calls.append(True) or True)
+    overrides = [o for o in TINY_MBPO if not o.startswith("world_model.")]
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+        cfg = compose("config", overrides=[*overrides, "world_model=none", f"keep_freed_memory={keep}"])
+    Trainer(cfg, tmp_path / "run")
+    assert calls == ([True] if keep else [])

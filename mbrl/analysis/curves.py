@@ -62,7 +62,8 @@ HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"  # holds the preset that was picke
 # Config keys (or whole sections) that do not change what a run learns, or that the group key holds
 # already: runs that differ only in these share a curve. Every other key must match.
 SCHEDULE_ONLY_KEYS = ("seed", "num_train_frames", "eval_every_frames", "save_every_frames", "resume",
-                      "device", "cpu_threads", "log", "replay.memmap", "task.name", "task.task_index")
+                      "device", "cpu_threads", "keep_freed_memory", "log", "replay.memmap", "task.name",
+                      "task.task_index")
 
 
 class RunDirError(ValueError):

@@ -13,6 +13,7 @@ from mbrl.player.errors import PlayerError
 from mbrl.player.host import WorldModelHost
 from mbrl.player.session import SessionManager, check_seed
 from mbrl.player.sources import EpisodeCatalog, check_episode_root
+from worldmodel.host_memory import keep_freed_host_memory
 
 
 def simulator_status(task_cfg: Mapping[str, Any]) -> tuple[bool, str]:
@@ -67,6 +68,8 @@ class Player:
             raise PlayerError(f"cpu_threads={threads!r} must be an integer >= 0 (0: torch's default).")
         if threads > 0:
             torch.set_num_threads(threads)
+        if cfg.get("keep_freed_memory", True):
+            keep_freed_host_memory()
         episodes = cfg.get("episodes")
         root = check_episode_root(episodes) if episodes else demo_dir(task_cfg)
         host = WorldModelHost(pretrained, int(task_cfg["image_size"]), resolve_device(str(cfg.get("device", "auto"))))

@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from worldmodel.host_memory import keep_freed_host_memory
 from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldModelConfigError, load_weights_checked
 from worldmodel.optim import adamw
 from worldmodel.registry import load_pretrained, pretrained_model_type, world_model_class
@@ -169,6 +170,8 @@ class Pretrainer:
 
         self.cfg = cfg = _plain(cfg)
         self.out = Path(cfg["out"]).absolute()
+        if cfg["keep_freed_memory"]:
+            keep_freed_host_memory()
         log = cfg["log"]
         if int(log["every"]) < 1:
             raise WorldModelConfigError(f"log.every={log['every']}: train metrics are averaged and logged every "
