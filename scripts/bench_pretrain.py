@@ -90,7 +90,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="measured optimiser steps per case")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured first steps")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2 CPU, 8 GPU)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep_freed_memory=false: leave glibc's malloc thresholds as they are")
     args = parser.parse_args()
+    malloc = ["keep_freed_memory=false"] if args.default_malloc else []
     gpu = torch.cuda.is_available()
     workers = args.workers if args.workers is not None else (8 if gpu else 2)
     cases = [("ivideogpt", "tokenizer", "cpu", None, []), ("ivideogpt", "transformer", "cpu", None, []),
@@ -98,7 +101,7 @@ def main() -> None:
     if gpu:  # the reference sizes in bf16
         cases += [("ivideogpt", "tokenizer", "reference", 16, []), ("ivideogpt", "transformer", "reference", 16, []),
                   ("vid2world", "diffusion", "reference", 16, [])]
-    results = [run_case(m, s, p, args.steps, args.warmup, workers, b, e) for m, s, p, b, e in cases]
+    results = [run_case(m, s, p, args.steps, args.warmup, workers, b, [*e, *malloc]) for m, s, p, b, e in cases]
     header = f"{'model':10} {'stage':12} {'size':9} {'device':7} {'prec':5} {'batch':6} {'params':>8} " \
              f"{'steps/s':>8} {'frames/s':>9} {'tokens/s':>10} {'MFU':>6}"
     print(header)
@@ -114,6 +117,7 @@ def main() -> None:
                         + (f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] is not None else "")
                         for k, v in best.items())
     machine = f"GPU {torch.cuda.get_device_name()}" if gpu else f"CPU, {torch.get_num_threads()} thread(s)"
+    machine += ", malloc default" if args.default_malloc else ", malloc keep-freed"
     print(f"pretraining throughput ({machine}): {summary}")
 
 
