@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from mbrl.agent import DrQV2Agent  # noqa: E402
 from mbrl.replay import RealReplayBuffer, TransitionBatch  # noqa: E402
 from worldmodel.episodes import Episode  # noqa: E402
-from worldmodel.host_memory import keep_freed_host_memory  # noqa: E402
+from worldmodel.host_memory import malloc_setting  # noqa: E402
 
 FRAME_STACK = 3
 ACTION_DIM = 4  # Meta-World
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc thresholds as they are (keep_freed_memory=false in training)")
     args = parser.parse_args()
-    kept_freed_memory = not args.default_malloc and keep_freed_host_memory()
+    malloc = malloc_setting(keep_freed=not args.default_malloc)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     updates = args.updates or (200 if cuda else 5)
@@ -113,7 +113,7 @@ def main() -> None:
 
     print(f"device: {name}; batch {cfg.batch_size}, frame stack {FRAME_STACK}, "
           f"hidden {cfg.hidden_dim}, feature {cfg.feature_dim}, "
-          f"malloc {'keep-freed' if kept_freed_memory else 'default'}")
+          f"malloc {malloc}")
     print(f"{'size':>6} {'updates/s':>10} {'ms/update':>10} {'sample/s':>10} "
           f"{'sample+to/s':>12} {'segments/s':>11}")
     summary = []

@@ -26,6 +26,8 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, or it has no effect
 import torch  # noqa: E402
 
+from worldmodel.host_memory import malloc_setting  # noqa: E402
+
 CONFIG_DIR = str(REPO_ROOT / "cfgs")
 # Dense bf16 peak FLOP/s by GPU name fragment (vendor data sheets, SXM parts).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "3090": 71e12}
@@ -117,7 +119,8 @@ def main() -> None:
                         + (f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] is not None else "")
                         for k, v in best.items())
     machine = f"GPU {torch.cuda.get_device_name()}" if gpu else f"CPU, {torch.get_num_threads()} thread(s)"
-    machine += ", malloc default" if args.default_malloc else ", malloc keep-freed"
+    # the training processes inherit the environment, so they end up with this process's setting
+    machine += f", malloc {malloc_setting(keep_freed=not args.default_malloc)}"
     print(f"pretraining throughput ({machine}): {summary}")
 
 

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbrl.utils import script_device  # noqa: E402
-from worldmodel.host_memory import keep_freed_host_memory  # noqa: E402
+from worldmodel.host_memory import malloc_setting  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def time_rollout(model: Vid2World, context: torch.Tensor, actions: torch.Tensor)
 
 def main() -> None:
     args = parse_args()
-    kept_freed_memory = not args.default_malloc and keep_freed_host_memory()
+    malloc = malloc_setting(keep_freed=not args.default_malloc)
     device = script_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
@@ -70,7 +70,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
     print(f"Vid2World {args.size} ({params:.2f}M denoiser params), {device}, B={args.batch}, "
           f"k={args.horizon}, context={args.context}, guidance={args.guidance}, "
-          f"malloc={'keep-freed' if kept_freed_memory else 'default'}")
+          f"malloc={malloc}")
     print(f"{'steps':>5} | {'cached s':>9} | {'cached trans/s':>14} | {'uncached s':>10} | {'uncached trans/s':>16}")
     rates = {}
     for steps in args.steps:

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbrl.utils import script_device  # noqa: E402
-from worldmodel.host_memory import keep_freed_host_memory  # noqa: E402
+from worldmodel.host_memory import malloc_setting  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 from worldmodel.ivideogpt.official_loop import official_rollout  # noqa: E402
 
@@ -171,7 +171,7 @@ def token_step_bytes(model: IVideoGPT, context: torch.Tensor) -> tuple[int, int,
 
 def main() -> None:
     args = parse_args()
-    kept_freed_memory = not args.default_malloc and keep_freed_host_memory()
+    malloc = malloc_setting(keep_freed=not args.default_malloc)
     device = script_device(args.device)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -221,7 +221,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"iVideoGPT imagination: transformer={args.transformer} tokenizer={args.tokenizer} "
           f"({params:.1f}M parameters) device={device} {precision} B={B} k={k} "
-          f"threads={torch.get_num_threads()} malloc={'keep-freed' if kept_freed_memory else 'default'}"
+          f"threads={torch.get_num_threads()} malloc={malloc}"
           + "".join(f" {flag}" for flag, on in (("compile", args.compile), ("channels-last", args.channels_last),
                                                ("cudnn-benchmark", args.cudnn_benchmark)) if on))
     print(f"{'path':<13} {'rollout s':>10} {'transitions/s':>14} {'transformer s':>14} {'tf transitions/s':>17} "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worldmodel.host_memory import _glibc
+from worldmodel.host_memory import _glibc, malloc_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +53,13 @@ def test_the_users_malloc_settings_stand():
     kept, faults = _probe("keep", MALLOC_MMAP_THRESHOLD_=str(2**20))
     assert kept == "False"
     assert faults > 100_000  # their 1 MiB threshold: every activation mapped afresh
+
+
+@pytest.mark.skipif(_glibc() is None, reason="the malloc thresholds are glibc's")
+def test_benchmarks_name_the_malloc_setting_that_decided(monkeypatch):
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    assert malloc_setting(keep_freed=False) == "default"
+    assert malloc_setting(keep_freed=True) == "keep-freed"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", str(2**20))
+    assert malloc_setting(keep_freed=True) == "as MALLOC_TRIM_THRESHOLD_ set it"

@@ -64,6 +64,17 @@ def keep_freed_host_memory() -> bool:
     return ok
 
 
+def malloc_setting(keep_freed: bool) -> str:
+    """Apply ``keep_freed_memory=keep_freed`` and name the setting the process now runs with, for a
+    benchmark's output: ``keep-freed``, ``default``, or the environment variables that decided it."""
+    if not keep_freed:
+        return "default"
+    if keep_freed_host_memory():
+        return "keep-freed"
+    user = _user_settings()
+    return f"as {' and '.join(user)} set it" if user else "default (not glibc, or mallopt refused)"
+
+
 def _glibc() -> ctypes.CDLL | None:
     """The process's C library when it is glibc, else None."""
     try:
