@@ -6,11 +6,12 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+from worldmodel.atomic_file import atomic_write
 
 
 class ConfigValueError(ValueError):
@@ -62,23 +63,6 @@ def insert_override(args: list[str], override: str) -> list[str]:
     flags (``--cfg job``, ``--help``), whose argparse would then refuse it."""
     last = max((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=-1)
     return args[:last + 1] + [override] + args[last + 1:]
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """``write`` into a temp file in the same folder, fsync, then rename over ``path``: a reader
-    sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, an unpicklable object, Ctrl-C: no half-written temp file left
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

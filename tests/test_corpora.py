@@ -10,11 +10,14 @@ Two checked-in fixtures were written by the real TensorFlow library
 """
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import io
 import json
+import time
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +186,55 @@ def test_tfrecord_corruption_is_reported_by_file(tmp_path):
     errors = []
     assert [i for i, _ in tfr.iter_records(path, errors=errors)] == [0]
     assert errors[0].fatal and "truncated" in errors[0].fault
+
+
+def test_a_plain_tfrecord_whose_first_length_looks_like_gzip_is_read_plainly(tmp_path):
+    """A record of 0x8b1f bytes starts the file with 1f 8b, gzip's magic: the length checksum
+    tells the plain file apart, and a real gzip file is still read through gzip."""
+    records = [b"x" * 0x8B1F, b"second"]
+    path = tfr.write_records(tmp_path / "plain.tfrecord", records)
+    assert path.read_bytes()[:2] == tfr.GZIP_MAGIC
+    errors: list = []
+    assert [d for _, d in tfr.iter_records(path, errors=errors)] == records and not errors
+    zipped = tmp_path / "zipped.tfrecord"
+    with gzip.open(zipped, "wb") as f:
+        f.write(path.read_bytes())
+    assert [d for _, d in tfr.iter_records(zipped)] == records
+
+
+@dataclass
+class SlowReader:
+    """Sources that take a while each; the one named ``interrupt_at`` is a Ctrl-C in its worker."""
+    root: str
+    interrupt_at: str = "2"
+
+    def sources(self) -> list[Path]:
+        return sorted(Path(self.root).iterdir(), key=lambda p: int(p.name))
+
+    def settings(self) -> dict:
+        return {"format": "slow"}
+
+    def iter_episodes(self, source, exists, errors):
+        time.sleep(0.1)
+        if source.name == self.interrupt_at:
+            raise KeyboardInterrupt
+        yield source.name, Episode(obs=np.zeros((2, 3, 4, 4), np.uint8), action=np.zeros((1, 0), np.float32),
+                                   reward=np.zeros(1, np.float32), success=np.zeros(1, bool))
+
+
+def test_an_interrupted_parallel_conversion_stops_without_converting_the_queue(tmp_path):
+    """Ctrl-C used to wait for every queued source (hours on OXE) before the manifest was written."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for i in range(60):
+        (sources / str(i)).write_bytes(b"")
+    out = tmp_path / "eps"
+    with pytest.raises(KeyboardInterrupt):
+        convert_corpus(SlowReader(str(sources)), out, workers=2, progress=False)
+    written = len(episode_paths(out))
+    assert written < 20  # a few running or queued in the pool's call queue; 59 before the fix
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert len(manifest["sources"]) <= written  # what finished is kept for the resume
 
 
 # ----- RLDS -----
@@ -408,6 +460,21 @@ def test_video_folder_action_free(tmp_path):
     assert np.all(np.abs(green - np.arange(0, 12, 2) * 20) <= 8)  # every 2nd frame, in order
     assert ep.meta["task"] == "Pushing [something] left" and ep.meta["fps"] == 6.0
     assert ep.meta["file"] == "sub/101.mp4"
+
+
+def test_video_labels_are_read_once_per_process_and_extensions_normalised(tmp_path):
+    from worldmodel.corpora.video_folder import _read_labels
+
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"id": "7", "label": "pushing a cup"}]))
+    _read_labels.cache_clear()
+    for _ in range(3):  # a parallel conversion hands every source a fresh copy of the reader
+        assert VideoFolderReader(str(tmp_path), labels=str(labels))._label("7") == "pushing a cup"
+    assert _read_labels.cache_info().misses == 1
+    labels.write_text(json.dumps([{"id": "7", "label": "pushing a mug"}, {"id": "8", "label": "x"}]))
+    assert VideoFolderReader(str(tmp_path), labels=str(labels))._label("7") == "pushing a mug"
+    reader = VideoFolderReader(str(tmp_path), extensions=tuple("mp4, .WEBM,".split(",")))
+    assert reader.extensions == (".mp4", ".webm")
 
 
 def test_video_episode_names_are_unique_and_stable(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from tqdm import tqdm
 
+from worldmodel.atomic_file import atomic_write
 from worldmodel.episodes import EPISODE_SUFFIX, Episode, EpisodeFormatError, save_episode
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,8 @@ def _stored_settings(reader: Reader, manifest: dict[str, Any]) -> dict[str, Any]
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def convert_corpus(reader: Reader, out_dir: str | os.PathLike, workers: int = 1,
@@ -237,6 +237,9 @@ def convert_corpus(reader: Reader, out_dir: str | os.PathLike, workers: int = 1,
                     raise ConversionError(
                         "a worker process died (out of memory? killed?); what finished is kept: "
                         "rerun to resume, with fewer workers if memory is short") from None
+                except BaseException:  # Ctrl-C, or an error here: don't wait for the queued sources
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
     finally:  # also on Ctrl-C: what finished is kept for the next run
         _write_manifest(manifest_path, manifest)
         bar.close()

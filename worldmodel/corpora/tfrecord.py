@@ -36,6 +36,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from worldmodel.atomic_file import atomic_write
+
 log = logging.getLogger(__name__)
 
 CRC_MASK_DELTA = 0xA282EAD8
@@ -115,9 +117,14 @@ class RecordError:
 
 
 def _open(path: Path) -> BinaryIO:
+    """The file's records, through gzip when it is gzip-compressed. A plain file whose first
+    record's length happens to start with the gzip magic (about one shard in 65,536) is told
+    apart by the length's checksum, which a gzip header matches only by a 2**-32 chance."""
     with open(path, "rb") as f:
-        magic = f.read(len(GZIP_MAGIC))
-    return gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")
+        head = f.read(LENGTH_BYTES + CRC_BYTES)
+    plain = len(head) == LENGTH_BYTES + CRC_BYTES and \
+        masked_crc(head[:LENGTH_BYTES]) == struct.unpack("<I", head[LENGTH_BYTES:])[0]
+    return gzip.open(path, "rb") if head[:len(GZIP_MAGIC)] == GZIP_MAGIC and not plain else open(path, "rb")
 
 
 def iter_records(path: str | os.PathLike, verify_crc: bool = True,
@@ -163,7 +170,7 @@ def iter_records(path: str | os.PathLike, verify_crc: bool = True,
             try:
                 data = f.read(length)
                 footer = f.read(CRC_BYTES)
-            except (OSError, EOFError) as e:
+            except (OSError, EOFError, OverflowError, MemoryError) as e:  # the last two: a corrupt length, unchecked
                 return fault(f"unreadable ({type(e).__name__}: {e})", index, offset, True)
             if len(data) < length or len(footer) < CRC_BYTES:
                 return fault(f"truncated record (expected {length} bytes)", index, offset, True)
@@ -184,16 +191,12 @@ def frame_record(data: bytes) -> bytes:
 
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> Path:
     """Write a TFRecord file atomically (temp file + rename); returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    def write(f: BinaryIO) -> None:
         for data in records:
             f.write(frame_record(data))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+
+    atomic_write(path, write)
+    return Path(path)
 
 
 # ----- tf.train.Example -----

@@ -14,6 +14,7 @@ no ``naming``): convert into a new folder.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -62,6 +63,16 @@ def read_video(path: str | Path, frame_step: int = 1, max_frames: int | None = N
     return frames, fps
 
 
+@functools.lru_cache(maxsize=2)
+def _read_labels(path: str, size: int, mtime_ns: int) -> dict[str, str]:
+    """Video id -> caption of a labels JSON (Something-Something's ``[{"id", "label"}]``), read
+    once per process: a parallel conversion hands each worker a fresh copy of the reader, and
+    parsing the 30 MB train.json per video would cost more than decoding the video. ``size`` and
+    ``mtime_ns`` only key the cache, so an edited file is read again."""
+    entries = json.loads(Path(path).read_text())
+    return {str(e["id"]): e.get("label") or e.get("template", "") for e in entries}
+
+
 @dataclass
 class VideoFolderReader:
     """Action-free episodes from every video file under ``root`` (recursively).
@@ -83,12 +94,12 @@ class VideoFolderReader:
 
     def __post_init__(self) -> None:
         self.root = str(self.root)
-        self.extensions = tuple(e if e.startswith(".") else f".{e}" for e in self.extensions)
+        names = [e.strip().lower() for e in self.extensions if e.strip()]  # "mp4, webm" from a command line
+        self.extensions = tuple(e if e.startswith(".") else f".{e}" for e in names)
         if self.frame_step < 1:
             raise ValueError(f"frame_step must be >= 1 (got {self.frame_step})")
         if self.min_frames < 2:
             raise ValueError(f"min_frames must be >= 2: an episode needs a transition (got {self.min_frames})")
-        self._labels: dict[str, str] | None = None
 
     def sources(self) -> list[Path]:
         root = Path(self.root)
@@ -119,10 +130,9 @@ class VideoFolderReader:
     def _label(self, video_id: str) -> str | None:
         if self.labels is None:
             return None
-        if self._labels is None:
-            entries = json.loads(Path(self.labels).read_text())
-            self._labels = {str(e["id"]): e.get("label") or e.get("template", "") for e in entries}
-        return self._labels.get(video_id)
+        path = Path(self.labels)
+        stat = path.stat()
+        return _read_labels(str(path.resolve()), stat.st_size, stat.st_mtime_ns).get(video_id)
 
     def iter_episodes(self, source: Path, exists: Callable[[str], bool],
                       errors: list[str]) -> Iterator[tuple[str, Episode]]:
