@@ -541,6 +541,10 @@ def test_mix_samples_datasets_at_their_weights(tmp_path):
     with pytest.raises(ValueError, match="action sizes"):
         load_mix(OmegaConf.merge(cfg, {"action_free": False}), segment_length=4)
     assert [frame_step_for(hz) for hz in (3, 5, 10, 15, 1)] == [1, 2, 3, 5, 1]
+    # one folder under two names would keep only the last weight: refused
+    twice = OmegaConf.merge(cfg, {"datasets": {"a_again": {"path": str(tmp_path / "a"), "weight": 2}}})
+    with pytest.raises(ValueError, match="'a' and 'a_again' of the mix are the same folder"):
+        load_mix(twice, segment_length=4)
 
 
 def test_shipped_mix_configs(tmp_path):

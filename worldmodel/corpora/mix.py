@@ -76,6 +76,7 @@ def mix_folders(cfg: Mapping[str, Any], root: str | os.PathLike | None = None,
     base = mix_root(cfg, root)
     weights: dict[str, float] = {}
     steps: dict[str, int] = {}
+    named: dict[Path, str] = {}  # resolved folder -> its name in the mix
     missing = []
     for name, entry in datasets.items():
         if "path" not in entry:
@@ -87,6 +88,10 @@ def mix_folders(cfg: Mapping[str, Any], root: str | os.PathLike | None = None,
         if not folder.is_dir():
             missing.append(f"{name}: {folder}")
             continue
+        if folder.resolve() in named:  # one folder under two names: only the last weight would count
+            raise ValueError(f"datasets '{named[folder.resolve()]}' and '{name}' of the mix are the same "
+                             f"folder {folder}; list it once, with the weight it should have")
+        named[folder.resolve()] = name
         weights[str(folder)] = weight
         steps[str(folder)] = int(entry.get("frame_step", 1))
     if missing:
