@@ -101,6 +101,20 @@ def test_dataloader_with_workers_gives_segment_batches(tmp_path):
     assert not torch.equal(batches[0].obs, batches[1].obs)
 
 
+
+def test_each_rank_of_a_distributed_run_draws_its_own_segments(tmp_path, monkeypatch):
+    folder = write_folder(tmp_path / "a", [(1, 40), (2, 40)])
+    data = SegmentDataset([folder], segment_length=2, image_size=SIZE, action_dim=ACTION_DIM, seed=3)
+
+    def first_segments(rank: int) -> list[torch.Tensor]:
+        monkeypatch.setenv("RANK", str(rank))
+        stream = iter(data)
+        return [next(stream)[0] for _ in range(8)]
+
+    assert all(torch.equal(x, y) for x, y in zip(first_segments(0), first_segments(0)))
+    assert not all(torch.equal(x, y) for x, y in zip(first_segments(0), first_segments(1)))
+
+
 def test_action_free_corpus(tmp_path):
     folder = write_folder(tmp_path / "video", [(1, 6)], action_dim=0)
     data = SegmentDataset([folder], segment_length=3, frame_step=2)

@@ -25,6 +25,7 @@ per-worker LRU cache of ``cache_episodes`` episodes, so memory is bounded by
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -252,7 +253,8 @@ class SegmentDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        rng = np.random.default_rng([self.seed, worker])
+        rank = int(os.environ.get("RANK", 0))  # each process of a distributed run draws its own segments
+        rng = np.random.default_rng([self.seed, rank, worker])
         cache: OrderedDict = OrderedDict()
         while True:
             obs, action, reward, _ = self.sample(rng, cache)
