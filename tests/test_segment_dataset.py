@@ -188,3 +188,16 @@ def test_corrupt_member_skipped_at_indexing_and_at_sampling(tmp_path):
         assert len(data.entries[0]) == (1 if when == "indexing" else 2)
         rng = np.random.default_rng(0)
         assert {int(data.sample(rng)[0][0, 0, 0, 0]) for _ in range(50)} == {1}
+
+
+def test_a_split_reads_only_the_headers_of_its_own_files(tmp_path):
+    """The held-out split of a corpus indexes its few files, not every header of the corpus."""
+    from worldmodel.training.data import SplitSegmentDataset
+
+    folder = write_folder(tmp_path / "a", [(1, 6), (2, 6)])
+    (tmp_path / "a" / "ep_999.npz").write_bytes(b"not an episode")  # outside the split
+    kept = str(tmp_path / "a" / "ep_002.npz")
+    data = SplitSegmentDataset([folder], segment_length=2, skip_bad=False, only={kept})
+    assert [str(e.path) for e in data.entries[0]] == [kept]
+    with pytest.raises(EpisodeFormatError):
+        SplitSegmentDataset([folder], segment_length=2, skip_bad=False, only={kept, str(tmp_path / "a" / "ep_999.npz")})

@@ -168,7 +168,7 @@ class SegmentDataset(IterableDataset):
         if not paths:
             raise FileNotFoundError(f"episode folder {folder} holds no .npz episode files.")
         entries = []
-        for path in paths:
+        for path in filter(self._indexes, paths):
             try:
                 shapes = _npz_shapes(path)
                 entry = EpisodeEntry(path, shapes["action"][0], shapes["obs"][-1], shapes["action"][1])
@@ -185,6 +185,11 @@ class SegmentDataset(IterableDataset):
                 continue
             entries.append(entry)
         return entries
+
+    def _indexes(self, path: Path) -> bool:
+        """Whether the episode file at ``path`` belongs to this dataset (a subclass may keep a subset,
+        e.g. a held-out split, without reading the headers of the files it leaves out)."""
+        return True
 
     def _check_dims(self) -> None:
         sizes = {e.image_size for f in self.entries for e in f}

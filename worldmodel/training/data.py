@@ -50,9 +50,8 @@ class _OnlyFiles:
         self._only = only
         super().__init__(*args, **kwargs)
 
-    def _index_folder(self, folder: str):  # -> list[EpisodeEntry]
-        entries = super()._index_folder(folder)  # type: ignore[misc]
-        return [e for e in entries if self._only is None or str(e.path) in self._only]
+    def _indexes(self, path: Path) -> bool:
+        return self._only is None or str(path) in self._only
 
 
 class SplitSegmentDataset(_OnlyFiles, SegmentDataset):
