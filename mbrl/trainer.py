@@ -66,6 +66,9 @@ class Trainer:
         set_seed_everywhere(cfg.seed)
         self.train_env = make_env(cfg.task, seed=cfg.seed)
         self.eval_env = make_env(cfg.task, seed=self.eval_episode_seed(0))
+        # make_env resolves a null task.episode_length (DMC: its time limit / action_repeat); from here
+        # on the run's config states the length it runs (checks, logged config, episodes' settings)
+        cfg.task.episode_length = self.train_env.episode_length
         self.action_repeat = int(cfg.task.action_repeat)
         self.frame_stack = int(cfg.task.frame_stack)
         obs_shape = tuple(self.train_env.observation_space.shape)  # [3*fs, H, W]

@@ -33,7 +33,7 @@ TASKS = {  # suite -> task config (action_repeat 1: one render per simulator ste
     "maniskill": dict(suite="maniskill", name="PickCube-v1", camera="base_camera",
                       control_mode="pd_ee_delta_pose", reward_mode="normalized_dense",
                       terminate_on_success=False),
-    "libero": dict(suite="libero", name="libero_spatial", task_index=0, camera="agentview", rotate_180=False),
+    "libero": dict(suite="libero", name="libero_spatial", task_index=0, camera="agentview", flip_rows=False),
 }
 COMMON = dict(image_size=SIZE, frame_stack=3, action_repeat=1, episode_length=10**6, success_bonus=0.0)
 

@@ -3,7 +3,7 @@
     python scripts/convert_demos.py format=libero input=<LIBERO demo .hdf5> task=libero/libero_spatial task.task_index=0
     python scripts/convert_demos.py format=maniskill input=<trajectory .h5> task=maniskill/pick_cube
 
-LIBERO: frames resized to the task's image size (rotated upright unless task.rotate_180); the
+LIBERO: frames resized to the task's image size (flipped upright unless task.flip_rows); the
 file must hold task.task_index's task (checked with LIBERO installed, or against libero_task=...);
 ManiSkill: each trajectory replayed in our env from its recorded states (needs the maniskill
 extra). Episodes go to demonstrations/<suite>/<task>/ unless out=... Config: cfgs/convert_demos.yaml.
@@ -48,10 +48,10 @@ def main(cfg: DictConfig) -> None:
 def convert(cfg: DictConfig, out: Path) -> list[Path]:
     """Convert ``cfg.input`` in ``cfg.format`` (libero | maniskill) into episode files in ``out``."""
     if cfg.format == "libero":
-        rotate = not boolean(cfg.task.get("rotate_180", False)) if cfg.rotate_180 is None else boolean(cfg.rotate_180)
+        flip = not boolean(cfg.task.get("flip_rows", False)) if cfg.flip_rows is None else boolean(cfg.flip_rows)
         expected = cfg.libero_task or libero_task_name(str(cfg.task.name), int(cfg.task.task_index))
         return convert_libero(cfg.input, out, int(cfg.task.image_size),
-                              task=f"{cfg.task.suite}/{cfg.task.name}", rotate_180=rotate,
+                              task=f"{cfg.task.suite}/{cfg.task.name}", flip_rows=flip,
                               camera=cfg.camera, success_bonus=float(cfg.task.success_bonus),
                               max_demos=cfg.max_episodes, expected_task=expected)
     return convert_maniskill(cfg.input, cfg.task, out, success_only=cfg.success_only,

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from mbrl.demos import DemoSettingsError, collect_command, demo_dir, env_settings, load_demos, task_slug
 from mbrl.demos.collect import collect
-from worldmodel.episodes import Episode, EpisodeFormatError, load_episode, save_episode
+from worldmodel.episodes import Episode, EpisodeFormatError, episode_paths, load_episode, save_episode
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_TASKS = ("plate_slide", "hammer", "coffee_push", "door_lock", "handle_pull_side",
@@ -317,7 +317,7 @@ def test_shipped_demos_seed_the_real_replay_buffer():
 def write_libero_file(path: Path, lengths=(6, 9), size: int = 32, task: str = "put_the_bowl_on_the_plate"):
     """A file with the schema of LIBERO's create_dataset.py, holding demos of ``task`` (a bddl
     file stem). Image j of a demo has intensity 10*j in its top-left quadrant (and 0 elsewhere),
-    so alignment and rotation are visible."""
+    so alignment, flips and mirroring are visible."""
     import h5py
 
     with h5py.File(path, "w") as f:
@@ -349,21 +349,22 @@ def test_libero_converter(tmp_path):
     src = tmp_path / "put_the_bowl_on_the_plate_demo.hdf5"
     write_libero_file(src)
     paths = convert_libero(src, tmp_path / "out", image_size=16, task="libero/libero_spatial",
-                           rotate_180=True, success_bonus=10.0)
+                           flip_rows=True, success_bonus=10.0)
     assert [p.name for p in paths] == ["put_the_bowl_on_the_plate_demo_demo_0.npz",
                                        "put_the_bowl_on_the_plate_demo_demo_1.npz"]
     ep = load_episode(paths[1], image_size=16, action_dim=7)
     assert len(ep) == 8  # 9 recorded images and actions -> 8 transitions
     # obs[t] is image t; action[t] is recorded action t+1 (the one that produced image t+1)
     np.testing.assert_allclose(ep.action[:, 0], np.arange(1, 9) / 100, atol=1e-6)
-    # rotated 180 degrees: the marked quadrant is now bottom-right
-    assert ep.obs[5, :, 12, 12].tolist() == [50, 50, 50] and ep.obs[5, :, 3, 3].tolist() == [0, 0, 0]
+    # rows flipped (robosuite renders upside down, not mirrored): the marked quadrant is now bottom-left
+    assert ep.obs[5, :, 12, 3].tolist() == [50, 50, 50]
+    assert ep.obs[5, :, 3, 3].tolist() == [0, 0, 0] and ep.obs[5, :, 12, 12].tolist() == [0, 0, 0]
     assert ep.success.tolist() == [False] * 7 + [True]
     # dones[-1] = 1 only marks the end of the recording; our LIBERO env never terminates
     assert ep.terminal.dtype == bool and not ep.terminal.any()
     assert ep.reward[-1] == 11.0 and ep.reward[:-1].sum() == 0
     assert ep.meta["language"] == "put the bowl on the plate" and ep.meta["task"] == "libero/libero_spatial"
-    upright = convert_libero(src, tmp_path / "raw", image_size=32, rotate_180=False, max_demos=1)
+    upright = convert_libero(src, tmp_path / "raw", image_size=32, flip_rows=False, max_demos=1)
     raw = load_episode(upright[0])
     assert len(upright) == 1 and raw.obs[2, 0, 3, 3] == 20 and raw.obs[2, 0, 28, 28] == 0
 
@@ -415,19 +416,26 @@ def test_libero_task_name_needs_libero(monkeypatch):
 
 def test_converted_libero_demos_fit_the_libero_task(tmp_path):
     """Converted LIBERO demos record the settings they correspond to: one action per control
-    step, the bonus, the camera, upright frames (task.rotate_180=false)."""
+    step, the bonus, the camera, upright frames (task.flip_rows=false)."""
     from mbrl.demos.libero import convert_libero
 
     src = tmp_path / "demo.hdf5"
     write_libero_file(src, lengths=(4,))
     cfg = OmegaConf.merge(task_cfg("libero/libero_spatial"), {"image_size": 16})
-    convert_libero(src, demo_dir(cfg, tmp_path / "root"), 16, rotate_180=True,
+    convert_libero(src, demo_dir(cfg, tmp_path / "root"), 16, flip_rows=True,
                    success_bonus=float(cfg.success_bonus), expected_task="put_the_bowl_on_the_plate")
     assert len(load_demos(cfg, 16, 7, root=tmp_path / "root")) == 1
-    for key, value in [("rotate_180", True), ("action_repeat", 2), ("camera", "robot0_eye_in_hand"),
+    for key, value in [("flip_rows", True), ("action_repeat", 2), ("camera", "robot0_eye_in_hand"),
                        ("success_bonus", 0.0)]:
         with pytest.raises(DemoSettingsError, match=f"task.{key}="):
             load_demos(OmegaConf.merge(cfg, {key: value}), 16, 7, root=tmp_path / "root")
+    # files from the old converter (rotate_180: mirrored frames) are refused with the command to redo them
+    path = episode_paths(demo_dir(cfg, tmp_path / "root"))[0]
+    old = load_episode(path)
+    old.meta["env_settings"] = {**old.meta["env_settings"], "rotate_180": False}
+    save_episode(path, old)
+    with pytest.raises(DemoSettingsError, match="rotate_180.*mirrored.*convert_demos.py format=libero"):
+        load_demos(cfg, 16, 7, root=tmp_path / "root")
 
 
 # ----- ManiSkill trajectory files -----
@@ -546,9 +554,9 @@ def test_convert_script_libero(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     ep = load_episode(out / "task_demo_demo_0.npz", image_size=64, action_dim=7)
-    assert len(ep) == 4 and ep.meta["rotate_180"] is True  # upright, since task.rotate_180=false
+    assert len(ep) == 4 and ep.meta["flip_rows"] is True  # upright, since task.flip_rows=false
     assert ep.meta["env_settings"] == {"action_repeat": 1, "success_bonus": 10.0, "camera": "agentview",
-                                       "rotate_180": False}
+                                       "flip_rows": False}
     wrong = subprocess.run([sys.executable, str(REPO / "scripts/convert_demos.py"), "format=libero",
                             f"input={src}", "task=libero/libero_spatial", "libero_task=turn_on_the_stove",
                             f"out={tmp_path / 'wrong'}"],

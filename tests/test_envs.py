@@ -18,6 +18,9 @@ from mbrl.envs import MissingSimulatorError, UnknownTaskError, list_tasks, make_
 CFGS = Path(__file__).resolve().parents[1] / "cfgs"
 SIZE = 32  # frame size for the tests: small, still shows the scene
 SEED = 7
+# reach-v3's hand moves at most 1 cm per axis per simulator step: in 40 steps at full speed toward
+# the goal it enters the 5 cm success ball and leaves it again (with SEED: steps 25-32 succeed)
+THROUGH_GOAL_REPEAT = 40
 
 
 def task_cfg(task: str, *overrides: str):
@@ -141,6 +144,29 @@ def test_metaworld_expert_success_gets_bonus():
         raw.close()
 
 
+def test_metaworld_success_if_any_repeated_step_succeeds():
+    """An agent step succeeds (and gets the bonus) if any of its simulator steps did, not only
+    its last: reach-v3's hand driven straight at the goal passes through it within one step."""
+    pytest.importorskip("metaworld")
+    cfg = task_cfg("metaworld/reach", f"task.action_repeat={THROUGH_GOAL_REPEAT}", "task.episode_length=1")
+    env = make_env(cfg, seed=SEED)
+    raw = raw_metaworld(cfg.name, SEED)
+    try:
+        _, info = env.reset()
+        raw.reset()
+        hand, goal = info["state"][:3], info["state"][-3:]  # the 39-dim state starts with the hand, ends with the goal
+        action = np.append((goal - hand) / np.abs(goal - hand).max(), 0.0).astype(np.float32)  # full speed
+        _, reward, _, _, info = env.step(action)
+        raw_steps = [raw.step(action) for _ in range(cfg.action_repeat)]
+    finally:
+        env.close()
+        raw.close()
+    raw_success = [bool(step[4]["success"]) for step in raw_steps]
+    assert any(raw_success) and not raw_success[-1], f"the hand did not pass through the goal: {raw_success}"
+    assert info["success"] is True
+    assert reward == pytest.approx(sum(step[1] for step in raw_steps) + cfg.success_bonus, rel=1e-6)
+
+
 def test_metaworld_step_limit(mw_cfg):
     env = make_env(mw_cfg, seed=SEED)
     try:
@@ -229,7 +255,7 @@ def dmc_cfg():
 
 def test_dmc_spaces_and_defaults(dmc_cfg):
     full = task_cfg("dmc/walker_walk")
-    assert (full.action_repeat, full.episode_length, full.camera) == (2, 500, 0)
+    assert (full.action_repeat, full.episode_length, full.camera) == (2, None, 0)  # None: DMC's limit
     assert task_cfg("dmc/quadruped_walk").camera == 2
     env = make_env(dmc_cfg, seed=SEED)
     try:
@@ -270,6 +296,60 @@ def test_dmc_step_limit_and_determinism(dmc_cfg):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x[0], y[0])
     assert [s[1] for s in a[1:]] == [s[1] for s in b[1:]]
+
+
+def test_dmc_episode_is_dmcs_time_limit_at_any_action_repeat():
+    """By default an episode lasts DMC's 1000 simulator steps whatever task.action_repeat, as in
+    DrQ-v2 (a fixed 500 agent steps at repeat 8 ran 4000 and returned 2822, above DMC's maximum)."""
+    pytest.importorskip("dm_control")
+    from mbrl.envs.dmc_env import TIME_LIMIT_SIM_STEPS
+
+    for repeat, length in ((2, 500), (3, 334), (8, 125)):  # 3: the last step runs past the limit, as DrQ-v2's
+        cfg = task_cfg("dmc/cartpole_balance", f"task.action_repeat={repeat}", "task.frame_stack=1")
+        env = make_env(cfg, seed=SEED)
+        try:
+            assert env.episode_length == length, repeat
+            if repeat == 8:  # the reviewer's case, played out
+                steps = run(env, np.zeros((length, 1), np.float32))
+                assert [s[3] for s in steps[1:]] == [False] * (length - 1) + [True]
+                assert sum(s[1] for s in steps[1:]) <= TIME_LIMIT_SIM_STEPS  # rewards are in [0, 1]
+        finally:
+            env.close()
+    explicit = make_env(task_cfg("dmc/cartpole_balance", "task.action_repeat=8", "task.episode_length=7"), seed=SEED)
+    assert explicit.episode_length == 7
+    explicit.close()
+
+
+def test_dmc_longer_episode_than_dmcs_is_warned_about(caplog):
+    from mbrl.envs.dmc_env import TIME_LIMIT_SIM_STEPS, episode_length
+
+    with caplog.at_level("WARNING", logger="mbrl.envs.dmc_env"):
+        assert episode_length(TIME_LIMIT_SIM_STEPS // 4, 4) == TIME_LIMIT_SIM_STEPS // 4  # exactly DMC's
+        assert episode_length(None, 4) == TIME_LIMIT_SIM_STEPS // 4
+        assert not caplog.records
+        assert episode_length(500, 8) == 500  # the user's choice, kept ...
+    assert len(caplog.records) == 1  # ... but said
+    assert "task.episode_length=500 x task.action_repeat=8 = 4000 simulator steps" in caplog.text
+    with pytest.raises(ValueError, match="task.action_repeat must be a positive integer"):
+        episode_length(None, 0)
+
+
+def test_dmc_reset_seed_decides_the_start(dmc_cfg):
+    """reset(seed=s) starts where any env reset with s starts, whatever the env's own seed and
+    history; another s starts elsewhere (walker_walk draws its joint angles at random)."""
+    envs = [make_env(dmc_cfg, seed=seed) for seed in (SEED, SEED + 1)]
+    try:
+        envs[1].reset()  # a history the other env lacks
+        envs[1].step(envs[1].action_space.sample())
+        starts = [env.reset(seed=3) for env in envs]
+        other = envs[0].reset(seed=4)
+    finally:
+        for env in envs:
+            env.close()
+    (obs_a, info_a), (obs_b, info_b) = starts
+    np.testing.assert_array_equal(obs_a, obs_b)
+    np.testing.assert_array_equal(info_a["state"], info_b["state"])
+    assert not np.array_equal(obs_a, other[0]), "reset(seed=4) starts where reset(seed=3) does"
 
 
 def test_dmc_frames_upright(dmc_cfg):
@@ -420,6 +500,33 @@ def test_maniskill_pick_cube():
     _generic_checks(cfg)
 
 
+@pytest.mark.maniskill
+def test_maniskill_plain_resets_ignore_the_global_torch_rng():
+    """Two envs built with the same seed meet the same scenes on plain reset()s, whatever the
+    agent draws from torch in between (ManiSkill 3 uses the global torch RNG without
+    enhanced_determinism)."""
+    import torch
+
+    from mbrl.envs.maniskill_env import prepare_vulkan
+    prepare_vulkan()
+    pytest.importorskip("mani_skill", reason="ManiSkill not installed (bash scripts/install_sims.sh maniskill)")
+    cfg = task_cfg("maniskill/pick_cube", "task.episode_length=1", "task.frame_stack=1")
+    envs = [make_env(cfg, seed=SEED) for _ in range(2)]
+    try:
+        starts = [[], []]
+        for env, episodes in zip(envs, starts):
+            for _ in range(2):  # two episodes, the agent drawing from torch between them
+                episodes.append(env.reset())
+                torch.rand(1)
+    finally:
+        for env in envs:
+            env.close()
+    for (obs_a, info_a), (obs_b, info_b) in zip(*starts):
+        np.testing.assert_array_equal(obs_a, obs_b)
+        np.testing.assert_array_equal(info_a["state"], info_b["state"])
+    assert not np.array_equal(starts[0][0][1]["state"], starts[0][1][1]["state"]), "no new scene per episode"
+
+
 @pytest.mark.libero
 def test_libero_spatial_task():
     from mbrl.envs.libero_env import prepare_libero
@@ -427,10 +534,61 @@ def test_libero_spatial_task():
     pytest.importorskip("libero.libero", reason="LIBERO not installed (bash scripts/install_sims.sh libero)")
     cfg = task_cfg("libero/libero_spatial", "task.episode_length=3", "task.image_size=64")
     _generic_checks(cfg)
-    env = make_env(cfg, seed=SEED)  # rotate_180 turns the upright frame around
-    rotated = make_env(OmegaConf.merge(cfg, {"rotate_180": True}), seed=SEED)
+    env = make_env(cfg, seed=SEED)  # flip_rows turns the upright frame upside down
+    flipped = make_env(OmegaConf.merge(cfg, {"flip_rows": True}), seed=SEED)
     try:
-        np.testing.assert_array_equal(env.reset()[0][-3:], rotated.reset()[0][-3:, ::-1, ::-1])
+        np.testing.assert_array_equal(env.reset()[0][-3:], flipped.reset()[0][-3:, ::-1])
     finally:
         env.close()
-        rotated.close()
+        flipped.close()
+
+
+@pytest.mark.libero
+def test_libero_flip_rows_matches_robosuites_own_camera():
+    """flip_rows=true gives robosuite's camera observation (LIBERO's datasets): rows flipped, not
+    mirrored left to right (a 180-degree rotation mirrored the converted demos once)."""
+    from mbrl.envs.libero_env import LiberoBackend, prepare_libero
+    prepare_libero()
+    pytest.importorskip("libero.libero", reason="LIBERO not installed (bash scripts/install_sims.sh libero)")
+    from libero.libero import benchmark
+    from libero.libero.envs import OffScreenRenderEnv
+
+    size = 128
+    suite = benchmark.get_benchmark_dict()["libero_spatial"]()
+    init = suite.get_task_init_states(0)[0]
+    theirs = OffScreenRenderEnv(bddl_file_name=suite.get_task_bddl_file_path(0), camera_heights=size,
+                                camera_widths=size)
+    ours = LiberoBackend("libero_spatial", SEED, size, task_index=0, camera="agentview", flip_rows=True,
+                         fast_render=False)
+    try:
+        theirs.seed(SEED)
+        theirs.reset()
+        reference = theirs.set_init_state(init)["agentview_image"].astype(float)
+        ours.env.set_init_state(init)
+        frame = ours.render().astype(float)
+
+        def correlation(a: np.ndarray) -> float:
+            a, b = a - a.mean(), reference - reference.mean()
+            return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+        same, mirrored = correlation(frame), correlation(frame[:, ::-1])
+        assert same > 0.7 and same > mirrored + 0.3, (same, mirrored)  # measured 0.83 against 0.19
+    finally:
+        theirs.close()
+        ours.close()
+
+
+@pytest.mark.libero
+def test_libero_without_its_config_says_how_to_make_one(tmp_path, monkeypatch):
+    """LIBERO asks for a config on stdin when imported without one (an EOFError in a batch job)."""
+    import importlib.util
+
+    from mbrl.envs import libero_env
+
+    if importlib.util.find_spec("libero") is None:
+        pytest.skip("LIBERO not installed (bash scripts/install_sims.sh libero)")
+    monkeypatch.delenv("LIBERO_CONFIG_PATH", raising=False)
+    monkeypatch.setattr(libero_env, "CONFIG_DIR", tmp_path / "sims" / "libero")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.libero either
+    with pytest.raises(MissingSimulatorError, match="no config .*install_sims.sh libero"):
+        libero_env.prepare_libero()

@@ -36,11 +36,16 @@ DEFAULT_DEMO_ROOT = Path(__file__).resolve().parents[2] / "demonstrations"
 
 # Task keys that shape a demonstration's data (time scale, rewards, frames, actions, ends).
 ENV_SETTING_KEYS = ("action_repeat", "episode_length", "success_bonus", "camera", "flip_rows",
-                    "rotate_180", "control_mode", "reward_mode", "terminate_on_success")
+                    "control_mode", "reward_mode", "terminate_on_success")
 SETTINGS_META_KEY = "env_settings"
 # Settings that only move where an episode is cut (a time limit, not a termination): a demo made
 # with another value still holds the run's transitions, so a difference is reported, not refused.
 ADVISORY_SETTING_KEYS = ("episode_length",)
+# Settings that no task has any more, and why files recording them cannot be used.
+RETIRED_SETTING_KEYS = {
+    "rotate_180": "LIBERO's old rotate_180 turned frames by 180 degrees where robosuite only flips "
+                  "rows, so these frames are mirrored left to right (now task.flip_rows)",
+}
 # What files written before ``env_settings`` existed record at the top level of their meta.
 LEGACY_SETTING_KEYS = ("action_repeat", "episode_length")
 
@@ -109,6 +114,11 @@ def check_settings(path: Path, meta: Mapping[str, Any], task_cfg: Mapping[str, A
     run's. Returns what to warn about: {key: recorded value} for a differing advisory key, and
     {key: None} for a run setting the file does not record (files older than the check)."""
     recorded, complete = recorded_settings(meta)
+    for key, why in RETIRED_SETTING_KEYS.items():
+        if key in recorded:
+            raise DemoSettingsError(f"demonstration {path} was made with task.{key}: {why}. Move the files "
+                                    f"out of {path.parent} and convert or collect them again: "
+                                    f"{collect_command(task_cfg)}.")
     notes: dict[str, Any] = {}
     for key, value in env_settings(task_cfg).items():
         if key not in recorded:

@@ -6,7 +6,7 @@ The schema (LIBERO ``scripts/create_dataset.py``):
     data/demo_<i>/actions             float64 [N, 7]   delta end-effector pose + gripper, in [-1, 1]
     data/demo_<i>/rewards             uint8   [N]      1 at the last step (the demo ends at success)
     data/demo_<i>/dones               uint8   [N]      1 at the last step of every demo
-    data/demo_<i>/obs/agentview_rgb   uint8   [N, H, W, 3]   rendered upside down (rotated 180)
+    data/demo_<i>/obs/agentview_rgb   uint8   [N, H, W, 3]   rows flipped (upside down, not mirrored)
 
 Time alignment: LIBERO records the image *after* each action (``obs, r, done, info =
 env.step(action_j)`` then stores ``obs``), so image ``j`` results from action ``j`` and the
@@ -138,21 +138,21 @@ def check_task(path: Path, file_name: str | None, file_language: str, expected: 
             "or set task.task_index to the file's task.")
 
 
-def demo_settings(*, rotate_180: bool, camera: str, success_bonus: float) -> dict[str, Any]:
+def demo_settings(*, flip_rows: bool, camera: str, success_bonus: float) -> dict[str, Any]:
     """The env settings (task keys) that converted frames and rewards correspond to."""
     return {"action_repeat": 1,  # one recorded action per control step
             "success_bonus": float(success_bonus),
             "camera": STREAM_CAMERAS.get(camera, camera),
-            "rotate_180": not rotate_180}  # rotating the upside-down files makes them upright
+            "flip_rows": not flip_rows}  # flipping the upside-down files makes them upright
 
 
-def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = True,
+def libero_episodes(path: str | Path, image_size: int, *, flip_rows: bool = True,
                     camera: str = DEFAULT_CAMERA, success_bonus: float = 0.0,
                     max_demos: int | None = None, expected_task: str | None = None) -> Iterator[Episode]:
     """Yield one ``Episode`` per ``data/demo_<i>`` of a LIBERO hdf5 file, in demo order.
 
-    rotate_180: rotate the stored frames by 180 degrees; True makes LIBERO's upside-down
-    frames upright (what our env renders with ``task.rotate_180=false``).
+    flip_rows: flip the stored frames' rows; True makes LIBERO's upside-down frames upright
+    (what our env renders with ``task.flip_rows=false``).
     expected_task: LIBERO's name of the task the file must hold (``libero_task_name``); None:
     not checked (a warning)."""
     import h5py
@@ -171,7 +171,7 @@ def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = Tru
             raise LiberoFormatError(f"{path} holds no data/demo_<i> groups")
         task_name, language = file_task(path, data)
         check_task(path, task_name, language, expected_task)
-        settings = demo_settings(rotate_180=rotate_180, camera=camera, success_bonus=success_bonus)
+        settings = demo_settings(flip_rows=flip_rows, camera=camera, success_bonus=success_bonus)
         for name in demos[:max_demos]:
             demo = data[name]
             for key in ("actions", f"obs/{camera}"):
@@ -185,8 +185,8 @@ def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = Tru
                 raise LiberoFormatError(f"{path}: data/{name} has {len(images)} images of shape "
                                         f"{images.shape[1:]} for {n} actions (expected N >= 2 "
                                         "images [N, H, W, 3] for N actions)")
-            if rotate_180:
-                images = images[:, ::-1, ::-1]
+            if flip_rows:
+                images = images[:, ::-1]
             success = np.asarray(rewards[1:]) > 0
             yield Episode(
                 obs=resize_frames(images, image_size),
@@ -195,18 +195,18 @@ def libero_episodes(path: str | Path, image_size: int, *, rotate_180: bool = Tru
                 success=success,
                 terminal=np.zeros(n - 1, bool),  # dones[-1] is the recording's end: a truncation
                 meta={"source": "libero_hdf5", "file": path.name, "demo": name, "fps": LIBERO_FPS,
-                      "language": language, "libero_task": task_name, "rotate_180": rotate_180,
+                      "language": language, "libero_task": task_name, "flip_rows": flip_rows,
                       "camera": camera, SETTINGS_META_KEY: settings})
 
 
 def convert_libero(path: str | Path, out_dir: str | Path, image_size: int, *,
-                   task: str = "", rotate_180: bool = True, camera: str = DEFAULT_CAMERA,
+                   task: str = "", flip_rows: bool = True, camera: str = DEFAULT_CAMERA,
                    success_bonus: float = 0.0, max_demos: int | None = None,
                    expected_task: str | None = None) -> list[Path]:
     """Write every demo of a LIBERO hdf5 file as ``<out_dir>/<file stem>_demo_<i>.npz``
     (after checking that the file holds ``expected_task``, see ``libero_episodes``)."""
     written = []
-    for episode in libero_episodes(path, image_size, rotate_180=rotate_180, camera=camera,
+    for episode in libero_episodes(path, image_size, flip_rows=flip_rows, camera=camera,
                                    success_bonus=success_bonus, max_demos=max_demos,
                                    expected_task=expected_task):
         episode.meta["task"] = task

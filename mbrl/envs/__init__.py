@@ -119,7 +119,7 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
     seed = int(seed)
     common = dict(image_size=get("image_size", cast=int), frame_stack=get("frame_stack", cast=int),
                   action_repeat=get("action_repeat", cast=int),
-                  episode_length=get("episode_length", cast=int),
+                  episode_length=get("episode_length", None if suite == "dmc" else _REQUIRED, cast=int),
                   success_bonus=get("success_bonus", cast=float))
     fast = get("fast_render", cast=boolean)
     size = common["image_size"]
@@ -133,7 +133,8 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
                                    flip_rows=get("flip_rows", cast=boolean), fast_render=fast,
                                    max_sim_steps=common["episode_length"] * common["action_repeat"] + 1)
     elif suite == "dmc":
-        from mbrl.envs.dmc_env import DMCBackend
+        from mbrl.envs.dmc_env import DMCBackend, episode_length
+        common["episode_length"] = episode_length(common["episode_length"], common["action_repeat"])  # null: DMC's
         backend = DMCBackend(name, seed, size, camera=get("camera", cast=int), fast_render=fast)
     elif suite == "maniskill":
         from mbrl.envs.maniskill_env import ManiSkillBackend
@@ -145,6 +146,6 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
     else:
         from mbrl.envs.libero_env import LiberoBackend
         backend = LiberoBackend(name, seed, size, task_index=get("task_index", cast=int),
-                                camera=get("camera", cast=str), rotate_180=get("rotate_180", cast=boolean),
+                                camera=get("camera", cast=str), flip_rows=get("flip_rows", cast=boolean),
                                 fast_render=fast)
     return PixelEnv(backend, task=f"{suite}/{name}", **common)

@@ -1,19 +1,27 @@
 """DeepMind Control Suite tasks as DrQ-v2 runs them (pixels from one fixed camera).
 
 Task names are DrQ-v2's ``<domain>_<task>`` (``cup`` stands for ``ball_in_cup``). The suite's own
-1000-step time limit is lifted so that ``PixelEnv`` alone truncates (``episode_length`` agent
-steps); a real termination (discount 0) still ends the episode. DMC has no success notion:
-``success`` is always False.
+time limit is lifted so that ``PixelEnv`` alone truncates (``episode_length`` agent steps); a real
+termination (discount 0) still ends the episode. ``episode_length: null`` (cfgs/suite/dmc.yaml's
+default) keeps DrQ-v2's episodes, DMC's 1000 simulator steps whatever the action repeat: see
+``episode_length``. DMC has no success notion: ``success`` is always False.
 """
 from __future__ import annotations
 
+import logging
+import math
 from typing import Iterable
 
 import numpy as np
 
 from mbrl.envs.mujoco_render import MujocoRenderer
 
+log = logging.getLogger(__name__)
+
 DOMAIN_ALIASES = {"cup": "ball_in_cup"}
+# dm_control's time limit in simulator (control) steps: 1000 for every suite task but lqr's
+# (which have none). DrQ-v2 keeps it, so its episodes last 1000 simulator steps at any repeat.
+TIME_LIMIT_SIM_STEPS = 1000
 
 
 def _numpy2_compat() -> None:
@@ -41,6 +49,23 @@ def split_name(name: str, tasks: Iterable[tuple[str, str]] | None = None) -> tup
             return domain, task
     raise ValueError(f"{name!r} is not a dm_control task (<domain>_<task>, e.g. walker_walk); "
                      "mbrl.envs.list_tasks('dmc') lists them")
+
+
+def episode_length(requested: int | None, action_repeat: int) -> int:
+    """Agent steps per episode: ``requested`` (task.episode_length) if set, else DMC's time limit
+    as DrQ-v2 has it, ``TIME_LIMIT_SIM_STEPS`` over ``action_repeat`` rounded up (DrQ-v2 cuts its
+    last agent step short at the limit; with a repeat that does not divide 1000 ours runs whole).
+    A longer episode than DMC's is the user's choice, but not a silent one: its returns can exceed
+    DMC's maximum (1000) and do not compare with published ones."""
+    if action_repeat < 1:  # as PixelEnv would say, before the division below fails
+        raise ValueError(f"task.action_repeat must be a positive integer, got {action_repeat!r}")
+    if requested is None:
+        return math.ceil(TIME_LIMIT_SIM_STEPS / action_repeat)
+    if requested * action_repeat > TIME_LIMIT_SIM_STEPS:
+        log.warning("task.episode_length=%d x task.action_repeat=%d = %d simulator steps: longer than DMC's "
+                    "%d-step episodes, returns can exceed DMC's; task.episode_length=null keeps DMC's length",
+                    requested, action_repeat, requested * action_repeat, TIME_LIMIT_SIM_STEPS)
+    return requested
 
 
 def task_names() -> list[str]:

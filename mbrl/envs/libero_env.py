@@ -3,23 +3,28 @@
 The task is ``name`` (a suite: libero_spatial, libero_object, libero_goal, libero_10, libero_90)
 plus ``task_index``. Every reset restores one of the benchmark's fixed initial states (chosen by
 the seeded generator), then lets the scene settle for a few no-op steps as LIBERO evaluations do.
-Frames are rendered with ``MujocoRenderer`` and come out upright; robosuite's own camera
-observations (and so LIBERO's datasets) are upside down: ``rotate_180`` reproduces that
-convention (as OpenVLA-style pipelines rotate). Reward is robosuite's sparse task reward.
+Frames are rendered with ``MujocoRenderer`` and come out upright. robosuite's own camera
+observations, and so LIBERO's datasets, have their rows flipped (upside down, not mirrored:
+LIBERO's video writer undoes it with ``image[::-1]``); ``flip_rows`` reproduces that convention.
+(OpenVLA-style pipelines rotate robosuite's images by 180 degrees, which leaves them upright but
+mirrored left to right: ``frame[:, ::-1]`` of ours.) Reward is robosuite's sparse task reward.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from mbrl.envs.errors import MissingSimulatorError
 from mbrl.envs.mujoco_render import MujocoRenderer
 
 SIMS_DIR = Path(os.environ.get("MBRL_SIMS_DIR", Path(__file__).resolve().parents[2] / ".sims"))
 CONFIG_DIR = SIMS_DIR / "libero"  # config.yaml written by scripts/install_sims.sh libero
+LIBERO_HOME_DIR = ".libero"  # LIBERO's own config folder under $HOME, where LIBERO_CONFIG_PATH is unset
 SETTLE_STEPS = 10  # no-op steps after restoring an initial state (objects drop into place)
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)  # hold still, gripper open
 HORIZON = 10**9  # robosuite's own limit, out of the way: PixelEnv truncates
@@ -27,9 +32,15 @@ STATE_KEYS = ("robot0_proprio-state", "object-state")
 
 
 def prepare_libero() -> None:
-    """Point LIBERO at the project's config (else it asks questions on stdin at import)."""
+    """Point LIBERO at the project's config. Without a config LIBERO asks questions on stdin when
+    it is imported (a hang in a terminal, an EOFError in a batch job), so refuse before that."""
     if "LIBERO_CONFIG_PATH" not in os.environ and (CONFIG_DIR / "config.yaml").is_file():
         os.environ["LIBERO_CONFIG_PATH"] = str(CONFIG_DIR)
+    config = Path(os.environ.get("LIBERO_CONFIG_PATH", Path.home() / LIBERO_HOME_DIR)) / "config.yaml"
+    if importlib.util.find_spec("libero") is not None and not config.is_file():
+        raise MissingSimulatorError("libero", message=(
+            f"LIBERO is installed but has no config ({config}; it would ask for one on stdin): run bash "
+            f"scripts/install_sims.sh libero, which links its scene assets and writes {CONFIG_DIR / 'config.yaml'}"))
 
 
 def task_names() -> list[str]:
@@ -50,7 +61,7 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
 
 class LiberoBackend:
     def __init__(self, name: str, seed: int, image_size: int, task_index: int, camera: str,
-                 rotate_180: bool, fast_render: bool):
+                 flip_rows: bool, fast_render: bool):
         prepare_libero()
         from libero.libero import benchmark
         from libero.libero.envs.env_wrapper import ControlEnv
@@ -68,7 +79,7 @@ class LiberoBackend:
                                   hard_reset=False, ignore_done=True, horizon=HORIZON)
         low, high = self.env.env.action_spec
         self.action_low, self.action_high = low.astype(np.float32), high.astype(np.float32)
-        self.size, self.camera, self.fast, self.rotate_180 = image_size, camera, fast_render, rotate_180
+        self.size, self.camera, self.fast, self.flip_rows = image_size, camera, fast_render, flip_rows
         self.renderer: MujocoRenderer | None = None
         self._rng = np.random.default_rng(seed)
         self.reset(None)
@@ -105,7 +116,7 @@ class LiberoBackend:
                 self.renderer.close()
             self.renderer = MujocoRenderer(model, self.size, self.camera, self.fast)
         frame = self.renderer.render(self.env.sim.data._data)  # uint8 [H, W, 3], upright
-        return frame[::-1, ::-1] if self.rotate_180 else frame
+        return frame[::-1] if self.flip_rows else frame
 
     def state(self) -> np.ndarray:
         return np.concatenate([np.asarray(self._obs[k], np.float32).ravel() for k in STATE_KEYS])

@@ -4,6 +4,10 @@ Observations are the task's RGB camera (``camera``, "base_camera" by default) re
 frame size; ``info["state"]`` is the flattened proprioception and task extras (qpos, qvel,
 tcp pose, goal, ...). ManiSkill ends an episode on success by default; with
 ``terminate_on_success: false`` (our default, as in Meta-World) only a failure terminates.
+
+Scenes depend on the env's seed only: ManiSkill 3 draws an unseeded ``reset()``'s scene from the
+global torch RNG, so the agent's own torch draws (and the player's plain resets) would change it.
+``enhanced_determinism=True`` makes every reset draw its episode seed from the env's own RNG.
 """
 from __future__ import annotations
 
@@ -57,7 +61,7 @@ class ManiSkillBackend:
             self.env = gym.make(name, obs_mode="rgb", control_mode=control_mode, reward_mode=reward_mode,
                                 sim_backend=SIM_BACKEND, render_backend=RENDER_BACKEND,
                                 sensor_configs=dict(width=image_size, height=image_size),
-                                max_episode_steps=max_sim_steps + 1)
+                                max_episode_steps=max_sim_steps + 1, enhanced_determinism=True)
         except RuntimeError as e:
             if "physical device" in str(e) or "Vulkan" in str(e):
                 raise RuntimeError(
