@@ -1,5 +1,8 @@
 """Memory for long imagination: window / history / VRAG selection, bounds, training clips, Vid2World
-rollouts with each memory, YaRN context extension, and the consistency benchmark at tiny scale."""
+rollouts with each memory, what a context frame contributes (retrieved by which key, with which
+action and key offset) in training and sampling, YaRN context extension, and the consistency
+benchmark at tiny scale."""
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -11,6 +14,7 @@ from worldmodel.interface import SegmentBatch, WorldModelConfigError
 from worldmodel.memory import (HistoryMemory, KeyedSegmentBatch, LinearKeyDynamics, MemoryConfig, VRAGMemory,
                                WindowMemory, build_memory, gaps, key_distance, pixel_key)
 from worldmodel.vid2world import Vid2World
+from worldmodel.vid2world.model import ImaginationState
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 MICRO = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
@@ -203,11 +207,134 @@ def test_state_keys_are_required_or_predicted():
         model.step(state, torch.zeros(2, ACTION_DIM))
     with pytest.raises(WorldModelConfigError, match="KeyedSegmentBatch"):
         model.update(SegmentBatch(batch.obs, batch.action, batch.reward))
+    with pytest.raises(WorldModelConfigError, match="KeyedSegmentBatch"):  # a keyed batch whose key is None
+        model.update(KeyedSegmentBatch(batch.obs, batch.action, batch.reward))
     with pytest.raises(WorldModelConfigError, match="segment_length"):
         model.update(pan_segments(2, 3, g))
     model.update(batch)  # fits the key dynamics: pose += 2 * action
     _, _, state = model.step(state, torch.ones(2, ACTION_DIM))
     torch.testing.assert_close(state.key[:, -1], batch.key[:, 2] + 2.0, rtol=1e-3, atol=1e-3)
+
+
+def test_caller_keys_are_refused_where_unused_or_not_finite():
+    g = torch.Generator().manual_seed(0)
+    batch = pan_segments(2, 8, g)
+    for name in ("vrag_pixel", "window"):  # these memories would silently ignore the caller's keys
+        model = micro_model(MEMORIES[name])
+        with pytest.raises(WorldModelConfigError, match="context_keys=None"):
+            model.reset(batch.obs[:, :3], context_keys=batch.key[:, :3])
+        state = model.reset(batch.obs[:, :3])
+        with pytest.raises(WorldModelConfigError, match="key=None"):
+            model.step(state, torch.zeros(2, ACTION_DIM), key=batch.key[:, 3])
+    model = micro_model(MEMORIES["vrag_state"])
+    bad = batch.key.clone()
+    bad[0, 1, 0] = float("nan")
+    with pytest.raises(WorldModelConfigError, match="context_keys has NaN or inf"):
+        model.reset(batch.obs[:, :3], context_keys=bad[:, :3])
+    with pytest.raises(WorldModelConfigError, match="batch.key has NaN or inf"):
+        model.update(KeyedSegmentBatch(batch.obs, batch.action, batch.reward, bad))
+    assert int(model.key_dynamics.count) == 0  # refused before the fit saw it
+    state = model.reset(batch.obs[:, :3], context_keys=batch.key[:, :3])
+    with pytest.raises(WorldModelConfigError, match="key has NaN or inf"):
+        model.step(state, torch.zeros(2, ACTION_DIM), key=torch.full((2, 2), float("inf")))
+
+
+# ----- what a context frame contributes, in training and sampling alike -----
+# A stored rollout of six imagined frames whose state keys make the retrieval known: the window
+# is positions 4, 5; the older candidates 0-3 have keys 0, 10, 1, 11. For the new frame's key 0.5
+# VRAG retrieves positions 0 and 2; the newest stored key (12) would retrieve 1 and 3 instead.
+RETRIEVAL = {"name": "vrag", "window": 2, "retrieved": 2, "key": "state", "key_dim": 1}
+STORED_KEYS = [0.0, 10.0, 1.0, 11.0, 5.0, 12.0]
+TARGET_KEY = 0.5
+
+
+def stored_rollout(g: torch.Generator) -> ImaginationState:
+    n = len(STORED_KEYS)
+    return ImaginationState(frames=torch.randint(0, 256, (1, n, 3, SIZE, SIZE), generator=g, dtype=torch.uint8),
+                            prev_action=torch.rand(1, n, ACTION_DIM, generator=g) * 2 - 1,
+                            action_known=torch.ones(1, n, dtype=torch.bool), generator=None,
+                            time=torch.arange(n)[None], key=torch.tensor(STORED_KEYS)[None, :, None])
+
+
+def keyed_micro_model(g: torch.Generator) -> Vid2World:
+    """A state-key VRAG model whose key embedding is not zero (as after training), so a context
+    frame's key offset changes the imagined frame."""
+    model = micro_model(RETRIEVAL, action_dropout=0.0)
+    with torch.no_grad():
+        model.key_embedding.weight.normal_(generator=g)
+    return model
+
+
+def imagine(model: Vid2World, state: ImaginationState, target: float = TARGET_KEY, **changes) -> torch.Tensor:
+    """The frame ``step`` imagines for the new frame's key ``target`` from ``state`` with ``changes``
+    (fields of the state) applied, under a fixed seed."""
+    state = dataclasses.replace(state, generator=torch.Generator().manual_seed(0), **changes)
+    return model.step(state, torch.zeros(1, ACTION_DIM), key=torch.tensor([[target]]))[0]
+
+
+def changed(t: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """A copy of frames (inverted) or actions (shifted) with the entries at ``positions`` (dim 1) changed."""
+    out = t.clone()
+    out[:, positions] = 255 - out[:, positions] if t.dtype == torch.uint8 else out[:, positions] + 1.0
+    return out
+
+
+def test_state_key_retrieval_queries_with_the_imagined_frames_own_key():
+    g = torch.Generator().manual_seed(0)
+    model, state = keyed_micro_model(g), stored_rollout(g)
+    base = imagine(model, state)
+    assert torch.equal(base, imagine(model, state, frames=changed(state.frames, [1, 3])))  # not retrieved
+    assert not torch.equal(base, imagine(model, state, frames=changed(state.frames, [0])))  # retrieved
+
+
+def test_sampling_gives_frames_that_do_not_follow_their_predecessor_the_null_action():
+    g = torch.Generator().manual_seed(0)
+    model, state = keyed_micro_model(g), stored_rollout(g)
+    base = imagine(model, state)
+    # context [0, 2, 4, 5]: the actions stored with 0, 2 (retrieved) and 4 (after a jump) led from
+    # frames not in the context; only 5's is its context predecessor's
+    assert torch.equal(base, imagine(model, state, prev_action=changed(state.prev_action, [0, 2, 4])))
+    assert not torch.equal(base, imagine(model, state, prev_action=changed(state.prev_action, [5])))
+
+
+def test_sampling_conditions_context_frames_on_their_key_offset_from_the_new_frame():
+    g = torch.Generator().manual_seed(0)
+    model, state = keyed_micro_model(g), stored_rollout(g)
+    base = imagine(model, state)
+    # shifting every key alike keeps the offsets (and the retrieval): the same frame
+    assert torch.equal(base, imagine(model, state, TARGET_KEY + 100.0, key=state.key + 100.0))
+    # a new frame's key with the same retrieval (keys 0 and 1 still nearest) but other offsets
+    assert not torch.equal(base, imagine(model, state, -3.0))
+
+
+def test_training_gives_frames_that_do_not_follow_their_predecessor_the_null_action():
+    """The clip of this segment is [0, 2, 5, 6, 7] (see the training-clip test above): the actions
+    leading into 2 and 5 (action 1, action 4) come from frames not in the clip and must not count."""
+    g = torch.Generator().manual_seed(0)
+    model = micro_model(RETRIEVAL, action_dropout=0.0)
+    key = torch.tensor([[[0.], [5.], [1.], [7.], [9.], [8.], [3.], [0.9]]])
+    obs = torch.randint(0, 256, (1, 8, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    action = torch.rand(1, 7, ACTION_DIM, generator=g)
+
+    def loss(a: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)  # the same noise levels and noise
+        return model.diffusion_objective(KeyedSegmentBatch(obs, a, torch.zeros(1, 7), key))[0]
+
+    base = loss(action)
+    assert torch.equal(base, loss(changed(action, [1, 4])))
+    assert not torch.equal(base, loss(changed(action, [5])))  # leads 5 -> 6, consecutive in the clip
+
+
+def test_pixel_key_training_clips_retrieve_by_the_newest_context_frame_not_the_target():
+    """Imagination retrieves for a frame before it exists, by the newest frame's pixel key; a
+    training clip chosen by the target's own pixels would leak the frame the model predicts."""
+    mem = build_memory({"name": "vrag", "window": 1, "retrieved": 1, "key_size": 1}, 7)  # key: mean RGB
+    grey = [0.0, 0.5, 1.0, 0.1, 0.9]  # frames 0-2 candidates, 3 the window, 4 the target
+    key = torch.tensor(grey)[None, :, None].expand(1, 5, 3)
+    assert mem.training_clip(1, 5, key, torch.device("cpu")).tolist() == [[0, 3, 4]]  # nearest to 0.1
+    key = key.clone()
+    key[:, 3] = 0.6  # the newest context frame decides
+    assert mem.training_clip(1, 5, key, torch.device("cpu")).tolist() == [[1, 3, 4]]
 
 
 def test_memory_config_persists_with_the_model(tmp_path):

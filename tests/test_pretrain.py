@@ -163,6 +163,50 @@ def test_vid2world_pretraining(tmp_path):
     assert first_lr["reward"] == pytest.approx(3 * first_lr["diffusion"]) and first_lr["diffusion"] > 0
 
 
+def test_vid2world_pretraining_refuses_a_memory_on_state_keys(tmp_path):
+    """Episode folders carry no per-frame state keys: a memory.key=state model is refused at start,
+    not at its first batch (or, as it was, at the checkpoint's first imagined step)."""
+    cmd = [sys.executable, SCRIPT, f"out={tmp_path / 'keyed'}", *TINY, "world_model=vid2world", "memory=vrag",
+           "world_model.model.max_context_frames=2", "world_model.model.memory.key=state",
+           "world_model.model.memory.key_dim=2", "steps.diffusion=1", "stages=[diffusion]"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "pretraining data does not carry" in proc.stderr and "memory.key=pixel" in proc.stderr
+    assert not (tmp_path / "keyed" / "stages").exists()
+
+
+def test_vid2world_diffusion_stage_trains_what_update_trains():
+    """The pretraining stage trains on the model's own objective: with a VRAG memory the backbone
+    sees the clip the memory builds (2 retrieved + 2 recent frames + the target), not the whole
+    segment, and the loss is the model's memory loss on the same batch and seed. It optimises
+    what ``update`` optimises, the state-key embedding included."""
+    from worldmodel.memory import pixel_key
+    from worldmodel.training.stages import build_stage
+    from worldmodel.vid2world import Vid2World
+    from worldmodel.vid2world.model import to_float
+
+    micro = dict(channels=(16, 32), attention_resolutions=(), head_dim=8, emb_dim=32, groups=8)
+    vrag = {"name": "vrag", "window": 2, "retrieved": 2, "key_size": 4}
+    model = Vid2World(image_size=16, action_dim=2, backbone=micro, memory=vrag)
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 256, (2, 8, 3, 16, 16), generator=g, dtype=torch.uint8)
+    action = torch.rand(2, 7, 2, generator=g)
+    stage = build_stage(model, "diffusion")
+    clip_lengths: list[int] = []
+    hook = model.backbone.register_forward_hook(lambda module, args, out: clip_lengths.append(args[0].shape[1]))
+    torch.manual_seed(1)
+    loss, _ = stage(obs, action, torch.zeros(2, 7))
+    hook.remove()
+    assert clip_lengths == [model.memory.context_size + 1]
+    torch.manual_seed(1)
+    assert torch.equal(loss, model.memory_diffusion_loss(to_float(obs), action, pixel_key(obs, 4))[0])
+
+    keyed = Vid2World(image_size=16, action_dim=2, backbone=micro, memory={**vrag, "key": "state", "key_dim": 2})
+    stage = build_stage(keyed, "diffusion")
+    assert {id(p) for p in stage.parameters()} == {id(p) for p in keyed.diffusion_params}
+    assert "key_embedding.weight" in stage.state_dict()
+
+
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     import csv
 

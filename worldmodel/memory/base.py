@@ -122,7 +122,8 @@ class KeyedSegmentBatch(SegmentBatch):
 
     def to(self, device: torch.device | str) -> "KeyedSegmentBatch":
         moved = super().to(device)
-        return KeyedSegmentBatch(moved.obs, moved.action, moved.reward, self.key.to(device, non_blocking=True))
+        key = None if self.key is None else self.key.to(device, non_blocking=True)  # None: the model names the fix
+        return KeyedSegmentBatch(moved.obs, moved.action, moved.reward, key)
 
 
 def gaps(time: torch.Tensor) -> torch.Tensor:

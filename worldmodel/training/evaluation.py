@@ -170,9 +170,7 @@ def _open_loop_stage(model: WorldModel, stage: str, batches: list[SegmentBatch],
             _, _, m = model.transformer.loss(ctx, fut, act, symlog(device_batch.reward[:, T0 - 1:].float()))
             row.update({f"teacher_forced_{k}": v.reshape(1) for k, v in m.items()})
         else:
-            from worldmodel.vid2world.model import to_float
-
-            loss, _ = model.diffusion_loss(to_float(device_batch.obs), device_batch.action.float())
+            loss, _ = model.diffusion_objective(device_batch)  # what training minimises, memory clips included
             row["diffusion_loss"] = loss.detach().reshape(1)
         if tools.open_loop:
             frames, rewards, pred = _imagined_video(model, batch, tools.seed + j)

@@ -1,13 +1,15 @@
 """Training stages: one trained part of a world model, wrapped so that ``forward`` returns the loss.
 
 A stage module registers exactly the part it trains as a child (under the model's own attribute
-name, so its state-dict keys are the model's) and keeps the rest of the model out of its module
-tree. ``accelerator.prepare(stage)`` therefore wraps (DDP / FSDP / DeepSpeed) only the trained
-part, and calling the prepared stage runs the whole loss under accelerate's autocast.
+name, so its state-dict keys are the model's; a part may span several attributes, e.g. Vid2World's
+backbone and its memory's key embedding) and keeps the rest of the model out of its module tree.
+``accelerator.prepare(stage)`` therefore wraps (DDP / FSDP / DeepSpeed) only the trained part, and
+calling the prepared stage runs the whole loss under accelerate's autocast.
 
     ivideogpt:  tokenizer    L1 reconstruction + VQ losses on context and future frames
                 transformer  token cross-entropy (+ symlog reward MSE) on the frozen tokenizer's codes
-    vid2world:  diffusion    diffusion-forcing v-prediction loss of the causal video backbone
+    vid2world:  diffusion    the loss Vid2World.update trains its backbone with (diffusion forcing, on
+                             the clips its memory builds: Vid2World.diffusion_objective)
                 reward       symlog reward MSE of the reward head on real transitions
 
 Every stage's ``forward(obs uint8 [B, T, 3, H, W], action [B, T-1, A], reward [B, T-1])``
@@ -20,7 +22,7 @@ import fnmatch
 import torch
 from torch import nn
 
-from worldmodel.interface import WorldModel, WorldModelConfigError
+from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError
 
 # Names users may give in ``freeze:`` besides parameter-name patterns.
 FREEZE_ALIASES = {
@@ -44,15 +46,21 @@ def _as_tensors(metrics: dict) -> dict[str, torch.Tensor]:
 
 
 class Stage(nn.Module):
-    """Base class: ``part`` is the model attribute this stage trains."""
+    """Base class: ``part`` is the model attribute this stage trains (``modules_of`` lists them all
+    when the part spans several)."""
 
     name: str = ""
     part: str = ""
 
     def __init__(self, model: WorldModel):
         super().__init__()
-        self.add_module(self.part, getattr(model, self.part))
+        for name in self.modules_of(model):
+            self.add_module(name, getattr(model, name))
         self._model = [model]  # a list keeps the full model out of this module tree
+
+    def modules_of(self, model: WorldModel) -> tuple[str, ...]:
+        """The model attributes this stage trains."""
+        return (self.part,)
 
     @property
     def model(self) -> WorldModel:
@@ -131,12 +139,16 @@ class TransformerStage(Stage):
 
 # ----- Vid2World -----
 class DiffusionStage(Stage):
+    """Trains what ``Vid2World.update`` trains for its diffusion part, on the same objective: the
+    backbone and the memory's modules (the state-key embedding), on the clips the memory builds."""
+
     name, part = "diffusion", "backbone"
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor):
-        from worldmodel.vid2world.model import to_float
+    def modules_of(self, model: WorldModel) -> tuple[str, ...]:
+        return model.diffusion_modules
 
-        loss, metrics = self.model.diffusion_loss(to_float(obs), action.float())
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor):
+        loss, metrics = self.model.diffusion_objective(SegmentBatch(obs, action, reward))
         return loss, _as_tensors(metrics)
 
 

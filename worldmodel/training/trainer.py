@@ -208,6 +208,12 @@ class Pretrainer:
             spec = dict(cfg["world_model"]["model"])
             model = world_model_class(cfg["world_model"]["name"]).from_config(
                 {**spec, "image_size": image_size, "action_dim": action_dim})
+        if model.needs_frame_keys:  # refused now, not when the first batch (or first imagined step) lacks them
+            raise WorldModelConfigError(
+                "this world model needs a state key per frame (memory.key=state), which pretraining data does not "
+                "carry (episodes hold frames, actions and rewards), so neither its training clips nor its key "
+                "dynamics could be fitted; pretrain with world_model.model.memory.key=pixel (or memory=history / "
+                "memory=window).")
         model.check_segment_length(self.cfg["segment_length"] or self.cfg["world_model"]["segment_length"])
         if model.image_size != image_size:
             raise WorldModelConfigError(f"the model works on {model.image_size}x{model.image_size} frames but the "

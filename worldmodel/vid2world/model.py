@@ -25,7 +25,8 @@ Memory: the state stores at most the memory's capacity of frames (its policy dro
 each with its absolute time and, for VRAG, a key. A context frame that does not directly follow
 the frame before it in the context gets the null action, in training and sampling alike. With a
 history or VRAG memory, training builds each segment's clip as sampling would: the context that
-memory selects for the segment's last frame from the frames before it, then that frame.
+memory selects for the segment's last frame from the frames before it, then that frame
+(``diffusion_objective``, shared by ``update`` and pretraining's diffusion stage).
 """
 from __future__ import annotations
 
@@ -118,9 +119,11 @@ class Vid2World(WorldModel):
         if self.state_keys and mem.key_conditioning:
             self.key_embedding = torch.nn.Linear(mem.key_dim, self.backbone.cfg.emb_dim, bias=False)
             torch.nn.init.zeros_(self.key_embedding.weight)
-        diffusion_params = list(self.backbone.parameters())
-        if self.key_embedding is not None:
-            diffusion_params += list(self.key_embedding.parameters())
+        # What the diffusion part trains: the backbone and the memory's key embedding (if any). Both
+        # ``update`` and the pretraining stage (``training/stages.py``) optimise exactly these.
+        self.diffusion_modules: tuple[str, ...] = ("backbone",) + (
+            ("key_embedding",) if self.key_embedding is not None else ())
+        diffusion_params = [p for name in self.diffusion_modules for p in getattr(self, name).parameters()]
         self.diffusion_params = diffusion_params
         schedule = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                         prediction_type="v_prediction")
@@ -307,12 +310,22 @@ class Vid2World(WorldModel):
             raise WorldModelConfigError(
                 "memory.key=state trains on segments with a key per frame (worldmodel.memory."
                 "KeyedSegmentBatch with key [B, T, K]); pass them, or use memory.key=pixel.")
-        if tuple(batch.key.shape) != (*batch.obs.shape[:2], mem.key_dim):
-            raise WorldModelConfigError(f"batch.key has shape {tuple(batch.key.shape)}; expected [B, T, K] = "
-                                        f"{(*batch.obs.shape[:2], mem.key_dim)}.")
-        key = batch.key.float()
+        key = self._state_keys(batch.key, (*batch.obs.shape[:2], mem.key_dim), "batch.key", "[B, T, K]")
         self.key_dynamics.observe(key, batch.action.float())
         return key
+
+    def diffusion_objective(self, batch: SegmentBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The diffusion loss of real segments (uint8 obs, on the model's device), the one place
+        that decides what a segment trains, for ``update`` and pretraining (``DiffusionStage``)
+        alike: with the window memory, diffusion forcing on every frame of the segment; with a
+        history or VRAG memory, the clip that memory builds for the segment's last frame, as
+        sampling would (retrieved frames, gaps and null actions included; a segment too short for
+        such a clip is refused)."""
+        obs, action = to_float(batch.obs), batch.action.float()
+        if self.memory.cfg.name == "window":
+            return self.diffusion_loss(obs, action)
+        self.check_segment_length(obs.shape[1])
+        return self.memory_diffusion_loss(obs, action, self._segment_keys(batch))
 
     def update(self, batch: SegmentBatch, parts: tuple[str, ...] | None = None) -> dict[str, float]:
         parts = self._check_parts(parts)
@@ -322,11 +335,7 @@ class Vid2World(WorldModel):
         self.train()
         metrics: dict[str, float] = {}
         if "diffusion" in parts:
-            if self.memory.cfg.name == "window":  # diffusion forcing on every frame of any segment
-                loss, m = self.diffusion_loss(obs, action)
-            else:  # the clip the memory builds for the last frame: refused if it would be trivial
-                self.check_segment_length(obs.shape[1])
-                loss, m = self.memory_diffusion_loss(obs, action, self._segment_keys(batch))
+            loss, m = self.diffusion_objective(batch)
             metrics.update(m)
             metrics.update(self._optimize("diffusion", loss, self.backbone))
         if "reward" in parts:
@@ -407,8 +416,33 @@ class Vid2World(WorldModel):
             return state
         return state.take(self.memory.keep(state.time, state.key))
 
+    def _state_keys(self, keys: torch.Tensor, shape: tuple[int, ...], what: str, layout: str) -> torch.Tensor:
+        """Caller-given state keys as float32 on the model's device, checked for ``shape`` and
+        finiteness: a NaN key makes every distance NaN (retrieval then picks arbitrary frames)
+        and, in training, would poison the fitted key dynamics for good."""
+        keys = torch.as_tensor(keys, dtype=torch.float32, device=self.device)
+        if tuple(keys.shape) != shape:
+            raise WorldModelConfigError(f"{what} has shape {tuple(keys.shape)}; expected {layout} = {shape}.")
+        if not bool(torch.isfinite(keys).all()):
+            raise WorldModelConfigError(f"{what} has NaN or inf entries: state keys (poses, env states) must be "
+                                        "finite.")
+        return keys
+
+    def _refuse_unused_keys(self, keys: torch.Tensor | None, what: str) -> None:
+        """Caller keys are read only by a VRAG memory on state keys; elsewhere they would be
+        silently ignored (a caller passing poses would believe retrieval used them)."""
+        if keys is None or self.state_keys:
+            return
+        mem = self.memory.cfg
+        uses = ("computes its keys from the frames (memory.key=pixel)" if self.memory.needs_keys
+                else "retrieves by no key")
+        raise WorldModelConfigError(f"{what} was given, but this model's {mem.name} memory {uses} and would ignore "
+                                    f"it: pass {what}=None, or retrieve by these keys with memory.name=vrag, "
+                                    "memory.key=state.")
+
     def _frame_keys(self, frames: torch.Tensor, keys: torch.Tensor | None, what: str) -> torch.Tensor | None:
         """Keys [B, n, K] of frames uint8 [B, n, 3, H, W]: pooled pixels, or the given state keys."""
+        self._refuse_unused_keys(keys, what)
         if not self.memory.needs_keys:
             return None
         mem = self.memory.cfg
@@ -418,17 +452,13 @@ class Vid2World(WorldModel):
             raise WorldModelConfigError(
                 f"memory.key=state needs {what}: the pose/state vector of each frame, e.g. from the env's "
                 "info['state'] (the world model cannot see it in the frames); or use memory.key=pixel.")
-        keys = torch.as_tensor(keys, dtype=torch.float32, device=self.device)
-        if tuple(keys.shape) != (*frames.shape[:2], mem.key_dim):
-            raise WorldModelConfigError(f"{what} has shape {tuple(keys.shape)}; expected "
-                                        f"{(*frames.shape[:2], mem.key_dim)} = [B, n, key_dim].")
-        return keys
+        return self._state_keys(keys, (*frames.shape[:2], mem.key_dim), what, "[B, n, key_dim]")
 
     # ----- step-level imagination -----
     def reset(self, context_obs: torch.Tensor, generator: torch.Generator | None = None,
               context_keys: torch.Tensor | None = None) -> ImaginationState:
         """Start from real frames uint8 [B, T0, 3, H, W]; ``context_keys`` [B, T0, K] are their
-        state keys, needed only by a VRAG memory with ``key=state``."""
+        state keys, needed by a VRAG memory with ``key=state`` and refused by any other."""
         self._check_frames(context_obs, "context_obs", 5)
         if context_obs.shape[1] < 1:
             raise WorldModelConfigError("reset needs at least one context frame.")
@@ -444,14 +474,11 @@ class Vid2World(WorldModel):
 
     def _next_key(self, state: ImaginationState, action: torch.Tensor, key: torch.Tensor | None) -> torch.Tensor | None:
         """The state key of the frame about to be imagined: given, or predicted from the last one."""
+        self._refuse_unused_keys(key, "key")
         if not self.state_keys:
             return None
-        B, K = state.frames.shape[0], self.memory.cfg.key_dim
         if key is not None:
-            key = torch.as_tensor(key, dtype=torch.float32, device=self.device)
-            if tuple(key.shape) != (B, K):
-                raise WorldModelConfigError(f"key has shape {tuple(key.shape)}; expected [B, key_dim] = {(B, K)}.")
-            return key
+            return self._state_keys(key, (state.frames.shape[0], self.memory.cfg.key_dim), "key", "[B, key_dim]")
         if int(self.key_dynamics.count) == 0:
             raise WorldModelConfigError(
                 "step needs the imagined frame's state key (key=[B, key_dim]): the key dynamics have not been "
@@ -463,7 +490,8 @@ class Vid2World(WorldModel):
     def step(self, state: ImaginationState, action: torch.Tensor,
              key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, ImaginationState]:
         """Imagine o_{t+1} from a_t. ``key`` [B, K]: the new frame's state key if known (e.g. a
-        planned camera pose), for a VRAG memory with ``key=state``; else it is predicted."""
+        planned camera pose), for a VRAG memory with ``key=state`` (else it is predicted; any other
+        memory refuses it)."""
         B = state.frames.shape[0]
         check_step_action(action, B, self.action_dim)
         action = action.to(self.device, torch.float32)
