@@ -27,6 +27,7 @@ from mbrl.envs import make_env
 from mbrl.logger import Logger
 from mbrl.mbpo import MBPO
 from mbrl.replay.real_buffer import RealReplayBuffer
+from mbrl.run_settings import check_relaunch
 from mbrl.utils import ConfigValueError, SectionTimer, resolve_device, set_seed_everywhere
 from mbrl.video import chw_to_hwc, write_video
 from mbrl.world_models import build_world_model
@@ -57,6 +58,7 @@ def check_loop_config(cfg: DictConfig) -> None:
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         check_loop_config(cfg)
+        check_relaunch(run_dir, resume=bool(cfg.resume))  # before anything is loaded or written
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         if cfg.cpu_threads > 0:

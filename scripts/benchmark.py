@@ -114,8 +114,8 @@ def run_overrides(grid: DictConfig, extra: list[str]) -> list[str]:
     return [f"preset={grid.preset}", *map(str, grid.overrides), *extra]
 
 
-def target_frames(task: str, method: str, overrides: list[str]) -> int:
-    """num_train_frames of that run's composed training config (presets and overrides applied)."""
+def cell_config(task: str, method: str, overrides: list[str]) -> DictConfig:
+    """The training config a cell's runs compose (presets and overrides applied), as Hydra saves it."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -126,7 +126,7 @@ def target_frames(task: str, method: str, overrides: list[str]) -> int:
                                                *[o for o in overrides if not o.startswith("hydra")]])
     except (HydraException, OmegaConfBaseException) as e:
         raise BenchmarkError(f"task={task} world_model={method}: {e}") from None
-    return int(cfg.num_train_frames)
+    return cfg
 
 
 def last_eval_frame(run_dir: Path) -> int:
@@ -138,14 +138,37 @@ def last_eval_frame(run_dir: Path) -> int:
     return max(frames, default=-1)
 
 
+def check_same_settings(run_dir: Path, cfg: DictConfig, seed: int, preset: str) -> None:
+    """Refuse to relaunch a run dir that was trained with other settings (mbrl/run_settings.py):
+    before launching, rather than as one failed job of the sweep."""
+    from mbrl.run_settings import HYDRA_DIR, STARTED_WITH_DIR, describe_changes, run_settings, saved_settings
+    from mbrl.run_settings import settings_changes
+
+    saved = run_dir / HYDRA_DIR / STARTED_WITH_DIR
+    if not (saved / "config.yaml").is_file():
+        saved = run_dir / HYDRA_DIR  # a run started before the copy was kept, or never started training
+        if not (saved / "config.yaml").is_file():
+            return
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config["seed"] = seed
+    try:
+        changes = settings_changes(saved_settings(saved), run_settings(config, preset))
+    except Exception as e:  # noqa: BLE001 - an unreadable file is reported the same way
+        raise BenchmarkError(f"{saved}: cannot read the run's settings ({e})") from None
+    if changes:
+        raise BenchmarkError(describe_changes(run_dir, changes))
+
+
 def grid_cells(grid: DictConfig, sweep_dir: Path, overrides: list[str]) -> list[Cell]:
     cells = []
     for task in grid.tasks:
         for method in grid.methods:
-            target = target_frames(task, method, overrides)
+            cfg = cell_config(task, method, overrides)
             for seed in grid.seeds:
                 run_dir = sweep_dir / task / method / f"seed{seed}"
-                cells.append(Cell(task, method, int(seed), run_dir, target, last_eval_frame(run_dir)))
+                check_same_settings(run_dir, cfg, int(seed), str(grid.preset))
+                cells.append(Cell(task, method, int(seed), run_dir, int(cfg.num_train_frames),
+                                  last_eval_frame(run_dir)))
     return cells
 
 

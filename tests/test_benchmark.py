@@ -362,7 +362,7 @@ def eval_frames(run: Path) -> list[int]:
         return [int(r["frame"]) for r in csv.DictReader(f)]
 
 
-def test_grid_runs_skips_finished_and_resumes(tmp_path):
+def test_grid_runs_skips_finished_and_resumes(tmp_path, capsys):
     runs = tmp_path / "tiny" / "metaworld" / "plate_slide" / "none"
     first = run_benchmark(tmp_path, "[1,2]", 80)
     assert "2 of 2 runs to do" in first.stdout and "hydra/launcher=joblib" in first.stdout
@@ -386,6 +386,22 @@ def test_grid_runs_skips_finished_and_resumes(tmp_path):
     # A longer schedule: the run continues from its checkpoint in its own sweep subdir.
     longer = run_benchmark(tmp_path, "[1]", 120)
     assert f"resumed {runs / 'seed1'} at frame 80" in longer.stdout
+    assert eval_frames(runs / "seed1") == [0, 80, 120]
+
+    # Other learning settings for trained runs: refused before launching, and by the trainer itself
+    # (whose Hydra has rewritten .hydra/config.yaml by then: the run's own file is put back).
+    saved = (runs / "seed1" / ".hydra" / "config.yaml").read_text()
+    grid = ["smoke", "tasks=[metaworld/plate_slide]", "methods=[none]", "seeds=[1]", f"root={tmp_path}",
+            "name=tiny", "--", *TINY, "num_train_frames=120"]
+    assert benchmark.main([*grid, "agent.lr=0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "seed1 was trained with agent.lr=0.0001 (now 0.5)" in err and "another name=" in err
+    direct = subprocess.run([sys.executable, str(REPO / "mbrl" / "train_mbpo.py"), f"resume={runs / 'seed1'}",
+                             *TINY, "num_train_frames=120", "agent.lr=0.5"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"})
+    assert direct.returncode == 1 and "[train] error: " in direct.stderr and "Traceback" not in direct.stderr
+    assert "agent.lr=0.0001 (now 0.5)" in direct.stderr
+    assert (runs / "seed1" / ".hydra" / "config.yaml").read_text() == saved
     assert eval_frames(runs / "seed1") == [0, 80, 120]
 
     # The run dirs plot: three seeds at 80 frames (seed 1 is cut to the frames all reached).

@@ -1,0 +1,89 @@
+"""A run dir keeps the settings it was trained with when it is launched again.
+
+Hydra rewrites ``.hydra/config.yaml`` (and ``hydra.yaml``, ``overrides.yaml``) every time a job
+starts, a resumed run included, and the curves (``mbrl/analysis/curves.py``) read a run's settings
+from there. So ``resume=true agent.lr=0.5`` would continue a run under another learning rate and
+relabel what it learned before, and pool it with seeds it does not match. At a run's first start
+a copy of Hydra's files is kept in ``.hydra/started_with/``. A relaunch with other learning
+settings (or another seed, task or preset) is refused and the run's own files are put back; one
+that changes only where the run stops, how often it evaluates, saves or logs, or the device
+(``curves.SCHEDULE_ONLY_KEYS``) continues the same run, and the copy follows it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+
+from mbrl.analysis.curves import learning_settings
+from mbrl.utils import ConfigValueError
+
+HYDRA_DIR = ".hydra"
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+STARTED_WITH_DIR = "started_with"  # under .hydra/: Hydra's files as the run's first start wrote them
+# Keys the curves pool across (schedule-only for a curve) that still make another run of a run dir.
+RUN_IDENTITY_KEYS = ("seed", "task.name", "task.task_index")
+PRESET_KEY = "preset"  # the preset choice, from hydra.yaml's runtime.choices
+
+
+def run_settings(config: Mapping[str, Any], preset: str | None) -> dict[str, str]:
+    """What must stay the same for a run dir to hold one run: the learning settings of ``config``
+    (a nested dict as Hydra saved it), its identity keys, and the preset."""
+    settings = learning_settings(config)
+    for key in RUN_IDENTITY_KEYS:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        settings[key] = str(node)
+    settings[PRESET_KEY] = str(preset)
+    return settings
+
+
+def saved_settings(hydra_dir: Path) -> dict[str, str]:
+    """``run_settings`` of the Hydra files in ``hydra_dir``."""
+    config = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+    runtime = hydra_dir / "hydra.yaml"
+    preset = OmegaConf.select(OmegaConf.load(runtime), "hydra.runtime.choices.preset") if runtime.is_file() else None
+    return run_settings(config, None if preset is None else str(preset))
+
+
+def settings_changes(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """{key: (before, after)} for every key whose value differs (missing: "<unset>")."""
+    unset = "<unset>"
+    return {k: (before.get(k, unset), after.get(k, unset)) for k in sorted(set(before) | set(after))
+            if before.get(k, unset) != after.get(k, unset)}
+
+
+def describe_changes(run_dir: Path, changes: Mapping[str, tuple[str, str]]) -> str:
+    """The refusal of a relaunch that would change a run's settings, with what to do instead."""
+    listed = ", ".join(f"{k}={old} (now {new})" for k, (old, new) in changes.items())
+    return (f"{run_dir} was trained with {listed}. A run keeps its settings: resume it without those "
+            "overrides, or start a new run (another hydra.run.dir, or without resume=; for "
+            "scripts/benchmark.py, another name=)")
+
+
+def check_relaunch(run_dir: str | Path, resume: bool) -> None:
+    """Keep a run's first settings, and refuse a resumed launch that changes them (module docstring).
+    Does nothing for a run dir Hydra did not write (a Trainer built in code)."""
+    hydra_dir = Path(run_dir) / HYDRA_DIR
+    started_with = hydra_dir / STARTED_WITH_DIR
+    if not (hydra_dir / "config.yaml").is_file():
+        return
+    if resume and (started_with / "config.yaml").is_file():
+        changes = settings_changes(saved_settings(started_with), saved_settings(hydra_dir))
+        if changes:
+            _copy_files(started_with, hydra_dir)  # the run's own settings, for the curves
+            raise ConfigValueError(describe_changes(Path(run_dir), changes))
+    _copy_files(hydra_dir, started_with)
+
+
+def _copy_files(source: Path, target: Path) -> None:
+    """Copy Hydra's files from ``source`` to ``target``, each one atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in HYDRA_FILES:
+        if (source / name).is_file():
+            tmp = target / f".{name}.tmp"
+            shutil.copyfile(source / name, tmp)
+            tmp.replace(target / name)
