@@ -26,6 +26,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # runnable as a script from a source checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from mbrl.logger import is_complete  # noqa: E402
 GRID_DIR = REPO_ROOT / "cfgs" / "benchmark"
 TRAIN_SCRIPT = REPO_ROOT / "mbrl" / "train_mbpo.py"
 LAUNCHERS = ("basic", "joblib", "submitit_slurm", "submitit_local")
@@ -99,6 +103,9 @@ def load_grid(name: str, overrides: list[str]) -> DictConfig:
     for key in ("tasks", "methods", "seeds"):
         if not grid[key]:
             raise BenchmarkError(f"grid {name}: {key} is empty")
+        repeated = sorted({str(v) for v in grid[key] if list(grid[key]).count(v) > 1})
+        if repeated:  # two jobs would write the same run dir
+            raise BenchmarkError(f"grid {name}: {key} lists {', '.join(repeated)} more than once")
     for task in grid.tasks:
         if not (REPO_ROOT / "cfgs" / "task" / f"{task}.yaml").is_file():
             raise BenchmarkError(f"unknown task {task!r}: no cfgs/task/{task}.yaml")
@@ -134,7 +141,14 @@ def last_eval_frame(run_dir: Path) -> int:
     if not path.is_file():
         return -1
     with open(path, newline="") as f:
-        frames = [int(float(r["frame"])) for r in csv.DictReader(f) if r.get("frame")]
+        rows = list(csv.DictReader(f))
+    frames = []
+    for i, row in enumerate(rows):
+        if is_complete(row, ("frame",)):
+            frames.append(int(float(row["frame"])))
+        elif i < len(rows) - 1:  # a cut-off last row (a killed run) counts as not written; others are damage
+            raise BenchmarkError(f"{path}: row {i + 1} is incomplete or has no numeric frame ({dict(row)}); "
+                                 "repair or remove the file, or move the run dir away")
     return max(frames, default=-1)
 
 

@@ -164,7 +164,7 @@ def plot_aggregate(summaries: list[GroupSummary], aggregates: list[MethodAggrega
 
     ax = axes["profile"]
     for method in methods:
-        per_task = [s.normalized_final for s in summaries if s.method == method]
+        per_task = [s.normalized_at(aggregates[0].frames[s.task]) for s in summaries if s.method == method]
         prof, low, high = performance_profile(per_task, PROFILE_TAUS, reps=reps)
         ax.plot(PROFILE_TAUS, prof, color=colors[method], lw=2, label=method)
         ax.fill_between(PROFILE_TAUS, low, high, color=colors[method], alpha=BAND_ALPHA, lw=0)
@@ -184,8 +184,8 @@ def plot_aggregate(summaries: list[GroupSummary], aggregates: list[MethodAggrega
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("normalized score")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Across tasks ({100 * CONFIDENCE:.0f}% stratified-bootstrap CIs; "
-                 "score = success rate, or DMC return / 1000)", fontsize=10)
+    fig.suptitle(f"Across tasks ({100 * CONFIDENCE:.0f}% stratified-bootstrap CIs; score = success rate, or "
+                 "DMC return / 1000; final = the last frame all methods reached on the task)", fontsize=10)
     fig.tight_layout()
     handles: dict[str, object] = {}
     for key in ("curve", "profile"):

@@ -466,10 +466,28 @@ class GroupSummary:
     auc: tuple[float, float, float]  # mean, low, high of normalized_auc
     cut: dict[int, int] = field(default_factory=dict)  # seed -> its last eval frame, for seeds beyond frame[-1]
 
-    @property
-    def normalized_final(self) -> np.ndarray:
-        """Each seed's final score in [0, 1] (success, or return / 1000 for DMC): [S]."""
-        return self.scores[:, -1] / normalizer(self.suite)
+    def normalized_at(self, frame: int) -> np.ndarray:
+        """Each seed's score at ``frame`` (its latest eval at or before it) in [0, 1]: success, or
+        return / 1000 for DMC: [S]."""
+        if not self.frame[0] <= frame <= self.frame[-1]:
+            raise ValueError(f"{self.task} / {self.method} has evals from frame {int(self.frame[0])} to "
+                             f"{int(self.frame[-1])}, not at frame {frame}")
+        return latest_at(self.frame, self.scores, np.array([frame]))[:, 0] / normalizer(self.suite)
+
+
+def common_final_frames(summaries: Sequence[GroupSummary]) -> dict[str, int]:
+    """Per task, the last frame all its methods' curves reached: where the cross-method aggregates
+    read that task's final scores, so that no method is scored at a larger budget than another on
+    the same task (tasks keep their own budgets). A warning names the curves that went further."""
+    frames: dict[str, int] = {}
+    for s in summaries:
+        frames[s.task] = min(frames.get(s.task, int(s.frame[-1])), int(s.frame[-1]))
+    ahead = sorted(f"{s.task} / {s.method} (frame {int(s.frame[-1])} > {frames[s.task]})"
+                   for s in summaries if s.frame[-1] > frames[s.task])
+    if ahead:
+        warnings.warn("the aggregates read each task's final scores at the last frame all its methods reached; "
+                      f"these curves went further: {', '.join(ahead)}", CurveWarning, stacklevel=2)
+    return frames
 
 
 def summarize(groups: dict[tuple[str, str], list[RunCurve]], reps: int = BOOTSTRAP_REPS,
@@ -502,19 +520,21 @@ class MethodAggregate:
     method: str
     tasks: list[str]
     runs: int
+    frames: dict[str, int]  # task -> where its final scores are read (common_final_frames of the compared methods)
     metrics: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # name -> point, low, high
 
 
 def aggregate_methods(summaries: Sequence[GroupSummary], reps: int = BOOTSTRAP_REPS,
                       confidence: float = CONFIDENCE, seed: int = 0) -> list[MethodAggregate]:
-    """IQM, mean, median and optimality gap over all tasks of each method (final scores in [0, 1];
-    ``AGGREGATES`` says which weigh tasks and which weigh runs)."""
+    """IQM, mean, median and optimality gap over all tasks of each method (final scores in [0, 1],
+    each task's read at ``common_final_frames``; ``AGGREGATES`` says which weigh tasks and which weigh runs)."""
     rng = np.random.default_rng(seed)
+    frames = common_final_frames(summaries)
     out = []
     for method in sorted({s.method for s in summaries}):
         mine = [s for s in summaries if s.method == method]
-        per_task = [s.normalized_final for s in mine]
-        agg = MethodAggregate(method, [s.task for s in mine], sum(len(x) for x in per_task))
+        per_task = [s.normalized_at(frames[s.task]) for s in mine]
+        agg = MethodAggregate(method, [s.task for s in mine], sum(len(x) for x in per_task), frames)
         for name, fn in AGGREGATES.items():
             point, low, high = stratified_bootstrap(per_task, fn, reps, confidence, rng)
             agg.metrics[name] = (float(point), float(low), float(high))
@@ -527,8 +547,13 @@ def aggregate_curve(summaries: Sequence[GroupSummary], statistic: TaskStatistic 
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One method's normalized score over frames across its tasks (by default the mean over tasks of
     each task's seed mean), on the tasks' ``common_grid``: returns frame [F], point, low, high [F].
-    iVideoGPT's "aggregated success" is this Mean."""
+    iVideoGPT's "aggregated success" is this Mean. It ends where the shortest task's curve ends (a
+    warning names the tasks cut)."""
     frame = common_grid([s.frame for s in summaries])
+    cut = sorted(f"{s.task} (frame {int(s.frame[-1])})" for s in summaries if s.frame[-1] > frame[-1])
+    if cut:
+        warnings.warn(f"{summaries[0].method}: the curve over tasks ends at frame {int(frame[-1])}, the last frame "
+                      f"all its tasks reached; cut: {', '.join(cut)}", CurveWarning, stacklevel=2)
     per_task = [latest_at(s.frame, s.scores, frame) / normalizer(s.suite) for s in summaries]  # [S_t, F]
     point, low, high = stratified_bootstrap(per_task, statistic, reps, confidence, np.random.default_rng(seed))
     return frame, point, low, high
@@ -551,7 +576,9 @@ def markdown_table(summaries: Sequence[GroupSummary], aggregates: Sequence[Metho
                      f"{_ci(s.final, digits)} | {_ci(s.auc, digits)} |")
     if aggregates:
         names = list(AGGREGATES)
-        lines += ["", f"Aggregates of the normalized final score over tasks ({pct} stratified-bootstrap CIs; "
+        at = ", ".join(f"{task} {frame}" for task, frame in sorted(aggregates[0].frames.items()))
+        lines += ["", f"Aggregates over tasks of the normalized score at the last frame all methods reached on "
+                      f"each task ({at}; {pct} stratified-bootstrap CIs; "
                       "success rate, or DMC return / 1000; Mean, Median and Optimality gap weigh each task "
                       "the same, IQM pools all runs):", "",
                   "| method | tasks | runs | " + " | ".join(names) + " |",
