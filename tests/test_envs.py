@@ -460,6 +460,9 @@ def test_bad_config_and_action_are_explained(mw_cfg):
         make_env({k: v for k, v in OmegaConf.to_container(mw_cfg).items() if k != "frame_stack"}, seed=0)
     with pytest.raises(ValueError, match="camera 'nope' is not in this scene"):
         make_env(OmegaConf.merge(mw_cfg, {"camera": "nope"}), seed=0)
+    for key in ("image_size", "frame_stack"):  # refused before MuJoCo gets a 0-pixel framebuffer
+        with pytest.raises(ValueError, match=f"task.{key} must be a positive integer, got 0"):
+            make_env(OmegaConf.merge(mw_cfg, {key: 0}), seed=0)
     env = make_env(mw_cfg, seed=SEED)
     try:
         with pytest.raises(RuntimeError, match="reset"):

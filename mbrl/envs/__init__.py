@@ -111,7 +111,7 @@ class _Cfg:
 
 def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
     """Build the task's env (``mbrl.envs.wrappers.PixelEnv``) seeded with ``seed``."""
-    from mbrl.envs.wrappers import PixelEnv
+    from mbrl.envs.wrappers import PixelEnv, check_positive
 
     get = _Cfg(task_cfg)
     suite = _check_suite(get("suite"))
@@ -121,6 +121,7 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
                   action_repeat=get("action_repeat", cast=int),
                   episode_length=get("episode_length", None if suite == "dmc" else _REQUIRED, cast=int),
                   success_bonus=get("success_bonus", cast=float))
+    check_positive({k: v for k, v in common.items() if v is not None})  # before a simulator is built
     fast = get("fast_render", cast=boolean)
     size = common["image_size"]
     valid = list_tasks(suite)  # also checks that the simulator is installed

@@ -14,7 +14,7 @@ A suite backend (``metaworld_env.py``, ``dmc_env.py``, ...) is a thin adapter ov
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -42,15 +42,24 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+POSITIVE_KEYS = ("image_size", "frame_stack", "action_repeat", "episode_length")
+
+
+def check_positive(values: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming the task key of any of ``POSITIVE_KEYS`` in ``values`` below 1
+    (checked before a simulator is built: a 0-pixel frame fails deep inside the renderer)."""
+    for key in POSITIVE_KEYS:
+        if key in values and int(values[key]) < 1:
+            raise ValueError(f"task.{key} must be a positive integer, got {values[key]!r}")
+
+
 class PixelEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, backend: Backend, *, image_size: int, frame_stack: int, action_repeat: int,
                  episode_length: int, success_bonus: float, task: str):
-        for key, value in (("image_size", image_size), ("frame_stack", frame_stack),
-                           ("action_repeat", action_repeat), ("episode_length", episode_length)):
-            if int(value) < 1:
-                raise ValueError(f"task.{key} must be a positive integer, got {value!r}")
+        check_positive(dict(image_size=image_size, frame_stack=frame_stack, action_repeat=action_repeat,
+                            episode_length=episode_length))
         self.backend, self.task = backend, task
         self.frame_stack, self.action_repeat = int(frame_stack), int(action_repeat)
         self.episode_length, self.success_bonus = int(episode_length), float(success_bonus)
