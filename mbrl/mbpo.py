@@ -28,10 +28,6 @@ from mbrl.video import comparison_video, write_video
 from worldmodel.interface import WorldModel, WorldModelConfigError
 
 
-# The first rollouts come before any agent update: the policy acts as at the agent's step 0
-# (uniform random actions during num_expl_steps), like the real seed data the world model has
-# just been trained on. The official code does the same (its "random action for init gen").
-INITIAL_ROLLOUT_STEP = 0
 IMAGINED_NAME = "imagined.npz"  # the imagined buffer, beside the run's checkpoint
 
 
@@ -97,8 +93,13 @@ class MBPO:
                 for _ in range(self.cfg["init_wm_updates"]):
                     metrics = self.train_world_model(None)
             with timer("imagination"):
+                # The step of the agent's latest action, as the official code's `global_step - 1`
+                # ("random action for init gen"): the agent's schedule decides. At the reference
+                # settings (start_frames = num_seed_frames = num_expl_steps x action_repeat) that
+                # is num_expl_steps - 1, so uniform random actions, like the real seed data the world
+                # model has just been trained on; with a later start_frames, the trained policy.
                 for _ in range(self.cfg["init_rollout_batches"]):
-                    self.generate(INITIAL_ROLLOUT_STEP)
+                    self.generate(step - 1)
             return metrics
         if self.needs_refill:
             self.needs_refill = False
@@ -135,10 +136,13 @@ class MBPO:
 
     def agent_batch(self, batch_size: int) -> TransitionBatch:
         """``real_ratio`` of the batch from the real buffer, the rest imagined (all real before
-        the first rollouts)."""
-        if len(self.imagined) == 0:
-            return self.real.sample(batch_size, self.rng)
+        the first rollouts): real rows first. A source with no rows is not sampled (real_ratio
+        1 or 0)."""
         n_real = int(round(batch_size * self.cfg["real_ratio"]))
+        if len(self.imagined) == 0 or n_real >= batch_size:
+            return self.real.sample(batch_size, self.rng)
+        if n_real <= 0:
+            return self.imagined.sample(batch_size, self.rng)
         return TransitionBatch.cat([self.real.sample(n_real, self.rng),
                                     self.imagined.sample(batch_size - n_real, self.rng)])
 

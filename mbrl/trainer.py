@@ -51,6 +51,8 @@ def check_loop_config(cfg: DictConfig) -> None:
         ("save_every_frames", cfg.save_every_frames, 1)) if value < low]
     if not 0.0 < a.discount <= 1.0:
         problems.append(f"agent.discount must be in (0, 1], got {a.discount}")
+    if not 0.0 <= cfg.mbpo.real_ratio <= 1.0:  # (the share of real rows in MBPO's agent batches)
+        problems.append(f"mbpo.real_ratio must be in [0, 1], got {cfg.mbpo.real_ratio}")
     if problems:
         raise ConfigValueError("; ".join(problems) + ".")
 

@@ -138,7 +138,7 @@ def test_eval_mode_is_the_deterministic_mean_and_training_explores_around_it():
 
 
 def test_uniform_random_actions_before_num_expl_steps():
-    agent = make_agent(num_expl_steps=100)
+    agent = make_agent(num_expl_steps=100, stddev_schedule="0.05")  # (a narrow policy at step 100)
     obs = torch.zeros(4000, *OBS_SHAPE, dtype=torch.uint8)  # identical observations
     action = agent.act(obs, 99, eval_mode=False, generator=torch.Generator().manual_seed(0))
     assert action.min() < -0.99 and action.max() > 0.99
@@ -146,6 +146,12 @@ def test_uniform_random_actions_before_num_expl_steps():
     histogram = torch.histc(action, bins=4, min=-1, max=1) / action.numel()
     assert torch.allclose(histogram, torch.full((4,), 0.25), atol=0.02)
     assert agent.act(obs[:2], 99, eval_mode=True).std(0).max() == 0  # eval ignores exploration
+    # From step num_expl_steps on, the policy: its mean with the scheduled std around it.
+    mean = agent.act(obs[:1], 100, eval_mode=True)
+    assert mean.abs().max() < 0.8  # far enough from the [-1, 1] clip for the std to show
+    action = agent.act(obs, 100, eval_mode=False, generator=torch.Generator().manual_seed(0))
+    assert (action - mean).mean(0).abs().max() < 0.005
+    assert (action - mean).std(0).sub(0.05).abs().max() < 0.005
 
 
 def test_policy_for_imagination_stacks_the_newest_frames():
@@ -166,6 +172,35 @@ def test_act_refuses_bad_observations():
 
 
 # ----- learning -----
+def test_update_random_shifts_the_obs_and_next_obs_batches():
+    """DrQ's augmentation, at the default aug_pad: each update shifts the obs batch once and the
+    next-obs batch once, and the encoder sees the shifted frames."""
+    agent = make_agent(aug_pad=OmegaConf.load(CFG).aug_pad)
+    aug, encode, calls, encoded = agent.aug, agent.encoder.forward, [], []
+
+    def recording_aug(x, *args, **kwargs):
+        out = aug(x, *args, **kwargs)
+        calls.append((x.clone(), out.clone()))
+        return out
+
+    def recording_encode(obs):
+        encoded.append(obs.clone())
+        return encode(obs)
+    agent.aug, agent.encoder.forward = recording_aug, recording_encode
+    for seed in range(2):
+        batch = random_batch(seed=seed)
+        calls.clear()
+        encoded.clear()
+        agent.update(batch, step=0)
+        assert len(calls) == 2
+        (obs_in, obs_out), (next_in, next_out) = calls
+        assert torch.equal(obs_in, batch.obs) and torch.equal(next_in, batch.next_obs)
+        for x, out in calls:  # shifted: most images differ from their input
+            assert out.shape == x.shape and out.dtype == x.dtype
+            assert sum(not torch.equal(a, b) for a, b in zip(x, out)) >= len(x) // 2
+        assert len(encoded) == 2 and torch.equal(encoded[0], obs_out) and torch.equal(encoded[1], next_out)
+
+
 def test_critic_target_is_the_nstep_bootstrap_of_the_target_critic():
     agent = make_agent(aug_pad=0, stddev_clip=0.0)  # no augmentation, next action = mean
     batch = random_batch()

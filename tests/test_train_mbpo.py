@@ -43,11 +43,17 @@ def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
             policy_steps.append(step)
         return act(obs, step, eval_mode, generator)
     trainer.agent.act = recording_act
+    update, updates = trainer.agent.update, []  # (imagined transitions held, the batch) per agent update
+
+    def recording_update(batch, step):
+        updates.append((len(trainer.mbpo.imagined), batch))
+        return update(batch, step)
+    trainer.agent.update = recording_update
     trainer.train()
     mbpo = trainer.mbpo
-    # the initial rollouts act as at the agent's step 0 (uniform random, as the real seed
-    # data the world model was trained on), later ones at the current step
-    assert policy_steps[:HORIZON] == [0] * HORIZON
+    # imagination starts at frame 60 = step 30: the initial rollouts act as at the agent's latest
+    # step, 29 (past TINY's num_expl_steps=10: its policy), later ones at the current step
+    assert policy_steps[:HORIZON] == [29] * HORIZON
     assert policy_steps[HORIZON:] and min(policy_steps[HORIZON:]) >= 30 > trainer.cfg.agent.num_expl_steps
     assert mbpo.started and mbpo.wm_updates > 2
     # rollouts: the initial batch plus one every gen_every_frames after the start, gen_batch each,
@@ -69,6 +75,15 @@ def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
     assert not any(from_imagination[:n_real])
     assert sum(from_imagination[n_real:]) >= 1  # step-0 samples start from a real frame
 
+    # The loop trains the agent on these mixed batches: from the first rollouts on (the same step as
+    # the first update here), each update's rows after n_real are imagined transitions, whose next
+    # obs ends with an imagined frame (a stored rollout's frames after its real start), and the
+    # first n_real rows are real.
+    assert updates and all(held > 0 for held, _ in updates)
+    for _, batch in updates:
+        newest = [f.tobytes() in imagined_frames for f in batch.next_obs[:, -3:].cpu().numpy()]
+        assert newest == [False] * n_real + [True] * (16 - n_real)
+
     run = tmp_path / "run"
     with open(run / "validation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -77,6 +92,109 @@ def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
     with open(run / "train.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]
     assert int(last["imagined_size"]) == len(mbpo.imagined)
+
+
+@pytest.mark.parametrize("start_frames, uses_policy", [(60, False), (90, True)])
+def test_initial_rollouts_act_as_the_agent_at_its_latest_step(tmp_path, start_frames, uses_policy):
+    """As the official code (global_step - 1), the agent's own schedule decides how the first rollouts
+    act: at start_frames = num_seed_frames (the reference) it is still in its uniform exploration phase,
+    like the seed data; with a later start_frames its trained policy acts."""
+    trainer = make_trainer(tmp_path / "run", "world_model=ivideogpt", "agent.num_expl_steps=null",
+                           f"mbpo.start_frames={start_frames}", f"num_train_frames={start_frames}")
+    agent = trainer.agent
+    assert agent.num_expl_steps == 30  # num_seed_frames 60 / action_repeat 2
+    act, forward, actor_ran, rollout_acts = agent.act, agent.actor.forward, [], []
+
+    def recording_forward(*args, **kwargs):
+        actor_ran.append(True)
+        return forward(*args, **kwargs)
+
+    def recording_act(obs, step, eval_mode, generator=None):
+        actor_ran.clear()
+        action = act(obs, step, eval_mode, generator)
+        if obs.shape[0] > 1:  # a rollout batch: (step, whether the actor chose the actions)
+            rollout_acts.append((step, bool(actor_ran)))
+        return action
+    agent.actor.forward, agent.act = recording_forward, recording_act
+    trainer.train()
+    assert trainer.mbpo.started and trainer.frame == start_frames
+    # the only rollouts are the initial batch, imagined after agent step start_frames / 2
+    assert rollout_acts == [(start_frames // 2 - 1, uses_policy)] * HORIZON
+
+
+@pytest.mark.parametrize("context", [1, 2, 3, 4])  # shorter than, as long as and longer than the frame stack
+def test_generate_stacks_real_frames_then_imagined_ones_in_order(tmp_path, context):
+    """Through MBPO.generate with the real tiny iVideoGPT: each stored rollout is
+    [o_{t-2}, o_{t-1}, o_t, imagined_1..k] (real frames of the episode, then what world_model.step
+    returned), the world model is reset on the last `context` real frames, and at imagined step i
+    the policy sees the frame stack ending at the newest frame so far."""
+    extra = ["+world_model.model.transformer.max_position_embeddings=1536"] if context > 3 else []  # 257 tokens/frame
+    trainer = make_trainer(tmp_path / "run", "world_model=ivideogpt", f"world_model.model.context_frames={context}",
+                           "mbpo.start_frames=1000000", *extra)
+    mbpo, agent, fs = trainer.mbpo, trainer.agent, trainer.frame_stack
+    wm = mbpo.world_model
+    assert fs == 3 and wm.context_frames == context
+    episode, _ = trainer.run_episode(trainer.train_env, eval_mode=False, seed=0)
+    trainer.store_episode(episode)
+    real = {f.tobytes(): t for t, f in enumerate(episode.obs)}
+    assert len(real) == len(episode.obs)  # the episode's frames tell their time apart
+    reset, step, act = wm.reset, wm.step, agent.act
+    contexts, imagined, seen = [], [], []
+
+    def recording_reset(context_obs, *args, **kwargs):
+        contexts.append(context_obs.cpu().numpy().copy())
+        return reset(context_obs, *args, **kwargs)
+
+    def recording_step(state, action):
+        frame, reward, state = step(state, action)
+        imagined.append(frame.cpu().numpy().copy())
+        return frame, reward, state
+
+    def recording_act(obs, step, eval_mode, generator=None):
+        seen.append(obs.cpu().numpy().copy())
+        return act(obs, step, eval_mode, generator)
+    wm.reset, wm.step, agent.act = recording_reset, recording_step, recording_act
+
+    batch = trainer.cfg.mbpo.gen_batch
+    assert mbpo.generate(trainer.step) == batch
+    assert len(contexts) == 1 and len(imagined) == len(seen) == HORIZON
+    stored = mbpo.imagined.frames[:batch]
+    imagined = np.stack(imagined, 1)  # [B, k, 3, H, W]
+    starts = []
+    for b in range(batch):
+        t = real[stored[b, fs - 1].tobytes()]  # the rollout's real start o_t
+        starts.append(t)
+        expected = [episode.obs[max(t - j, 0)] for j in range(fs - 1, -1, -1)] + list(imagined[b])
+        np.testing.assert_array_equal(stored[b], np.stack(expected))
+        np.testing.assert_array_equal(contexts[0][b], episode.obs[[max(t - j, 0) for j in range(context - 1, -1, -1)]])
+        for i in range(HORIZON):
+            np.testing.assert_array_equal(seen[i][b], np.concatenate(expected[i:i + fs]))
+    assert max(starts) >= fs - 1  # some stack of three distinct real frames was checked
+    trainer.close()
+
+
+@pytest.mark.parametrize("ratio", [-0.25, 1.5])
+def test_a_real_ratio_outside_0_1_is_refused_at_start(tmp_path, ratio):
+    from mbrl.utils import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match=rf"mbpo\.real_ratio must be in \[0, 1\], got {ratio}"):
+        make_trainer(tmp_path / "run", "world_model=ivideogpt", f"mbpo.real_ratio={ratio}")
+
+
+def test_real_ratios_0_and_1_give_all_imagined_and_all_real_batches(tmp_path):
+    trainer = make_trainer(tmp_path / "run", "world_model=ivideogpt", "mbpo.real_ratio=1.0",
+                           "mbpo.start_frames=1000000")
+    mbpo = trainer.mbpo
+    episode, _ = trainer.run_episode(trainer.train_env, eval_mode=False, seed=0)
+    trainer.store_episode(episode)
+    mbpo.generate(trainer.step)
+    imagined_frames = frame_keys(mbpo.imagined.frames[:mbpo.imagined.size, trainer.frame_stack:])
+    for ratio, imagined in ((1.0, False), (0.0, True)):
+        mbpo.cfg.real_ratio = ratio
+        batch = mbpo.agent_batch(16)
+        assert len(batch.obs) == 16
+        assert [f.tobytes() in imagined_frames for f in batch.next_obs[:, -3:].numpy()] == [imagined] * 16
+    trainer.close()
 
 
 def test_mbpo_resume_restores_world_model(tmp_path):
@@ -183,10 +301,21 @@ def test_agent_updates_every_step_times_the_config_without_a_world_model_too(tmp
         return update(batch, step)
 
     trainer.agent.update = counting_update
+    act, acted = trainer.agent.act, []  # (step passed, eval_mode) per env action
+
+    def recording_act(obs, step, eval_mode, generator=None):
+        acted.append((step, eval_mode))
+        return act(obs, step, eval_mode, generator)
+    trainer.agent.act = recording_act
     trainer.train()
     per_step = {s: steps.count(s) for s in steps}
     assert set(per_step.values()) == {2} and max(per_step) == trainer.step
     assert sorted(per_step) == list(range(min(per_step), trainer.step + 1))  # every agent step after seeding
+    # The agent acts at its agent-step count (which drives num_expl_steps and the std schedule), not
+    # the frame count: 0, 1, 2, ... in training, and the final evaluation at the last step.
+    assert trainer.action_repeat == 2 and trainer.frame == 2 * trainer.step == 150
+    assert [s for s, eval_mode in acted if not eval_mode] == list(range(trainer.step))
+    assert {s for s, eval_mode in acted if eval_mode} == {trainer.step}
 
 
 def test_a_resumed_run_meets_the_episode_starts_of_an_uninterrupted_one(tmp_path):
