@@ -30,7 +30,7 @@ DEMOS = REPO / "demonstrations" / "metaworld"
 TINY = ["preset=cpu", "log.wandb=disabled", "log.progress_bar=false", "data_loader.num_workers=0",
         "batch_size=2", "segment_length=7", "eval.batches=1", "optim.warmup_steps=2", "log.every=1"]
 FINETUNE = ["steps.tokenizer=3", "steps.transformer=8", "eval.every=4", "checkpoint.every=2",
-            "freeze=[context_codebook,future_codebook]", "log.tensorboard=false"]
+            "freeze=[context_codebook,future_codebook,'transformer.llm.model.layers.0.*']", "log.tensorboard=false"]
 TIMEOUT = 300
 
 
@@ -75,6 +75,7 @@ def test_action_free_pretraining_loads_into_mbpo_model(action_free_run):
     # the MBPO loader: action-free weights into the env's 4-dim action model, new heads at zero
     model = load_pretrained(out / "model", action_dim=4)
     assert model.action_dim == 4
+    assert load_pretrained(out, action_dim=4).action_dim == 4  # the output folder itself also loads
     assert torch.count_nonzero(model.transformer.action_linear.weight) == 0
     trained = load_file(str(out / "model" / "model.safetensors"))
     assert "transformer.action_linear.weight" not in trained
@@ -95,6 +96,10 @@ def test_finetune_from_action_free_with_frozen_codebooks(action_free_run, finetu
     after = load_file(str(out / "model" / "model.safetensors"))
     for key in ("tokenizer.quantize.embedding.weight", "tokenizer.dynamics_quantize.embedding.weight"):
         assert torch.equal(before[key], after[key]), f"{key} is frozen but changed"
+    # a pattern freezes what loading action-free weights (codebooks=auto) would not: layer 0, not layer 1
+    layer = "transformer.llm.model.layers.{}.self_attn.q_proj.weight"
+    assert torch.equal(before[layer.format(0)], after[layer.format(0)])
+    assert not torch.equal(before[layer.format(1)], after[layer.format(1)])
     assert not torch.equal(before["tokenizer.encoder.conv_in.weight"], after["tokenizer.encoder.conv_in.weight"])
     assert torch.count_nonzero(after["transformer.action_linear.weight"]) > 0  # learnt from the actions
     assert load_pretrained(out / "model", action_dim=4).action_dim == 4
@@ -158,9 +163,11 @@ def test_vid2world_pretraining(tmp_path):
     assert torch.equal(init.backbone.conv_in.weight, model.backbone.conv_in.weight)  # reward stage: backbone fixed
     assert not torch.equal(init.reward_head.mlp[-1].weight, model.reward_head.mlp[-1].weight)
     # optim.lr=null: each stage takes the model's lr for its part (vid2world: lr 1e-4, reward_lr 3e-4)
-    first_lr = {stage: float(_csv_rows(out / "logs" / f"{stage}_train.csv")[0]["lr"])
-                for stage in ("diffusion", "reward")}
-    assert first_lr["reward"] == pytest.approx(3 * first_lr["diffusion"]) and first_lr["diffusion"] > 0
+    # (the logged lr is the one each step applied: 0 at the first step of the warm-up, then rising)
+    lrs = {stage: [float(r["lr"]) for r in _csv_rows(out / "logs" / f"{stage}_train.csv")]
+           for stage in ("diffusion", "reward")}
+    assert lrs["diffusion"][0] == 0.0 and lrs["diffusion"][1] > 0
+    assert lrs["reward"][1] == pytest.approx(3 * lrs["diffusion"][1])
 
 
 def test_vid2world_pretraining_refuses_a_memory_on_state_keys(tmp_path):
@@ -307,6 +314,25 @@ def test_script_prints_its_config_and_reports_missing_data_in_one_line(tmp_path)
     no_log = subprocess.run([sys.executable, SCRIPT, *TINY, "log.every=0", f"out={tmp_path / 'out'}"], cwd=REPO,
                             env={**_env(), "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True, timeout=TIMEOUT)
     assert no_log.returncode == 1 and "log.every=0: " in no_log.stderr and "Traceback" not in no_log.stderr
+    # MBPO's key would be ignored here: refused, naming pretraining's own
+    mbpo_key = subprocess.run([sys.executable, SCRIPT, *TINY, f"world_model.pretrained={tmp_path}",
+                               f"out={tmp_path / 'out'}"], cwd=REPO, env={**_env(), "HYDRA_FULL_ERROR": "0"},
+                              capture_output=True, text=True, timeout=TIMEOUT)
+    assert mbpo_key.returncode == 1 and "Traceback" not in mbpo_key.stderr, mbpo_key.stderr[-3000:]
+    assert f"init_from={tmp_path} instead" in mbpo_key.stderr
+
+
+def test_evaluation_draws_the_same_noise_every_time_and_leaves_training_rng_alone():
+    from worldmodel.training.trainer import isolated_rng
+
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        expected_next = torch.randn(3, generator=torch.Generator().manual_seed(global_seed))
+        with isolated_rng(seed=0):
+            draws.append(torch.randn(4))
+        assert torch.equal(torch.randn(3), expected_next)  # the training stream goes on as if untouched
+    assert torch.equal(draws[0], draws[1])
 
 
 def test_freeze_patterns():

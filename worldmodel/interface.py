@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -44,6 +44,12 @@ class SegmentBatch:
         return SegmentBatch(self.obs.to(device, non_blocking=True),
                             None if self.action is None else self.action.to(device, non_blocking=True),
                             self.reward.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "SegmentBatch":
+        """The batch in page-locked memory (what a DataLoader with ``pin_memory=True`` calls), so
+        that ``to(cuda)`` copies asynchronously; a subclass's extra tensors are pinned too."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v.pin_memory() for k, v in tensors.items() if isinstance(v, torch.Tensor)})
 
 
 @dataclass

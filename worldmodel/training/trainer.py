@@ -38,7 +38,7 @@ import torch
 from worldmodel.host_memory import keep_freed_host_memory
 from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldModelConfigError, load_weights_checked
 from worldmodel.optim import adamw
-from worldmodel.registry import load_pretrained, pretrained_model_type, world_model_class
+from worldmodel.registry import load_pretrained, model_directory, pretrained_model_type, world_model_class
 from worldmodel.training.csv_log import CsvLog
 from worldmodel.training.data import build_datasets, eval_batches, fvd_extra_batches, position_loader
 from worldmodel.training.evaluation import EvalTools, evaluate
@@ -94,11 +94,10 @@ def write_pretrained(directory: Path, model: WorldModel, state: dict[str, torch.
 
 def resolve_pretrained_dir(path: str | os.PathLike) -> Path:
     """A save_pretrained directory, or a pretraining output (its ``model/``)."""
+    directory = Path(model_directory(path))
+    if (directory / CONFIG_NAME).is_file():
+        return directory
     path = Path(path)
-    if (path / CONFIG_NAME).is_file():
-        return path
-    if (path / "model" / CONFIG_NAME).is_file():
-        return path / "model"
     raise WorldModelConfigError(f"init_from={path} holds no world model ({CONFIG_NAME} missing there and in "
                                 f"{path / 'model'}); give a save_pretrained directory or a pretraining output.")
 
@@ -149,11 +148,15 @@ class TrainState:
 
 
 @contextlib.contextmanager
-def isolated_rng():
-    """Evaluation draws from its own copy of every RNG: the training stream is unchanged."""
+def isolated_rng(seed: int):
+    """Evaluation draws from its own RNG, seeded with ``seed`` (the same noise at every evaluation,
+    e.g. for a diffusion loss), and the training stream is unchanged."""
     np_state, py_state = np.random.get_state(), random.getstate()
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
         try:
             yield
         finally:
@@ -177,8 +180,9 @@ class Pretrainer:
             raise WorldModelConfigError(f"log.every={log['every']}: train metrics are averaged and logged every "
                                         "N optimiser steps; give N >= 1.")
         trackers = (["tensorboard"] if log["tensorboard"] else []) + (["wandb"] if log["wandb"] != "disabled" else [])
-        mixed = mixed_precision(cfg["mixed_precision"], os.environ.get("ACCELERATE_MIXED_PRECISION"),
-                                torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # native bf16 only (Ampere and later): emulated bf16 on older GPUs is slower than fp32
+        bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        mixed = mixed_precision(cfg["mixed_precision"], os.environ.get("ACCELERATE_MIXED_PRECISION"), bf16_gpu)
         # cpu=True without CUDA: several processes then form a gloo group (MULTI_CPU), e.g. under
         # `accelerate launch --multi_gpu --num_processes 2` or torchrun on a CPU-only machine.
         self.accelerator = Accelerator(
@@ -195,6 +199,10 @@ class Pretrainer:
 
     def _build_model(self, image_size: int, action_dim: int) -> WorldModel:
         cfg = self.cfg
+        if cfg["world_model"].get("pretrained"):  # MBPO's key: here it would be ignored
+            raise WorldModelConfigError(
+                f"world_model.pretrained={cfg['world_model']['pretrained']} is what MBPO runs load; pretraining "
+                f"starts from a checkpoint with init_from={cfg['world_model']['pretrained']} instead.")
         if cfg.get("init_from"):
             directory = resolve_pretrained_dir(cfg["init_from"])
             held, name = pretrained_model_type(directory), cfg["world_model"]["name"]
@@ -410,6 +418,7 @@ class Pretrainer:
                     loss, metrics = stage_p(batch.obs, batch.action, batch.reward)
                     acc.backward(loss)
                     if acc.sync_gradients:
+                        lr = sched.get_last_lr()[0]  # the rate this step applies (logged; sched.step moves on)
                         norm = acc.clip_grad_norm_(stage_p.parameters(), clip)
                         if acc.scaler is not None:  # fp16: the grad scaler skips a non-finite step and
                             opt_p.step()            # lowers its scale itself (it must see every step)
@@ -438,7 +447,7 @@ class Pretrainer:
                 now = time.perf_counter()
                 rate = (state.step - step_last) / max(now - t_last, 1e-9)
                 row = {"step": state.step, **{k: float(v) for k, v in zip(keys, means)},
-                       "lr": sched.get_last_lr()[0], "skipped": state.skipped, "steps_per_s": rate,
+                       "lr": lr, "skipped": state.skipped, "steps_per_s": rate,
                        "frames_per_s": rate * frames_per_step}
                 if tokens_per_step:
                     row["tokens_per_s"] = rate * tokens_per_step
@@ -459,7 +468,7 @@ class Pretrainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            with isolated_rng():
+            with isolated_rng(self.tools.seed):
                 t0 = time.perf_counter()
                 metrics, video = evaluate(self.model, name, self.eval_data, self.tools)
                 metrics["eval_seconds"] = time.perf_counter() - t0
