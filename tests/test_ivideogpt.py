@@ -616,17 +616,19 @@ def _segments(B: int, T: int, seed: int, size: int = IMG) -> SegmentBatch:
 
 
 def test_update_metrics_and_non_finite_loss_is_skipped():
-    model = tiny_model(training={"warmup_steps": 2})
+    model = tiny_model(training={"warmup_steps": 4})
     m = model.update(_segments(2, 4, 0))
     for key in ("tokenizer/rec_loss", "transformer/token_ce", "transformer/token_accuracy", "transformer/reward_mse"):
         assert key in m and isinstance(m[key], float) and m[key] == m[key]
-    assert m["transformer/lr"] == pytest.approx(0.5e-4)  # first warm-up step
+    assert m["transformer/lr"] == pytest.approx(0.25e-4)  # first of four warm-up steps
     before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
     bad = _segments(2, 4, 1)
     bad.reward[0, 1] = float("nan")
     m = model.update(bad, parts=("transformer",))
     assert m["transformer/skipped"] == 1.0 and model.counters["skipped_transformer"] == 1
     assert all(torch.equal(v, model.transformer.state_dict()[k]) for k, v in before.items())
+    m = model.update(_segments(2, 4, 2), parts=("transformer",))  # a skipped step leaves the warm-up where it was
+    assert m["transformer/lr"] == pytest.approx(0.5e-4)
     with pytest.raises(ValueError, match="future frames"):
         model.update(_segments(2, 8, 0))  # 6 future frames > max_future_frames=4
     with pytest.raises(ValueError, match="unknown parts"):

@@ -409,11 +409,34 @@ def test_perceptual_loss_from_weights_file(tmp_path):
     net = PerceptualLoss(stages, path)
     a, b = random_frames(3, 1)[:, 0], random_frames(3, 1)[:, 0]
     assert net(a, a).abs().max() < 1e-6 and (net(a, b) > 0).all()
+    plain = tiny().train()
     tok = tiny(perceptual_weights_path=str(path)).train()
-    loss, m = tok(random_frames(2, T0 + 1))
+    tok.load_state_dict(plain.state_dict())
+    frames = random_frames(2, T0 + 1)
+    torch.manual_seed(0)
+    loss, m = tok(frames)
+    torch.manual_seed(0)
+    plain_loss, _ = plain(frames)
     assert m["perceptual_loss"] > 0
+    assert loss.item() == pytest.approx(plain_loss.item() + tok.config["perceptual_weight"] * m["perceptual_loss"].item())
     loss.backward()
     assert not any(k.startswith("_perceptual") or "lin0" in k for k in tok.state_dict())
+    # the net is only for training: without its file a tokenizer still builds (and imagines), and
+    # its first training loss names the file
+    path.unlink()
+    missing = tiny(perceptual_weights_path=str(path)).train()
+    with pytest.raises(FileNotFoundError, match="perceptual_weights_path"):
+        missing(frames)
+
+
+def test_adaptive_gan_weight_is_vqgans_gradient_norm_ratio():
+    from worldmodel.ivideogpt.losses import adaptive_gan_weight
+
+    last = torch.ones(3, 4, requires_grad=True)
+    ref, gan = (2.0 * last).sum(), (0.5 * last).sum()  # gradients 2 and 0.5 everywhere
+    assert adaptive_gan_weight(ref, gan, last, max_weight=1e4).item() == pytest.approx(4.0)
+    assert adaptive_gan_weight(gan, ref, last, max_weight=1e4).item() == pytest.approx(0.25)
+    assert adaptive_gan_weight(ref, gan, last, max_weight=3.0).item() == pytest.approx(3.0)
 
 
 def test_bf16_autocast_and_clear_errors():

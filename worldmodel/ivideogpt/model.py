@@ -107,7 +107,8 @@ class IVideoGPT(WorldModel):
     run_settings = ("max_future_frames", "sampling", "training", "transformer.attention_dropout",
                     "transformer.rope_scaling",
                     *(f"tokenizer.{key}" for key in ("commit_beta", "rec_weight", "perceptual_weight",
-                                                     "perceptual_weights_path", "gan", "disc_start", "disc_weight",
+                                                     "perceptual_weights_path", "perceptual_channels", "gan",
+                                                     "disc_start", "disc_weight", "disc_depth", "disc_hidden_channels",
                                                      "adaptive_weight_max", "dead_code_reset", "dead_code_steps",
                                                      "cross_attn_dropout")))
 

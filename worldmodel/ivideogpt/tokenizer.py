@@ -30,6 +30,7 @@ need the context frames themselves (``encode_context``).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -42,6 +43,8 @@ from worldmodel.ivideogpt.losses import PatchDiscriminator, PerceptualLoss, adap
 from worldmodel.ivideogpt.quantizer import VectorQuantizer
 from worldmodel.ivideogpt.tokenizer_blocks import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
 from worldmodel.ivideogpt.tokenizer_configs import PRESETS
+
+log = logging.getLogger(__name__)
 
 _RANGE_TOLERANCE = 1e-3  # frames may overshoot [-1, 1] by rounding
 
@@ -147,11 +150,25 @@ class CompressiveTokenizer(nn.Module):
         self.discriminator = (PatchDiscriminator(c["in_channels"], c["disc_hidden_channels"], c["disc_depth"])
                               if c["gan"] else None)
         # The perceptual net is frozen and loaded from its own file, so it is kept out of the
-        # module tree (and out of checkpoints); it follows the input's device when used.
+        # module tree (and out of checkpoints); it follows the input's device when used. It is
+        # loaded by the first training loss: a checkpoint trained with it still loads for
+        # imagination where that file is not (another machine, the player).
         self._perceptual: list[PerceptualLoss] = []
-        if c["perceptual_weights_path"]:
-            self._perceptual.append(PerceptualLoss(c["perceptual_channels"], os.fspath(c["perceptual_weights_path"])))
+        path = c["perceptual_weights_path"]
+        if path and not os.path.isfile(path):
+            log.warning("perceptual_weights_path %s does not exist: training this tokenizer will fail until it "
+                        "does (or set it to null); imagination does not need it", path)
         self.last_recon: Tensor | None = None
+
+    def _perceptual_net(self) -> PerceptualLoss | None:
+        """The frozen perceptual net of ``perceptual_weights_path`` (None: no perceptual loss),
+        loaded at the first call."""
+        path = self.config["perceptual_weights_path"]
+        if not path:
+            return None
+        if not self._perceptual:
+            self._perceptual.append(PerceptualLoss(self.config["perceptual_channels"], os.fspath(path)))
+        return self._perceptual[0]
 
     # ----- parameter groups -----
     def generator_parameters(self) -> Iterator[nn.Parameter]:
@@ -333,8 +350,8 @@ class CompressiveTokenizer(nn.Module):
         metrics: dict[str, Tensor] = {"rec_loss": rec_loss, "commit_loss": commit_loss}
 
         fut_ref_loss = F.l1_loss(fut_rec, fut)  # what the GAN term is balanced against
-        if self._perceptual:
-            net = self._perceptual[0]
+        net = self._perceptual_net()
+        if net is not None:
             if net.shift.device != x.device:
                 net.to(x.device)
             fut_perc = net(fut * 2 - 1, fut_rec * 2 - 1).mean()
