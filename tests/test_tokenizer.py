@@ -418,7 +418,8 @@ def test_perceptual_loss_from_weights_file(tmp_path):
     torch.manual_seed(0)
     plain_loss, _ = plain(frames)
     assert m["perceptual_loss"] > 0
-    assert loss.item() == pytest.approx(plain_loss.item() + tok.config["perceptual_weight"] * m["perceptual_loss"].item())
+    perceptual_term = tok.config["perceptual_weight"] * m["perceptual_loss"].item()
+    assert loss.item() == pytest.approx(plain_loss.item() + perceptual_term)
     loss.backward()
     assert not any(k.startswith("_perceptual") or "lin0" in k for k in tok.state_dict())
     # the net is only for training: without its file a tokenizer still builds (and imagines), and
