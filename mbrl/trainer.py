@@ -234,6 +234,7 @@ class Trainer:
         episodes = self.run_dir / EPISODES_DIR
         if state is None and not (episodes.is_dir() and episode_paths(episodes)):
             return False
+        self.checkpoint_frame = None if state is None else state["step"] * self.action_repeat
         if state is not None:
             self.agent.load_state_dict(state["agent"])
             set_rng_state(state["rng"])
@@ -266,15 +267,31 @@ class Trainer:
                   f"checkpoint at frame {state['step'] * self.action_repeat})")
         return True
 
+    def finish_stopped_run(self) -> None:
+        """A run whose episodes reached ``num_train_frames`` but that stopped before its final eval
+        and checkpoint: the loop below only evaluates and saves it, with its checkpoint's agent
+        (refused without one: a fresh agent's eval would pass for the run's result)."""
+        if self.checkpoint_frame is None:
+            self.close()
+            raise ConfigValueError(
+                f"{self.run_dir} holds {self.frame} frames of episodes (num_train_frames={self.cfg.num_train_frames}) "
+                f"but no checkpoint: it stopped before its first (save_every_frames={self.cfg.save_every_frames}), "
+                "so its agent was never saved. Start it again in a new run dir, or resume with a larger "
+                "num_train_frames to train a fresh agent on these episodes.")
+        print(f"[train] {self.run_dir} reached {self.frame} frames but stopped before its final eval and checkpoint: "
+              f"finishing it with the agent of its checkpoint at frame {self.checkpoint_frame}")
+
     # ----- the loop -----
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.demo:  # demos live in demonstrations/, not in the run's episodes/
             self.load_demos()
         if cfg.resume and self.restore() and self.frame >= cfg.num_train_frames:
-            print(f"[train] {self.run_dir} already finished ({self.frame} frames); nothing to do")
-            self.close()
-            return {}
+            if self.checkpoint_frame == self.frame and self.last_eval_frame == self.frame:
+                print(f"[train] {self.run_dir} already finished ({self.frame} frames); nothing to do")
+                self.close()
+                return {}
+            self.finish_stopped_run()
         bar = None
         if cfg.log.progress_bar:
             from tqdm import tqdm

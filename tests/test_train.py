@@ -112,6 +112,35 @@ def test_a_run_stopped_before_its_first_checkpoint_continues_from_its_episodes(t
     assert meta["env_settings"]["action_repeat"] == ACTION_REPEAT and "success_bonus" in meta["env_settings"]
 
 
+def test_a_run_stopped_before_its_final_eval_is_finished_not_skipped(tmp_path):
+    """Its episodes reached num_train_frames, its final eval and checkpoint never happened: resuming
+    evaluates and saves it (with its checkpoint's agent) instead of calling it finished."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    train(run, "num_train_frames=40")
+    shutil.copytree(run / "checkpoints", tmp_path / "at_40")
+    train(run, "num_train_frames=80", "resume=true")
+    shutil.rmtree(run / "checkpoints")  # as if killed after its last episode, before the final eval and save
+    shutil.copytree(tmp_path / "at_40", run / "checkpoints")
+    log = run / "eval.csv"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))
+    assert [int(r["frame"]) for r in rows(log)] == [0, 40]
+    result = train(run, "num_train_frames=80", "resume=true")
+    assert "stopped before its final eval and checkpoint" in result.stdout
+    assert [int(r["frame"]) for r in rows(log)] == [0, 40, 80]
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["step"] * ACTION_REPEAT == 80
+    assert "already finished" in train(run, "num_train_frames=80", "resume=true").stdout
+    # without any checkpoint its agent is lost: refused, not evaluated fresh as if it were the run's
+    shutil.rmtree(run / "checkpoints")
+    lost = train(run, "num_train_frames=80", "resume=true", check=False)
+    assert lost.returncode == 1 and "Traceback" not in lost.stderr
+    assert "no checkpoint" in lost.stderr and "never saved" in lost.stderr
+
+
 def test_resume_true_finds_the_latest_run_with_a_checkpoint_or_episodes(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "mbrl"))
     from train_mbpo import resolve_resume
