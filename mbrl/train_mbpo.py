@@ -28,6 +28,31 @@ CONFIG_DIR = str(REPO_ROOT / "cfgs")
 RUNS_DIR = Path("runs")
 
 
+def check_overrides(args: list[str]) -> None:
+    """Catch two command-line slips before Hydra, with the names that exist: a task without a
+    config file (Hydra would not list the tasks), and ``+key=...`` for a top-level key the config
+    does not have (Hydra suggests ``+`` for any unknown key, and the key would then be ignored)."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    task_dir = REPO_ROOT / "cfgs" / "task"
+    tasks = sorted(str(p.relative_to(task_dir).with_suffix("")) for p in task_dir.rglob("*.yaml"))
+    for task in (override_value(args, "task") or "").split(","):
+        if task and task not in tasks:
+            close = difflib.get_close_matches(task, tasks, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise SystemExit(f"[train] task={task}: no cfgs/task/{task}.yaml; {hint}tasks: {', '.join(tasks)}")
+    known = {k for k in OmegaConf.load(REPO_ROOT / "cfgs" / "config.yaml") if k not in ("defaults", "hydra")}
+    known |= {p.name for p in (REPO_ROOT / "cfgs").iterdir() if p.is_dir()}  # config groups (+memory=vrag)
+    for arg in args:
+        key = arg[1:].split("=", 1)[0] if arg.startswith("+") and not arg.startswith("++") else ""
+        if key and "." not in key and "@" not in key and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}=...?" if close else ""
+            raise SystemExit(f"[train] {arg}: {key} is not a key of cfgs/config.yaml, so it would be ignored{hint}")
+
+
 def override_value(args: list[str], key: str) -> str | None:
     """The value of a ``key=value`` command-line override, or None if it is not given."""
     for arg in args:
@@ -87,9 +112,9 @@ def resolve_resume(args: list[str]) -> list[str]:
     runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if resumable(p))
     if not runs:
         print(f"[train] resume=true: no earlier run with a checkpoint or episodes under {parent}; "
-              "starting a new run")
+              "starting a new run", flush=True)
         return insert_override(rest, "resume=true")
-    print(f"[train] resume=true: continuing {runs[-1]}")
+    print(f"[train] resume=true: continuing {runs[-1]}", flush=True)
     return insert_override(insert_override(rest, "resume=true"), f"hydra.run.dir={runs[-1]}")
 
 
@@ -108,12 +133,13 @@ def main(cfg: DictConfig) -> None:
                                WorldModelConfigError, ConfigValueError, FileNotFoundError)):
         from mbrl.trainer import Trainer
 
-        print(f"[train] run dir: {run_dir}")
+        print(f"[train] run dir: {run_dir}", flush=True)
         result = Trainer(cfg, run_dir).train()
     if result:
         print(f"[train] done: final eval success {result['success']:.2f}, return {result['episode_reward']:.1f}")
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
     sys.argv = [sys.argv[0]] + resolve_resume(choose_preset(sys.argv[1:]))
     main()

@@ -170,6 +170,8 @@ def test_resume_true_finds_the_latest_run_with_a_checkpoint_or_episodes(tmp_path
     ("world_model=ivideogpt", "longer than an episode"),  # TINY's episodes: 11 frames < 12
     ("agent.stddev_clip=-1", "stddev_clip"),
     ("agent.not_a_key=1", "not_a_key"),
+    ("task=metaworld/plate_slid", "did you mean metaworld/plate_slide"),  # Hydra would list no tasks
+    ("+num_train_frame=20", "did you mean num_train_frames"),  # Hydra's own hint: this, then ignored
     ("device=cuda:7", "CUDA"),
 ])
 def test_bad_input_gives_a_clear_message(tmp_path, override, message):
