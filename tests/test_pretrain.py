@@ -68,7 +68,14 @@ def test_action_free_pretraining_loads_into_mbpo_model(action_free_run):
         assert len((out / "logs" / f"{name}_train.csv").read_text().splitlines()) == 1 + 3
         assert (out / "logs" / f"{name}_eval.csv").exists()
         assert (out / "videos" / f"{name}_step00000003.mp4").stat().st_size > 0
-    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(events[0].parent)).Reload()
+    steps = {tag: [e.step for e in logged.Scalars(tag)] for tag in logged.Tags()["scalars"]}
+    # the transformer's steps follow the tokenizer's 3 (wandb drops steps lower than one it has seen)
+    assert steps["tokenizer/train/loss"] == [1, 2, 3] and steps["transformer/train/loss"] == [4, 5, 6]
     evals = (out / "logs" / "transformer_eval.csv").read_text()
     for key in ("teacher_forced_token_accuracy", "open_loop_psnr", "open_loop_ssim", "open_loop_reward_mse"):
         assert key in evals

@@ -282,6 +282,7 @@ class Pretrainer:
                           if self.val_data is not None and ev["every"] else [])
         self.tools = self._eval_tools() if self.eval_data else None
 
+        self.stage_order = stages
         for idx, name in enumerate(stages):
             stage_dir = self.out / "stages" / f"{idx}-{name}"
             if (stage_dir / STAGE_DONE_NAME).exists():
@@ -386,6 +387,8 @@ class Pretrainer:
         opt, sched = self._optimizer(stage, steps)
         acc.free_memory()
         state.stage, state.step, state.skipped, state.scheduler = idx, 0, 0, sched
+        # TensorBoard / wandb steps run on across stages (wandb drops a step lower than one it has seen)
+        self.tracker_offset = sum(int(cfg["steps"][n]) for n in self.stage_order[:idx])
         stage_p, opt_p = acc.prepare(stage, opt)
         ckpts = self._checkpoints(idx, name)
         if ckpts:
@@ -453,7 +456,8 @@ class Pretrainer:
                     row["tokens_per_s"] = rate * tokens_per_step
                 if acc.is_main_process:
                     train_log.write(row)
-                    acc.log({f"{name}/train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
+                    acc.log({f"{name}/train/{k}": v for k, v in row.items() if k != "step"},
+                            step=self.tracker_offset + state.step)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", fps=f"{row['frames_per_s']:.0f}")
                 sums, count, t_last, step_last = {}, 0, now, state.step
             if self.eval_data and (state.step % eval_every == 0 or end):
@@ -473,7 +477,7 @@ class Pretrainer:
                 metrics, video = evaluate(self.model, name, self.eval_data, self.tools)
                 metrics["eval_seconds"] = time.perf_counter() - t0
             eval_log.write({"step": self.state.step, **metrics})
-            acc.log({f"{name}/eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
+            acc.log({f"{name}/eval/{k}": v for k, v in metrics.items()}, step=self.tracker_offset + self.state.step)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "eval_seconds")
             self.print(f"eval {name} step {self.state.step}: {shown}")
             if video is not None:
