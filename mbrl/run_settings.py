@@ -50,18 +50,20 @@ def saved_settings(hydra_dir: Path) -> dict[str, str]:
 
 
 def settings_changes(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """{key: (before, after)} for every key whose value differs (missing: "<unset>")."""
-    unset = "<unset>"
-    return {k: (before.get(k, unset), after.get(k, unset)) for k in sorted(set(before) | set(after))
-            if before.get(k, unset) != after.get(k, unset)}
+    """{key: (before, after)} for every key both have with another value. A key only one side has
+    is a key the code added or removed since the run started, not a setting the launch changed."""
+    return {k: (before[k], after[k]) for k in sorted(set(before) & set(after)) if before[k] != after[k]}
 
 
 def describe_changes(run_dir: Path, changes: Mapping[str, tuple[str, str]]) -> str:
     """The refusal of a relaunch that would change a run's settings, with what to do instead."""
-    listed = ", ".join(f"{k}={old} (now {new})" for k, (old, new) in changes.items())
-    return (f"{run_dir} was trained with {listed}. A run keeps its settings: resume it without those "
-            "overrides, or start a new run (another hydra.run.dir, or without resume=; for "
-            "scripts/benchmark.py, another name=)")
+    listed = ", ".join(f"{k}={old} (this launch: {new})" for k, (old, new) in changes.items())
+    keep = " ".join(f"{k}={old}" for k, (old, _) in changes.items() if k != PRESET_KEY)
+    preset = f" preset={changes[PRESET_KEY][0]}" if PRESET_KEY in changes else ""
+    return (f"{run_dir} was trained with {listed}, from an override or a changed default. A run keeps its "
+            f"settings: relaunch it with {keep}{preset} (its .hydra/{STARTED_WITH_DIR}/overrides.yaml lists "
+            "the overrides it started with), or start a new run (another hydra.run.dir, or without resume=; "
+            "for scripts/benchmark.py, another name=)")
 
 
 def check_relaunch(run_dir: str | Path, resume: bool) -> None:

@@ -38,7 +38,11 @@ def check_overrides(args: list[str]) -> None:
 
     task_dir = REPO_ROOT / "cfgs" / "task"
     tasks = sorted(str(p.relative_to(task_dir).with_suffix("")) for p in task_dir.rglob("*.yaml"))
-    for task in (override_value(args, "task") or "").split(","):
+    value = override_value(args, "task") or ""
+    elsewhere = any(a.startswith(("--config-dir", "-cd", "hydra.searchpath", "+hydra.searchpath")) for a in args)
+    if "(" in value or elsewhere:  # a sweep function (glob, choice, ...) or tasks from another config dir
+        value = ""
+    for task in (t.strip() for t in value.split(",")):
         if task and task not in tasks:
             close = difflib.get_close_matches(task, tasks, n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}? " if close else ""

@@ -276,8 +276,8 @@ class Trainer:
             raise ConfigValueError(
                 f"{self.run_dir} holds {self.frame} frames of episodes (num_train_frames={self.cfg.num_train_frames}) "
                 f"but no checkpoint: it stopped before its first (save_every_frames={self.cfg.save_every_frames}), "
-                "so its agent was never saved. Start it again in a new run dir, or resume with a larger "
-                "num_train_frames to train a fresh agent on these episodes.")
+                f"so its agent was never saved. Move {self.run_dir} away (or delete it) and run again, or resume "
+                "with a larger num_train_frames to train a fresh agent on these episodes.")
         print(f"[train] {self.run_dir} reached {self.frame} frames but stopped before its final eval and checkpoint: "
               f"finishing it with the agent of its checkpoint at frame {self.checkpoint_frame}")
 

@@ -159,10 +159,8 @@ def check_same_settings(run_dir: Path, cfg: DictConfig, seed: int, preset: str) 
     from mbrl.run_settings import settings_changes
 
     saved = run_dir / HYDRA_DIR / STARTED_WITH_DIR
-    if not (saved / "config.yaml").is_file():
-        saved = run_dir / HYDRA_DIR  # a run started before the copy was kept, or never started training
-        if not (saved / "config.yaml").is_file():
-            return
+    if not (saved / "config.yaml").is_file():  # a new run, or one started before the copy was kept
+        return
     config = OmegaConf.to_container(cfg, resolve=False)
     config["seed"] = seed
     try:

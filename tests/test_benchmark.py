@@ -400,12 +400,13 @@ def test_grid_runs_skips_finished_and_resumes(tmp_path, capsys):
             "name=tiny", "--", *TINY, "num_train_frames=120"]
     assert benchmark.main([*grid, "agent.lr=0.5"]) == 1
     err = capsys.readouterr().err
-    assert "seed1 was trained with agent.lr=0.0001 (now 0.5)" in err and "another name=" in err
+    assert "seed1 was trained with agent.lr=0.0001 (this launch: 0.5)" in err and "another name=" in err
+    assert "relaunch it with agent.lr=0.0001 " in err
     direct = subprocess.run([sys.executable, str(REPO / "mbrl" / "train_mbpo.py"), f"resume={runs / 'seed1'}",
                              *TINY, "num_train_frames=120", "agent.lr=0.5"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"})
     assert direct.returncode == 1 and "[train] error: " in direct.stderr and "Traceback" not in direct.stderr
-    assert "agent.lr=0.0001 (now 0.5)" in direct.stderr
+    assert "agent.lr=0.0001 (this launch: 0.5)" in direct.stderr
     assert (runs / "seed1" / ".hydra" / "config.yaml").read_text() == saved
     assert eval_frames(runs / "seed1") == [0, 80, 120]
 

@@ -429,12 +429,19 @@ def test_converted_libero_demos_fit_the_libero_task(tmp_path):
                        ("success_bonus", 0.0)]:
         with pytest.raises(DemoSettingsError, match=f"task.{key}="):
             load_demos(OmegaConf.merge(cfg, {key: value}), 16, 7, root=tmp_path / "root")
-    # files from the old converter (rotate_180: mirrored frames) are refused with the command to redo them
+    # files from the old converter, which recorded rotate_180: the turned (mirrored) ones are refused
+    # with the command to redo them; the unturned ones hold robosuite's frames, i.e. flip_rows=true
     path = episode_paths(demo_dir(cfg, tmp_path / "root"))[0]
     old = load_episode(path)
-    old.meta["env_settings"] = {**old.meta["env_settings"], "rotate_180": False}
+    settings = {k: v for k, v in old.meta["env_settings"].items() if k != "flip_rows"}
+    old.meta["env_settings"] = {**settings, "rotate_180": False}
     save_episode(path, old)
     with pytest.raises(DemoSettingsError, match="rotate_180.*mirrored.*convert_demos.py format=libero"):
+        load_demos(cfg, 16, 7, root=tmp_path / "root")
+    old.meta["env_settings"] = {**settings, "rotate_180": True}
+    save_episode(path, old)
+    assert len(load_demos(OmegaConf.merge(cfg, {"flip_rows": True}), 16, 7, root=tmp_path / "root")) == 1
+    with pytest.raises(DemoSettingsError, match="task.flip_rows=true"):
         load_demos(cfg, 16, 7, root=tmp_path / "root")
 
 

@@ -304,7 +304,7 @@ def test_dmc_episode_is_dmcs_time_limit_at_any_action_repeat():
     pytest.importorskip("dm_control")
     from mbrl.envs.dmc_env import TIME_LIMIT_SIM_STEPS
 
-    for repeat, length in ((2, 500), (3, 334), (8, 125)):  # 3: the last step runs past the limit, as DrQ-v2's
+    for repeat, length in ((2, 500), (3, 334), (8, 125)):  # 3: 334 steps, as DrQ-v2 (which cuts the last one short)
         cfg = task_cfg("dmc/cartpole_balance", f"task.action_repeat={repeat}", "task.frame_stack=1")
         env = make_env(cfg, seed=SEED)
         try:

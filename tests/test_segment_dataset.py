@@ -101,7 +101,6 @@ def test_dataloader_with_workers_gives_segment_batches(tmp_path):
     assert not torch.equal(batches[0].obs, batches[1].obs)
 
 
-
 def test_each_rank_of_a_distributed_run_draws_its_own_segments(tmp_path, monkeypatch):
     folder = write_folder(tmp_path / "a", [(1, 40), (2, 40)])
     data = SegmentDataset([folder], segment_length=2, image_size=SIZE, action_dim=ACTION_DIM, seed=3)

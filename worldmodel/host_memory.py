@@ -67,11 +67,11 @@ def keep_freed_host_memory() -> bool:
 def malloc_setting(keep_freed: bool) -> str:
     """Apply ``keep_freed_memory=keep_freed`` and name the setting the process now runs with, for a
     benchmark's output: ``keep-freed``, ``default``, or the environment variables that decided it."""
+    user = _user_settings()
     if not keep_freed:
-        return "default"
+        return f"as {' and '.join(user)} set it" if user else "default"
     if keep_freed_host_memory():
         return "keep-freed"
-    user = _user_settings()
     return f"as {' and '.join(user)} set it" if user else "default (not glibc, or mallopt refused)"
 
 

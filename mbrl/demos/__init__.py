@@ -41,11 +41,10 @@ SETTINGS_META_KEY = "env_settings"
 # Settings that only move where an episode is cut (a time limit, not a termination): a demo made
 # with another value still holds the run's transitions, so a difference is reported, not refused.
 ADVISORY_SETTING_KEYS = ("episode_length",)
-# Settings that no task has any more, and why files recording them cannot be used.
-RETIRED_SETTING_KEYS = {
-    "rotate_180": "LIBERO's old rotate_180 turned frames by 180 degrees where robosuite only flips "
-                  "rows, so these frames are mirrored left to right (now task.flip_rows)",
-}
+# LIBERO's old frame setting (now task.flip_rows). It turned frames by 180 degrees where robosuite
+# only flips rows: files whose frames it turned are mirrored left to right, the others translate.
+RETIRED_ROTATE_KEY = "rotate_180"
+LIBERO_CONVERTED_SOURCE = "libero_hdf5"  # meta["source"] of files made by the LIBERO converter
 # What files written before ``env_settings`` existed record at the top level of their meta.
 LEGACY_SETTING_KEYS = ("action_repeat", "episode_length")
 
@@ -114,11 +113,16 @@ def check_settings(path: Path, meta: Mapping[str, Any], task_cfg: Mapping[str, A
     run's. Returns what to warn about: {key: recorded value} for a differing advisory key, and
     {key: None} for a run setting the file does not record (files older than the check)."""
     recorded, complete = recorded_settings(meta)
-    for key, why in RETIRED_SETTING_KEYS.items():
-        if key in recorded:
-            raise DemoSettingsError(f"demonstration {path} was made with task.{key}: {why}. Move the files "
-                                    f"out of {path.parent} and convert or collect them again: "
-                                    f"{collect_command(task_cfg)}.")
+    if RETIRED_ROTATE_KEY in recorded:
+        rotated = _same_setting(recorded.pop(RETIRED_ROTATE_KEY), True)
+        converted = meta.get("source") == LIBERO_CONVERTED_SOURCE
+        if rotated != converted:  # converted upright-and-mirrored, or rendered turned by 180 degrees
+            raise DemoSettingsError(
+                f"demonstration {path} was made with LIBERO's old task.rotate_180, whose frames are mirrored left "
+                f"to right or turned (robosuite only flips rows; now task.flip_rows). Move the files out of "
+                f"{path.parent} and convert or collect them again: {collect_command(task_cfg)}.")
+        # robosuite's own upside-down frames (converted unturned), or upright env frames (rendered unturned)
+        recorded.setdefault("flip_rows", converted)
     notes: dict[str, Any] = {}
     for key, value in env_settings(task_cfg).items():
         if key not in recorded:
