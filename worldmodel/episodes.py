@@ -27,6 +27,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from worldmodel.atomic_file import atomic_write
+
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("obs", "action", "reward", "success")
@@ -112,20 +114,10 @@ def save_episode(path: str | os.PathLike, episode: Episode, compress: bool = Tru
     if path.suffix != EPISODE_SUFFIX:
         path = path.with_suffix(EPISODE_SUFFIX)
     episode.validate(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     arrays = dict(obs=episode.obs, action=episode.action, reward=episode.reward,
                   success=episode.success, terminal=episode.terminal,
                   meta=np.array(json.dumps(episode.meta, sort_keys=True)))
-    try:
-        with open(tmp, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a half-written temp file
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: (np.savez_compressed if compress else np.savez)(f, **arrays))
     _fsync_dir(path.parent)
     return path
 

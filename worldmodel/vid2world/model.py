@@ -331,7 +331,6 @@ class Vid2World(WorldModel):
         parts = self._check_parts(parts)
         self._check_batch(batch)
         batch = batch.to(self.device)
-        obs, action = to_float(batch.obs), batch.action.float()
         self.train()
         metrics: dict[str, float] = {}
         if "diffusion" in parts:
@@ -339,7 +338,7 @@ class Vid2World(WorldModel):
             metrics.update(m)
             metrics.update(self._optimize("diffusion", loss, self.backbone))
         if "reward" in parts:
-            loss, m = self.reward_loss(obs, action, batch.reward.float())
+            loss, m = self.reward_loss(to_float(batch.obs), batch.action.float(), batch.reward.float())
             metrics.update(m)
             metrics.update(self._optimize("reward", loss, self.reward_head))
         return metrics
