@@ -11,7 +11,6 @@ that changes only where the run stops, how often it evaluates, saves or logs, or
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +18,7 @@ from omegaconf import OmegaConf
 
 from mbrl.analysis.curves import learning_settings
 from mbrl.utils import ConfigValueError
+from worldmodel.atomic_file import atomic_write
 
 HYDRA_DIR = ".hydra"
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
@@ -83,9 +83,7 @@ def check_relaunch(run_dir: str | Path, resume: bool) -> None:
 
 def _copy_files(source: Path, target: Path) -> None:
     """Copy Hydra's files from ``source`` to ``target``, each one atomically."""
-    target.mkdir(parents=True, exist_ok=True)
     for name in HYDRA_FILES:
         if (source / name).is_file():
-            tmp = target / f".{name}.tmp"
-            shutil.copyfile(source / name, tmp)
-            tmp.replace(target / name)
+            data = (source / name).read_bytes()
+            atomic_write(target / name, lambda f: f.write(data))

@@ -264,7 +264,7 @@ class Trainer:
                   f"{self.frame}) with a fresh agent and world model", file=sys.stderr)
         else:
             print(f"[train] resumed {self.run_dir} at frame {self.frame} (episode {self.episode}; "
-                  f"checkpoint at frame {state['step'] * self.action_repeat})")
+                  f"checkpoint at frame {self.checkpoint_frame})")
         return True
 
     def finish_stopped_run(self) -> None:
