@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,13 @@ def test_sigkill_and_rerun_resumes_exactly(tmp_path, action_free_run, finetune_r
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (out / "pretrain_done.json").exists()
+    # a re-run with another effective batch would continue the stage under it: refused, nothing touched
+    ckpts = sorted((out / "checkpoints" / "1-transformer").glob("step-*"))
+    changed = subprocess.run([sys.executable, SCRIPT, f"out={out}", *TINY, *args, "grad_accum=2"], cwd=REPO,
+                             env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert changed.returncode != 0 and "grad_accum=1 (this launch: 2)" in changed.stderr, changed.stderr[-2000:]
+    assert "Traceback" not in changed.stderr
+    assert sorted((out / "checkpoints" / "1-transformer").glob("step-*")) == ckpts
     # the same command again, now with two DataLoader workers: the batches do not depend on them
     rerun = pretrain(out, *args[:-1], "data_loader.num_workers=2", args[-1])
     step = int(re.search(r"resuming stage transformer at step (\d+)", rerun.stdout).group(1))
@@ -140,6 +148,45 @@ def test_sigkill_and_rerun_resumes_exactly(tmp_path, action_free_run, finetune_r
     got_log = (out / "logs" / "transformer_train.csv").read_text().splitlines()
     loss = lambda lines: [ln.split(",")[:4] for ln in lines]  # noqa: E731  step, grad norm, loss, ...
     assert loss(ref_log) == loss(got_log)  # same batches after the resume: same losses
+
+
+def test_resume_settings_refuse_learning_changes_once_a_stage_has_progress(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from worldmodel.training.run_settings import SETTINGS_NAME, check_resume_settings
+
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+        def config(*overrides: str) -> dict:
+            return OmegaConf.to_container(compose("pretrain", overrides=[
+                "world_model_preset@world_model=cpu_ivideogpt", *overrides]), resolve=True)
+        base = config()
+        # no progress yet: any settings may start the run (the last launch's are kept)
+        check_resume_settings(tmp_path, config("batch_size=4"), 1, write=True)
+        check_resume_settings(tmp_path, base, 1, write=True)
+        (tmp_path / "checkpoints" / "0-tokenizer" / "step-00000002").mkdir(parents=True)
+        (tmp_path / "checkpoints" / "0-tokenizer" / ".tmp-step-00000004").mkdir()
+        for allowed in (["log.every=7", "eval.batches=9", "checkpoint.every=5", "data_loader.num_workers=0",
+                         "data_loader.root=/moved/data", "keep_freed_memory=false"],
+                        ["steps.transformer=5"]):  # a stage that has not started
+            check_resume_settings(tmp_path, config(*allowed), 1, write=False)
+        refused = {"batch_size=4": "batch_size", "grad_accum=3": "grad_accum", "optim.lr=0.1": "optim.lr",
+                   "seed=1": "seed", "steps.tokenizer=7": "steps.tokenizer",
+                   "world_model.model.tokenizer.size=paper64": "world_model.model.tokenizer.size",
+                   "eval.val_fraction=0.2": "eval.held_out", "eval.every=0": "eval.held_out"}
+        for override, key in refused.items():
+            with pytest.raises(WorldModelConfigError, match=re.escape(key)):
+                check_resume_settings(tmp_path, config(override), 1, write=True)
+        with pytest.raises(WorldModelConfigError, match="num_processes=1 .this launch: 2."):
+            check_resume_settings(tmp_path, base, 2, write=True)
+        check_resume_settings(tmp_path, base, 1, write=True)  # the refusals kept the run's own settings
+        # the transformer's steps may change until its stage starts; then they are the run's
+        check_resume_settings(tmp_path, config("steps.transformer=5"), 1, write=True)
+        (tmp_path / "stages" / "0-tokenizer").mkdir(parents=True)
+        (tmp_path / "checkpoints" / "1-transformer" / "step-00000002").mkdir(parents=True)
+        with pytest.raises(WorldModelConfigError, match="steps.transformer"):
+            check_resume_settings(tmp_path, base, 1, write=True)
+        assert '"steps.transformer": "5"' in (tmp_path / SETTINGS_NAME).read_text()
 
 
 def test_two_gloo_processes_end_with_the_same_weights(tmp_path):
@@ -318,6 +365,16 @@ def test_script_prints_its_config_and_reports_missing_data_in_one_line(tmp_path)
                              capture_output=True, text=True, timeout=TIMEOUT)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr[-3000:]
     assert missing.stderr.startswith("[pretrain] error: mix datasets not found")
+    # data that cannot be split (every folder holds one episode): the data module's reason, in one line
+    single = tmp_path / "single"
+    for folder in sorted(DEMOS.iterdir()):
+        (single / folder.name).mkdir(parents=True)
+        shutil.copy(sorted(folder.glob("*.npz"))[0], single / folder.name)
+    one_each = subprocess.run([sys.executable, SCRIPT, *TINY, f"data.root={single}", f"out={tmp_path / 'out'}"],
+                              cwd=REPO, env={**_env(), "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    assert one_each.returncode == 1 and "Traceback" not in one_each.stderr, one_each.stderr[-3000:]
+    assert "[pretrain] error: data: every folder of the mix holds a single episode" in one_each.stderr
     no_log = subprocess.run([sys.executable, SCRIPT, *TINY, "log.every=0", f"out={tmp_path / 'out'}"], cwd=REPO,
                             env={**_env(), "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True, timeout=TIMEOUT)
     assert no_log.returncode == 1 and "log.every=0: " in no_log.stderr and "Traceback" not in no_log.stderr

@@ -13,11 +13,13 @@ Output directory ``out``::
                                  optimiser, LR schedule, step, every rank's RNG); the last
                                  ``checkpoint.keep`` are kept and removed once the stage is done
     logs/<stage>_train.csv, logs/<stage>_eval.csv, tensorboard/, wandb/, videos/*.mp4
+    run_settings.json            the learning settings a re-run must keep (``run_settings.py``)
     pretrain_done.json           written last; a re-run of a finished run says so and returns
 
 Re-running the same command resumes: finished stages are skipped (their weights are loaded), and
 the current stage continues from its newest checkpoint with the same next batch (the data
-position is part of the step count, see ``data.py``) and the same random streams.
+position is part of the step count, see ``data.py``) and the same random streams. A re-run with
+other learning settings is refused (``run_settings.py``; ``run_settings.json`` keeps them).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from worldmodel.registry import load_pretrained, model_directory, pretrained_mod
 from worldmodel.training.csv_log import CsvLog
 from worldmodel.training.data import build_datasets, eval_batches, fvd_extra_batches, position_loader
 from worldmodel.training.evaluation import EvalTools, evaluate
+from worldmodel.training.run_settings import check_resume_settings
 from worldmodel.training.stages import Stage, build_stage, freeze, stage_names
 
 DONE_NAME = "pretrain_done.json"
@@ -252,14 +255,18 @@ class Pretrainer:
             self.print(f"{self.out} already finished ({json.loads(done_file.read_text())}); nothing to do. Use "
                        "another out= to train again, or init_from=<out> to fine-tune these weights.")
             return self.out / "model"
+        check_resume_settings(self.out, cfg, acc.num_processes, write=acc.is_main_process)
         set_seed(cfg["seed"])  # the same initial weights on every rank
         segment_length = cfg["segment_length"] or cfg["world_model"]["segment_length"]
         ev, dl = cfg["eval"], cfg["data_loader"]
         self._check_fvd_settings(segment_length)
-        self.train_data, self.val_data = build_datasets(
-            cfg["data"], segment_length, seed=cfg["seed"], val_fraction=ev["val_fraction"] if ev["every"] else 0,
-            val_folders=ev["val_folders"], root=dl["root"], allow_missing=dl["allow_missing"],
-            cache_episodes=dl["cache_episodes"])
+        try:
+            self.train_data, self.val_data = build_datasets(
+                cfg["data"], segment_length, seed=cfg["seed"], val_fraction=ev["val_fraction"] if ev["every"] else 0,
+                val_folders=ev["val_folders"], root=dl["root"], allow_missing=dl["allow_missing"],
+                cache_episodes=dl["cache_episodes"])
+        except ValueError as e:  # the mix, its episodes or the held-out split cannot work; the message says why
+            raise WorldModelConfigError(f"data: {e}") from None
         action_dim = self.train_data.segment_action_dim
         self.model = self.state.model = model = self._build_model(self.train_data.image_size, action_dim)
         train_reward = (cfg["train_reward"] if cfg["train_reward"] != "auto"
