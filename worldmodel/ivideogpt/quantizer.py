@@ -3,7 +3,7 @@
 Same parameters and loss as diffusers' ``VectorQuantizer`` (``legacy=False``) that the official
 tokenizer uses: one ``embedding`` table, nearest code by L2 distance, loss
 ``beta * ||sg[e] - z||^2 + ||e - sg[z]||^2``. Added here: codebook usage statistics and
-re-initialisation of codes that no input has picked for ``dead_code_steps`` training steps
+re-initialisation of codes that no input has picked for ``dead_code_steps`` training batches
 (a common cure for codebook collapse that the official lacks). The usage counters are
 non-persistent buffers, so the state-dict keys stay those of the official checkpoints.
 """

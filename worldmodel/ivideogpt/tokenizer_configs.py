@@ -42,7 +42,10 @@ Losses:
     perceptual_channels        conv widths per VGG stage of that net; the default is VGG16's, the
                                layout of the published LPIPS weights.
     gan                        add a patch discriminator with hinge loss.
-    disc_start                 generator step from which the GAN terms are used.
+    disc_start                 tokenizer optimiser step from which the GAN terms are used (the
+                               pretraining stage's step, or the tokenizer updates of an MBPO run).
+                               The official ``global_step`` also counts the discriminator's
+                               batches, so the official disc_start N is about N / 2 here.
     disc_weight                weight of the adaptive GAN generator loss (official 0.8).
     disc_depth                 strided conv layers of the discriminator (official 4).
     disc_hidden_channels       widest discriminator layer (official 512).
@@ -50,8 +53,10 @@ Losses:
 
 Codebook health (absent from the official code):
     dead_code_reset            re-initialise codes unused for ``dead_code_steps`` training
-                               steps from the current batch's encoder outputs.
-    dead_code_steps            see above.
+                               batches from the current batch's encoder outputs.
+    dead_code_steps            see above; counted in batches the tokenizer has trained on
+                               (forward passes, so micro-batches under ``grad_accum``): a code
+                               no input picked in that much data is dead, however it was stepped.
 """
 from __future__ import annotations
 
