@@ -29,6 +29,7 @@ from worldmodel.interface import WorldModel, WorldModelConfigError
 
 
 IMAGINED_NAME = "imagined.npz"  # the imagined buffer, beside the run's checkpoint
+VALIDATION_STREAM = 1  # validate()'s random stream: np.random.default_rng([seed, VALIDATION_STREAM, frame])
 
 
 def crossed(prev_frame: int, frame: int, every: int) -> int:
@@ -75,6 +76,7 @@ class MBPO:
         self.imagined = ImaginedReplayBuffer(cfg["imagined_capacity"], cfg["gen_horizon"],
                                              world_model.image_size, world_model.action_dim,
                                              frame_stack, nstep, discount)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.started = False
@@ -148,14 +150,18 @@ class MBPO:
 
     # ----- validation -----
     @torch.no_grad()
-    def validate(self, video_path: Path | None, video_scale: int) -> dict[str, float]:
+    def validate(self, video_path: Path | None, video_scale: int, frame: int) -> dict[str, float]:
         """Open-loop prediction from real context with the real actions: frame MSE/PSNR (and the
-        copy-last-frame baseline), reward MSE, and an mp4 with real and imagined side by side."""
+        copy-last-frame baseline), reward MSE, and an mp4 with real and imagined side by side.
+        Segments and sampling noise come from a stream of their own (seeded by the run's seed and
+        ``frame``), so validating, or how often, does not change what the run trains on."""
         t0, horizon = self.world_model.context_frames, self.cfg["gen_horizon"]
-        batch = self.real.sample_segments(self.cfg["validate_batch"], t0 + horizon, self.rng).to(self.device)
+        rng = np.random.default_rng([self.seed, VALIDATION_STREAM, frame])
+        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        batch = self.real.sample_segments(self.cfg["validate_batch"], t0 + horizon, rng).to(self.device)
         frames, rewards = [], []
         with self.world_model.sampling_mode():
-            state = self.world_model.reset(batch.obs[:, :t0], generator=self.generator)
+            state = self.world_model.reset(batch.obs[:, :t0], generator=generator)
             for i in range(horizon):
                 frame, reward, state = self.world_model.step(state, batch.action[:, t0 - 1 + i])
                 frames.append(frame)

@@ -319,7 +319,7 @@ class Trainer:
                 if self.mbpo.started and every and self.episode % every == 0:
                     video = self.run_dir / "videos" / f"imagination_{self.frame:08d}.mp4" if cfg.log.video else None
                     self.logger.log("validation", {"frame": self.frame, "episode": self.episode,
-                                                   **self.mbpo.validate(video, cfg.log.video_scale)})
+                                                   **self.mbpo.validate(video, cfg.log.video_scale, self.frame)})
             self.logger.log("train", row)
             if self.frame - self.last_save_frame >= cfg.save_every_frames:
                 self.save()

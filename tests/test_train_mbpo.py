@@ -197,6 +197,19 @@ def test_real_ratios_0_and_1_give_all_imagined_and_all_real_batches(tmp_path):
     trainer.close()
 
 
+def test_validation_draws_from_its_own_stream(tmp_path):
+    trainer = make_trainer(tmp_path / "run", "world_model=ivideogpt", "mbpo.start_frames=1000000")
+    mbpo = trainer.mbpo
+    episode, _ = trainer.run_episode(trainer.train_env, eval_mode=False, seed=0)
+    trainer.store_episode(episode)
+    rng, generator = mbpo.rng.bit_generator.state, mbpo.generator.get_state()
+    first = mbpo.validate(None, 1, frame=30)
+    assert mbpo.rng.bit_generator.state == rng and torch.equal(mbpo.generator.get_state(), generator)
+    assert mbpo.validate(None, 1, frame=30) == first  # the same segments and noise at the same frame
+    assert mbpo.validate(None, 1, frame=45) != first
+    trainer.close()
+
+
 def test_mbpo_resume_restores_world_model(tmp_path):
     run = tmp_path / "run"
     first = make_trainer(run, "world_model=ivideogpt", "num_train_frames=90")
