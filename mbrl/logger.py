@@ -87,11 +87,8 @@ class Logger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv: dict[str, CSVLog] = {}
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        self.tensorboard, self.tb = tensorboard, None  # the writer starts at the first row (resume_after)
+        self.first_frame = 0  # TensorBoard hides the rows of earlier launches from this frame on
         self.wandb = None
         if wandb_mode != "disabled":
             import wandb
@@ -107,11 +104,25 @@ class Logger:
             self.csv[name] = CSVLog(self.run_dir / f"{name}.csv")
         return self.csv[name]
 
+    def resume_after(self, frame: int, names: Iterable[str]) -> dict[str, list[dict[str, str]]]:
+        """A resumed run logs the rows after ``frame`` again: drop them from the CSV files ``names``
+        (returns the rows kept per name), and have TensorBoard hide them. Every writer starts with a
+        restart marker (SummaryWriter's ``purge_step``): TensorBoard hides a run's earlier rows from
+        each marker's step on, except at the first marker it reads."""
+        if self.tb is not None:
+            raise RuntimeError("resume_after() comes before the first logged row.")
+        self.first_frame = frame + 1
+        return {name: self.csv_log(name).truncate_after(frame) for name in names}
+
     def log(self, name: str, row: Mapping[str, Any]) -> None:
         """Log one row (must contain ``frame``) under ``name`` (train, eval, world_model, ...)."""
         self.csv_log(name).write(row)
         frame = int(row["frame"])
         scalars = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "frame"}
+        if self.tensorboard and self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.first_frame)
         if self.tb is not None:
             for key, value in scalars.items():
                 self.tb.add_scalar(f"{name}/{key}", value, frame)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 EVAL_STREAM = 1  # tags eval episodes' seeds apart from training episodes' (see eval_episode_seed)
 EPISODES_DIR = "episodes"
 WORLD_MODEL_DIR = "world_model"  # the run's world model, save_pretrained at each checkpoint
+LOGS = ("train", "eval", "validation")  # the run's CSV logs (<name>.csv); a resumed run trims them to its frame
 
 
 def check_loop_config(cfg: DictConfig) -> None:
@@ -251,10 +252,9 @@ class Trainer:
             self.episode += 1
             stored.append(self.train_row(episode, fps=float("nan"), wall_time=self.wall_offset))
         self.last_save_frame = self.frame
-        kept = self.logger.csv_log("eval").truncate_after(self.frame)
-        self.last_eval_frame = max([int(float(r["frame"])) for r in kept], default=self.last_eval_frame)
-        logged = max((int(float(r["frame"])) for r in self.logger.csv_log("train").truncate_after(self.frame)),
-                     default=-1)
+        kept = self.logger.resume_after(self.frame, LOGS)
+        self.last_eval_frame = max([int(float(r["frame"])) for r in kept["eval"]], default=self.last_eval_frame)
+        logged = max((int(float(r["frame"])) for r in kept["train"]), default=-1)
         for row in stored:
             if row["frame"] > logged:  # stored, but killed before its row was written (or while writing it)
                 self.logger.log("train", row)

@@ -1,4 +1,6 @@
 """CSVLog (train.csv / eval.csv): rows kept and dropped when a run resumes."""
+import time
+
 import pytest
 
 from mbrl.logger import BASE_COLUMNS, CSVLog, is_complete
@@ -43,3 +45,27 @@ def test_is_complete():
     assert not is_complete({"frame": "10", "success": None}, required)  # fewer fields than the header
     assert not is_complete({"frame": "10", "success": "0.", None: ["x"]}, required)  # more fields
     assert not is_complete({"frame": "1e-", "success": "0.5"}, required)  # a number cut in half
+
+
+def test_a_resumed_logger_replaces_the_rows_after_its_frame_in_csv_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    from mbrl.logger import Logger
+
+    def launch(frames, value, resume_at=None):
+        logger = Logger(tmp_path, tensorboard=True, wandb_mode="disabled")
+        if resume_at is not None:
+            logger.resume_after(resume_at, ["train", "validation"])
+        for frame in frames:
+            logger.log("train", {**ROW, "frame": frame, "episode_reward": value + frame})
+            logger.log("validation", {"frame": frame, "psnr": value + frame})
+        logger.close()
+    launch([10, 20, 30], 0.0)
+    time.sleep(1.01)  # event files are named by the second they start in: as two launches' files are
+    launch([20, 30, 40], 100.0, resume_at=15)  # killed after frame 30, resumed from its checkpoint at 15
+    for name in ("train", "validation"):
+        assert [r["frame"] for r in CSVLog(tmp_path / f"{name}.csv").read()] == ["10", "20", "30", "40"]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    shown = [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("validation/psnr")]
+    assert shown == [(10, 10.0), (20, 120.0), (30, 130.0), (40, 140.0)]

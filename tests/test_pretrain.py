@@ -415,26 +415,24 @@ def test_freeze_patterns():
 
 def test_a_crash_in_the_tokenizer_stage_resumes_exactly_with_dead_codes_revived(tmp_path):
     """The codebooks' usage counters are not weights, but they decide which codes are
-    re-initialised: checkpoints keep them (``training_statistics``)."""
+    re-initialised: checkpoints keep them (``training_statistics``). The run crashes after its last
+    step, before the stage is saved: it resumes from its step-3 checkpoint."""
     driver = tmp_path / "crash_after_checkpoint.py"
     driver.write_text(
         "import runpy, sys\n"
         "from worldmodel.training import trainer\n"
-        "crash_at, save = int(sys.argv.pop(1)), trainer.Pretrainer._save_checkpoint\n"
-        "def save_then_crash(self, idx, name):\n"
-        "    save(self, idx, name)\n"
-        "    if self.state.step == crash_at:\n"
-        "        raise SystemExit(3)\n"
-        "trainer.Pretrainer._save_checkpoint = save_then_crash\n"
+        "def crash_before_the_stage_is_saved(*args):\n"
+        "    raise SystemExit(3)\n"
+        "trainer.Pretrainer._finish_stage = crash_before_the_stage_is_saved\n"
         f"sys.argv[0] = {SCRIPT!r}\n"
         f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n")
     args = ["stages=[tokenizer]", "steps.tokenizer=6", "checkpoint.every=3", "eval.every=100",
-            "log.tensorboard=false", "+world_model.model.tokenizer.dead_code_steps=2"]
+            "+world_model.model.tokenizer.dead_code_steps=2"]
     reference = tmp_path / "whole"
     pretrain(reference, *args)
     out = tmp_path / "crashed"
     env = {**_env(), "PYTHONPATH": str(REPO)}
-    crashed = subprocess.run([sys.executable, str(driver), "3", f"out={out}", *TINY, *args], cwd=REPO,
+    crashed = subprocess.run([sys.executable, str(driver), f"out={out}", *TINY, *args], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert crashed.returncode == 3, crashed.stderr[-3000:]
     rerun = pretrain(out, *args)
@@ -446,6 +444,16 @@ def test_a_crash_in_the_tokenizer_stage_resumes_exactly_with_dead_codes_revived(
     ref, got = (load_file(str(d / "model" / "model.safetensors")) for d in (reference, out))
     for key in ref:
         assert torch.equal(ref[key], got[key]), f"{key} differs from the uninterrupted run"
+    # steps 4-6 were logged twice (before the crash, and after resuming from step 3): TensorBoard
+    # shows each step once, as the uninterrupted run logged it
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    def shown(run: Path) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(next(run.joinpath("tensorboard").rglob("events.out.tfevents*")).parent))
+        events.Reload()
+        return [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("tokenizer/train/loss")]
+    assert [step for step, _ in shown(out)] == list(range(1, 7))
+    assert shown(out) == shown(reference)
 
 
 def test_auto_precision_is_bf16_on_a_gpu_unless_the_launch_config_asks_for_another():

@@ -280,16 +280,18 @@ class Pretrainer:
                    f"stages {stages}; data {sum(len(e) for e in self.train_data.entries)} train / {n_val} held-out "
                    f"episodes, {self.train_data.image_size}px, action_dim {action_dim}; "
                    f"{acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}")
+        self.stage_order = stages
         if acc.is_main_process and acc.log_with:
             mode = cfg["log"]["wandb"]
+            # TensorBoard hides the rows an earlier launch logged after the step this one resumes at
             acc.init_trackers(cfg["log"]["project"], config=_flatten(cfg),
-                              init_kwargs={"wandb": {"dir": str(self.out), "mode": mode}})
+                              init_kwargs={"wandb": {"dir": str(self.out), "mode": mode},
+                                           "tensorboard": {"purge_step": self._resumed_tracker_step() + 1}})
         model.to(acc.device)
         self.eval_data = (eval_batches(self.val_data, cfg["seed"], ev["batches"], ev["batch_size"] or self._batch())
                           if self.val_data is not None and ev["every"] else [])
         self.tools = self._eval_tools() if self.eval_data else None
 
-        self.stage_order = stages
         for idx, name in enumerate(stages):
             stage_dir = self.out / "stages" / f"{idx}-{name}"
             if (stage_dir / STAGE_DONE_NAME).exists():
@@ -310,6 +312,20 @@ class Pretrainer:
         acc.wait_for_everyone()
         acc.end_training()
         return self.out / "model"
+
+    def _tracker_offset(self, idx: int) -> int:
+        """TensorBoard / wandb steps run on across stages (wandb drops a step lower than one it has
+        seen): stage ``idx``'s step s is logged at this offset + s."""
+        return sum(int(self.cfg["steps"][n]) for n in self.stage_order[:idx])
+
+    def _resumed_tracker_step(self) -> int:
+        """The tracker step this launch goes on from: the first unfinished stage's newest checkpoint."""
+        for idx, name in enumerate(self.stage_order):
+            if not (self.out / "stages" / f"{idx}-{name}" / STAGE_DONE_NAME).exists():
+                ckpts = self._checkpoints(idx, name)
+                meta = json.loads((ckpts[-1] / "meta.json").read_text()) if ckpts else {"step": 0}
+                return self._tracker_offset(idx) + int(meta["step"])
+        return self._tracker_offset(len(self.stage_order))
 
     def _batch(self) -> int:
         return int(self.cfg["batch_size"] or self.cfg["world_model"]["batch_size"])
@@ -394,8 +410,7 @@ class Pretrainer:
         opt, sched = self._optimizer(stage, steps)
         acc.free_memory()
         state.stage, state.step, state.skipped, state.scheduler = idx, 0, 0, sched
-        # TensorBoard / wandb steps run on across stages (wandb drops a step lower than one it has seen)
-        self.tracker_offset = sum(int(cfg["steps"][n]) for n in self.stage_order[:idx])
+        self.tracker_offset = self._tracker_offset(idx)
         stage_p, opt_p = acc.prepare(stage, opt)
         ckpts = self._checkpoints(idx, name)
         if ckpts:
