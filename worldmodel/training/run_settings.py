@@ -30,13 +30,14 @@ HELD_OUT_KEY = "eval.held_out"  # the split that the training data is what remai
 PROCESSES_KEY = "num_processes"
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config -> {"a.b.c": value}; values other than numbers, strings and bools as str."""
+    out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str)
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
 
 
@@ -56,7 +57,7 @@ def learning_settings(cfg: Mapping[str, Any], num_processes: int) -> dict[str, s
     """What must stay the same for ``out`` to hold one run: the learning keys of ``cfg``
     (``cfgs/pretrain.yaml``'s, resolved), the held-out split, the number of processes and the
     steps of each stage (an LR schedule spans its stage's steps)."""
-    settings = {k: v for k, v in _flatten(cfg).items() if _learning(k)}
+    settings = {k: json.dumps(v) for k, v in flatten(cfg).items() if _learning(k)}
     ev = cfg["eval"]
     # build_datasets: held-out folders leave the whole mix to training; else a share of its files
     held_out = {"folders": list(ev["val_folders"])} if ev["val_folders"] else {

@@ -44,7 +44,7 @@ from worldmodel.registry import load_pretrained, model_directory, pretrained_mod
 from worldmodel.training.csv_log import CsvLog
 from worldmodel.training.data import build_datasets, eval_batches, fvd_extra_batches, position_loader
 from worldmodel.training.evaluation import EvalTools, evaluate
-from worldmodel.training.run_settings import check_resume_settings
+from worldmodel.training.run_settings import check_resume_settings, flatten
 from worldmodel.training.stages import Stage, build_stage, freeze, stage_names
 
 DONE_NAME = "pretrain_done.json"
@@ -62,16 +62,6 @@ def _plain(cfg: Any) -> Any:
     except ImportError:  # pragma: no cover - omegaconf ships with hydra
         pass
     return cfg
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -284,7 +274,7 @@ class Pretrainer:
         if acc.is_main_process and acc.log_with:
             mode = cfg["log"]["wandb"]
             # TensorBoard hides the rows an earlier launch logged after the step this one resumes at
-            acc.init_trackers(cfg["log"]["project"], config=_flatten(cfg),
+            acc.init_trackers(cfg["log"]["project"], config=flatten(cfg),
                               init_kwargs={"wandb": {"dir": str(self.out), "mode": mode},
                                            "tensorboard": {"purge_step": self._resumed_tracker_step() + 1}})
         model.to(acc.device)
