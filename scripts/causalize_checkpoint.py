@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from worldmodel.interface import WorldModelConfigError  # noqa: E402
+from worldmodel.registry import model_directory  # noqa: E402
 from worldmodel.vid2world.causalize import causalize  # noqa: E402
 from worldmodel.vid2world.configs import TRANSFER_METHODS  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
@@ -22,19 +23,25 @@ from worldmodel.vid2world.model import Vid2World  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("source", help="non-causal checkpoint directory (save_pretrained output)")
+    p.add_argument("source", help="non-causal checkpoint directory (save_pretrained or scripts/pretrain.py "
+                                  "output)")
     p.add_argument("target", help="directory to write the causal checkpoint into")
     p.add_argument("--method", choices=TRANSFER_METHODS, default="extrapolative",
                    help="weight transfer of the temporal convolutions (default: extrapolative)")
     args = p.parse_args(argv)
     try:
-        model = Vid2World.from_pretrained(args.source)
+        model = Vid2World.from_pretrained(model_directory(args.source))
         if model.config.causal:
             raise WorldModelConfigError(f"{args.source} is already causal; nothing to do.")
-        causalize(model, args.method).save_pretrained(args.target)
+        causal = causalize(model, args.method)
     except (WorldModelConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        causal.save_pretrained(args.target)
+    except OSError as e:
+        print(f"error: cannot write {args.target}: {e}", file=sys.stderr)
+        return 1
     print(f"wrote causal checkpoint ({args.method} transfer) to {args.target}")
     return 0
 

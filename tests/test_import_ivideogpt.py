@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from worldmodel.interface import WorldModelConfigError
 from worldmodel.ivideogpt.model import IVideoGPT, frames_to_unit
 from worldmodel.ivideogpt.official import (TOKENIZER_WEIGHTS, TRANSFORMER_WEIGHTS, ImportReport,
                                            OfficialCheckpointError, import_official, looks_official,
@@ -377,6 +379,9 @@ def _edit_json(path, **changes):
     ("gpt2", "only Llama"),
     ("rope", "rope_theta"),
     ("not_a_dir", "not a directory"),
+    ("act_fn", 'config.json: act_fn is "gelu"; only \'silu\''),  # official cross-attention: always silu
+    ("no_hidden_size", "transformer/config.json has no 'hidden_size' entry"),
+    ("null_resolution", "tokenizer/config.json: 'resolution' is null, not a positive integer"),
 ])
 def test_bad_directories_get_clear_errors(official, breakage, match):
     root, tok, tf = official
@@ -410,8 +415,127 @@ def test_bad_directories_get_clear_errors(official, breakage, match):
         _edit_json(os.path.join(r, "config.json"), rope_theta=500000.0)
     elif breakage == "not_a_dir":
         root = os.path.join(root, "tokenizer", "config.json")
+    elif breakage == "act_fn":
+        _edit_json(os.path.join(t, "config.json"), act_fn="gelu")
+    elif breakage == "no_hidden_size":
+        _edit_json(os.path.join(r, "config.json"), hidden_size=None)
+    elif breakage == "null_resolution":
+        with open(os.path.join(t, "config.json"), "w") as f:
+            json.dump({**TINY_TOKENIZER, "resolution": None}, f)
     with pytest.raises(OfficialCheckpointError, match=match):
         import_official(root, action_dim=ACTION_DIM, image_size=SIZE)
+
+
+@pytest.mark.parametrize("head_dim", [8, 64, 128])  # 64: the paper's Llama (relative rounding up to 3.7e-3)
+def test_bf16_rotary_buffers_are_accepted(head_dim):
+    """Older transformers saved inv_freq in the model's dtype: bf16 rounds it by up to 2**-9."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    key = "model.layers.0.self_attn.rotary_emb.inv_freq"
+    assert map_transformer_state({key: inv_freq.bfloat16()}, head_dim, ImportReport("bf16")) == {}  # dropped
+    with pytest.raises(OfficialCheckpointError, match="rope base"):  # another base is still refused
+        map_transformer_state({key: (inv_freq ** 1.1).bfloat16()}, head_dim, ImportReport("base"))
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_import_script_names_an_output_it_cannot_write(official, tmp_path, capsys):
+    root, _, _ = official
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    assert _load_script("import_ivideogpt").main([root, str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {taken}: ") and err.count("\n") == 1
+
+
+def test_import_script_moves_only_a_verified_checkpoint_into_place(official, tmp_path, monkeypatch):
+    root, _, _ = official
+    script = _load_script("import_ivideogpt")
+    other, _ = import_official(root, action_dim=ACTION_DIM - 1)
+    monkeypatch.setattr(IVideoGPT, "from_pretrained", classmethod(lambda cls, directory, **kw: other))
+    new, existing = tmp_path / "new", tmp_path / "existing"
+    other.save_pretrained(existing)
+    (existing / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in existing.iterdir()}
+    for out in (new, existing):
+        assert script.main([root, str(out), "--action-dim", str(ACTION_DIM)]) == 2  # reload differs
+    assert not new.exists() and {p.name: p.read_bytes() for p in existing.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "official"]  # no temp folders left
+    monkeypatch.undo()
+    assert script.main([root, str(existing), "--action-dim", str(ACTION_DIM)]) == 0  # into a folder with others
+    assert sorted(os.listdir(existing)) == ["config.json", "model.safetensors", "notes.txt"]
+    assert IVideoGPT.from_pretrained(existing).action_dim == ACTION_DIM
+
+
+def test_save_pretrained_never_pairs_a_config_with_other_weights(official, tmp_path, monkeypatch):
+    """A failure part way leaves either the old pair or no config.json, never new weights under the
+    old config; other files in the folder stay."""
+    root, _, _ = official
+    old, _ = import_official(root, action_dim=ACTION_DIM)
+    new, _ = import_official(root, action_dim=ACTION_DIM - 1)
+    out = tmp_path / "ck"
+    old.save_pretrained(out)
+    (out / "notes.txt").write_text("mine")
+    real_replace = os.replace
+
+    def fail_on_config(src, dst):
+        if str(dst).endswith("config.json"):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_config)
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(out)
+    monkeypatch.undo()
+    if (out / "config.json").exists():
+        assert IVideoGPT.from_pretrained(out).action_dim == ACTION_DIM
+    assert sorted(os.listdir(out)) in (["model.safetensors", "notes.txt"],
+                                       ["config.json", "model.safetensors", "notes.txt"])
+    new.save_pretrained(out)
+    assert IVideoGPT.from_pretrained(out).action_dim == ACTION_DIM - 1 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_save_pretrained_writes_a_new_folder_whole_or_not_at_all(official, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    root, _, _ = official
+    new, _ = import_official(root, action_dim=ACTION_DIM)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(tmp_path / "fresh")
+    assert sorted(os.listdir(tmp_path)) == ["official"]  # no half-written folder, no temp folder
+
+
+@pytest.mark.parametrize("part", ["transformer", "tokenizer"])
+def test_a_part_of_an_official_download_points_to_its_parent(official, part):
+    from mbrl.world_models import build_world_model
+
+    root, _, _ = official
+    folder = os.path.join(root, part)
+    message = f"{folder} is the {part}/ folder of an official iVideoGPT checkpoint; pass its parent directory {root}"
+    with pytest.raises(WorldModelConfigError, match=re.escape(message)):
+        load_pretrained(folder)
+    with pytest.raises(WorldModelConfigError, match=re.escape(message)):  # MBPO's world_model.pretrained
+        build_world_model({"name": "ivideogpt", "model": {}, "pretrained": folder}, SIZE, ACTION_DIM,
+                          torch.device("cpu"))
+
+
+def test_a_checkpoint_of_an_unknown_model_type_is_refused_without_advice_to_select_it(tmp_path):
+    from mbrl.world_models import build_world_model
+
+    (tmp_path / "config.json").write_text(json.dumps(SMALL_LLAMA))  # model_type "llama"
+    with pytest.raises(WorldModelConfigError, match="holds a 'llama' model, which is no world model") as e:
+        build_world_model({"name": "ivideogpt", "model": {}, "pretrained": str(tmp_path)}, SIZE, ACTION_DIM,
+                          torch.device("cpu"))
+    assert "world_model=llama" not in str(e.value)
 
 
 def _run_equivalence_check(repo: Path) -> subprocess.CompletedProcess:

@@ -143,6 +143,24 @@ def test_causalize_model_and_checkpoint_script(tmp_path):
         assert k == k2 and torch.equal(v, v2), k
 
 
+def test_causalize_script_takes_a_pretraining_output_and_names_an_unwritable_target(tmp_path, capsys):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "causalize_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("causalize_checkpoint", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    micro_model(causal=False).save_pretrained(tmp_path / "pretrain_out" / "model")  # scripts/pretrain.py's layout
+    assert script.main([str(tmp_path / "pretrain_out"), str(tmp_path / "c"), "--method", "shift"]) == 0
+    assert Vid2World.from_pretrained(tmp_path / "c").config.causal
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    capsys.readouterr()
+    assert script.main([str(tmp_path / "pretrain_out"), str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {taken}: ") and err.count("\n") == 1
+
+
 # ----- training -----
 def metaworld_segments(T: int = 4, size: int = 32) -> SegmentBatch:
     import gymnasium as gym

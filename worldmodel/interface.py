@@ -288,19 +288,58 @@ class WorldModel(nn.Module, abc.ABC):
         """Build a fresh model from ``get_config()``'s output."""
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` such that a config.json
+        there always describes the weights beside it, even when writing stops half way.
+
+        A new directory is written whole into a hidden sibling folder that is then renamed into
+        place. An existing one (other files in it are kept) first gets both files under temp names;
+        then its old config.json is removed, the weights renamed in, and the config renamed in
+        last: a crash in between leaves no config.json (loading says the folder is no checkpoint)
+        instead of new weights under the old config. Write failures raise ``OSError``."""
+        import errno
+        import shutil
+        import uuid
+
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        os.makedirs(directory, exist_ok=True)
+        directory = os.fspath(directory)
         config = {"model_type": self.model_type, **self.get_config()}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = os.path.join(directory, WEIGHTS_NAME + ".tmp")
-        save_file(state, tmp)
-        os.replace(tmp, os.path.join(directory, WEIGHTS_NAME))
-        tmp = os.path.join(directory, CONFIG_NAME + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(directory, CONFIG_NAME))
+
+        def write(folder: str, suffix: str) -> None:
+            path = os.path.join(folder, WEIGHTS_NAME + suffix)
+            try:
+                save_file(state, path)
+            except SafetensorError as e:  # safetensors' I/O errors (disk full, ...) are no OSError
+                raise OSError(f"cannot write {path}: {e}") from e
+            with open(os.path.join(folder, CONFIG_NAME + suffix), "w") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
+
+        if not os.path.exists(directory):
+            parent, name = os.path.split(os.path.abspath(directory))
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+            os.mkdir(tmp)
+            try:
+                write(tmp, "")
+                os.replace(tmp, directory)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+            return
+        if not os.path.isdir(directory):
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", directory)
+        temps = [os.path.join(directory, name + ".tmp") for name in (WEIGHTS_NAME, CONFIG_NAME)]
+        try:
+            write(directory, ".tmp")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, CONFIG_NAME))
+            os.replace(temps[0], os.path.join(directory, WEIGHTS_NAME))
+            os.replace(temps[1], os.path.join(directory, CONFIG_NAME))
+        finally:
+            for tmp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "WorldModel":

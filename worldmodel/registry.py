@@ -34,15 +34,49 @@ def model_directory(directory: str | os.PathLike) -> str:
     return d
 
 
+OFFICIAL_PARTS = ("tokenizer", "transformer")  # the folders of an official thuml/iVideoGPT download
+
+
+def looks_official(directory: str | os.PathLike) -> bool:
+    """True for a directory laid out as an official thuml/iVideoGPT checkpoint (tokenizer/ or
+    transformer/ and no config.json of ours). Importing then gives a precise error for whatever is
+    missing (worldmodel/ivideogpt/official.py)."""
+    d = os.fspath(directory)
+    return not os.path.isfile(os.path.join(d, CONFIG_NAME)) and any(
+        os.path.isdir(os.path.join(d, part)) for part in OFFICIAL_PARTS)
+
+
+def _refuse_official_part(directory: str) -> None:
+    """A clear error for tokenizer/ or transformer/ of an official download given instead of the
+    download itself (their config.json files are a diffusers and a Llama config, not ours)."""
+    parent, part = os.path.split(os.path.normpath(directory))
+    parent = parent or "."
+    if part in OFFICIAL_PARTS and not os.path.isfile(os.path.join(parent, CONFIG_NAME)) and all(
+            os.path.isdir(os.path.join(parent, p)) for p in OFFICIAL_PARTS):
+        raise WorldModelConfigError(f"{directory} is the {part}/ folder of an official iVideoGPT checkpoint; "
+                                    f"pass its parent directory {parent}.")
+
+
 def pretrained_model_type(directory: str | os.PathLike) -> str:
     """The registry name of the model a checkpoint directory holds (or a pretraining output folder,
     ``model_directory``): its config.json's ``model_type``, or ``ivideogpt`` for an official
-    thuml/iVideoGPT download (tokenizer/ + transformer/, no config.json)."""
+    thuml/iVideoGPT download (tokenizer/ + transformer/, no config.json). A ``model_type`` that
+    names no world model here is refused."""
     d = model_directory(directory)
-    if not os.path.isfile(os.path.join(d, CONFIG_NAME)) and (
-            os.path.isdir(os.path.join(d, "tokenizer")) or os.path.isdir(os.path.join(d, "transformer"))):
+    if looks_official(d):
         return "ivideogpt"
-    return read_config(d)["model_type"]
+    try:
+        model_type = read_config(d)["model_type"]
+    except WorldModelConfigError:
+        _refuse_official_part(d)
+        raise
+    if model_type not in WORLD_MODELS:
+        _refuse_official_part(d)
+        raise WorldModelConfigError(
+            f"{d} holds a '{model_type}' model, which is no world model of this toolkit "
+            f"({', '.join(sorted(WORLD_MODELS))}): give a save_pretrained directory, a scripts/pretrain.py "
+            "output or an official thuml/iVideoGPT download.")
+    return model_type
 
 
 def load_pretrained(directory: str | os.PathLike, run_config: Mapping[str, Any] | None = None,

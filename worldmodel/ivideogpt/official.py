@@ -17,9 +17,10 @@ Key mapping, official -> ours (the structures are the same, so it is a renaming)
 Dropped on the way, each reported: ``*.rotary_emb.inv_freq`` buffers that older transformers
 versions saved (recomputed here; checked against the rope base first) and the auxiliary
 ``action_recon_linear`` head. Old diffusers attention names (``query``, ``key``, ``value``,
-``proj_attn``) are renamed as diffusers itself does. Heads the checkpoint lacks (the action
-projection of an action-free model, the reward head unless it was trained with rewards) start
-at zero, as in the paper: the imported model then predicts exactly what the checkpoint did.
+``proj_attn``) are renamed as diffusers itself does. Heads the checkpoint lacks start at zero:
+the action projection of an action-free model as in the official code, and the reward head
+unless it was trained with rewards (the official initialises that one randomly; zero here, so
+that the imported model predicts exactly what the checkpoint did).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from worldmodel.ivideogpt.tokenizer_configs import PRESETS as TOKENIZER_PRESETS
 from worldmodel.ivideogpt.tokenizer_configs import tokenizer_config
 from worldmodel.ivideogpt.transformer import NUM_SPECIAL_TOKENS
 from worldmodel.ivideogpt.transformer_configs import TRANSFORMER_KEYS, TRANSFORMER_PRESETS
+from worldmodel.registry import looks_official  # noqa: F401  (re-exported: the model's loader asks it)
 
 if TYPE_CHECKING:
     from worldmodel.ivideogpt.model import IVideoGPT
@@ -56,7 +58,8 @@ OFFICIAL_TOKENIZER_DEFAULTS: dict[str, Any] = {
     "patch_size": 4,
 }
 DOWN_BLOCK, UP_BLOCK = "DownEncoderBlock2D", "UpDecoderBlock2D"
-# Hard-coded in the official conditional_vae.py / compressive_vq_model.py (not in its config).
+# Hard-coded in the official conditional_vae.py / compressive_vq_model.py (not in its config). Its
+# cross-attention blocks also always use silu, while ours follow act_fn: other act_fn are refused.
 OFFICIAL_FIXED_TOKENIZER = {"cond_mid_block_add_attention": True, "cross_attn_heads": 4,
                             "cross_attn_dropout": 0.1, "cross_attn_norm_groups": 32}
 TOKENIZER_ARCH_KEYS = ("image_size", "in_channels", "block_out_channels", "layers_per_block",
@@ -72,7 +75,7 @@ LLAMA_DEFAULTS: dict[str, Any] = {
     "attention_bias": False, "mlp_bias": False, "rope_scaling": None, "rope_theta": 10000.0,
 }
 ROPE_THETA = 10000.0  # the only rope base our transformer builds (transformers' default)
-INV_FREQ_RTOL = 1e-3  # fp16-saved inv_freq buffers are compared with this tolerance
+INV_FREQ_RTOL = 1e-3  # saved inv_freq buffers match within this, or 2 eps of their dtype (bf16) if larger
 
 # Old diffusers attention parameter names (the checkpoint conversion diffusers itself applies).
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -107,15 +110,6 @@ class ImportReport:
 
 
 # ----- detection and configs -----
-def looks_official(directory: str | os.PathLike) -> bool:
-    """True for a directory laid out as an official checkpoint (tokenizer/ or transformer/ and no
-    config.json of ours). Importing then gives a precise error for whatever is missing."""
-    d = os.fspath(directory)
-    if os.path.isfile(os.path.join(d, CONFIG_NAME)):
-        return False
-    return os.path.isdir(os.path.join(d, TOKENIZER_DIR)) or os.path.isdir(os.path.join(d, TRANSFORMER_DIR))
-
-
 def _read_json(path: str, what: str) -> dict:
     if not os.path.isfile(path):
         raise OfficialCheckpointError(f"{path} is missing: an official iVideoGPT checkpoint has the {what}'s "
@@ -146,19 +140,50 @@ def read_official_configs(directory: str | os.PathLike) -> tuple[dict, dict]:
     return tok, llama
 
 
-def translate_tokenizer_config(official: dict, image_size: int | None = None,
-                               context_frames: int | None = None) -> dict[str, Any]:
+def _field(config: dict[str, Any], key: str, source: str, kind: str = "int") -> Any:
+    """``config[key]``, checked to be of ``kind``: "int" (a positive integer), "int?" (one or
+    null) or "number" (a non-negative number). Otherwise an error naming ``source`` and ``key``,
+    not a TypeError deep in the model."""
+    if key not in config:
+        raise OfficialCheckpointError(f"{source} has no '{key}' entry: the checkpoint's config is incomplete "
+                                      "(download the checkpoint again).")
+    value = config[key]
+    if kind == "int?" and value is None:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = number and (value >= 0 if kind == "number" else isinstance(value, int) and value > 0)
+    if not ok:
+        want = "a non-negative number" if kind == "number" else "a positive integer"
+        raise OfficialCheckpointError(f"{source}: '{key}' is {json.dumps(value)}, not {want} (the checkpoint's "
+                                      "config is damaged; download it again).")
+    return value
+
+
+def translate_tokenizer_config(official: dict, image_size: int | None = None, context_frames: int | None = None,
+                               source: str = f"{TOKENIZER_DIR}/{CONFIG_NAME}") -> dict[str, Any]:
     """Official ``CompressiveVQModel`` config -> our full tokenizer config.
 
     ``image_size`` / ``context_frames``, when given, are what the caller needs: a checkpoint of
     another resolution is refused; fewer context frames are allowed (the official trims its
-    context position embeddings the same way), more are refused."""
+    context position embeddings the same way), more are refused. ``source``: the file, for errors."""
     o = {**OFFICIAL_TOKENIZER_DEFAULTS, **official}
     if "num_dyn_embeddings" not in official or "context_length" not in official:
         raise OfficialCheckpointError(
             "the tokenizer config has no num_dyn_embeddings / context_length: it is a plain VQ "
             "tokenizer, not iVideoGPT's compressive tokenizer (CompressiveVQModel).")
-    chans = list(o["block_out_channels"])
+    for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "num_vq_embeddings",
+                "norm_num_groups", "num_dyn_embeddings", "context_length", "max_att_resolution", "resolution",
+                "patch_size"):
+        _field(o, key, source)
+    _field(o, "vq_embed_dim", source, "int?")
+    chans = o["block_out_channels"]
+    if not isinstance(chans, list) or not chans or not all(type(c) is int and c > 0 for c in chans):
+        raise OfficialCheckpointError(f"{source}: 'block_out_channels' is {json.dumps(chans)}, not a list of "
+                                      "positive integers (the checkpoint's config is damaged; download it again).")
+    if o["act_fn"] != "silu":  # the official cross-attention blocks use silu whatever act_fn says
+        raise OfficialCheckpointError(
+            f"{source}: act_fn is {json.dumps(o['act_fn'])}; only 'silu' (every released checkpoint) can be "
+            "imported: the official cross-attention blocks always use silu, ours follow act_fn.")
     downs = list(o.get("down_block_types", [DOWN_BLOCK] * len(chans)))
     ups = list(o.get("up_block_types", [UP_BLOCK] * len(chans)))
     if downs != [DOWN_BLOCK] * len(chans) or ups != [UP_BLOCK] * len(chans):
@@ -169,13 +194,13 @@ def translate_tokenizer_config(official: dict, image_size: int | None = None,
     if o["out_channels"] != o["in_channels"]:
         raise OfficialCheckpointError(
             f"tokenizer in_channels {o['in_channels']} != out_channels {o['out_channels']}: not supported.")
-    resolution = int(o["resolution"])
+    resolution = o["resolution"]
     if image_size is not None and image_size != resolution:
         raise OfficialCheckpointError(
             f"this is a {resolution}x{resolution} iVideoGPT checkpoint but {image_size}x{image_size} frames "
             f"were asked for: use a {image_size}x{image_size} checkpoint (e.g. thuml/ivideogpt-oxe-64-act-free "
             f"for 64x64) or set the image size to {resolution}.")
-    official_context = int(o["context_length"])
+    official_context = o["context_length"]
     if context_frames is not None and context_frames > official_context:
         raise OfficialCheckpointError(
             f"the checkpoint's tokenizer was trained with {official_context} context frames; "
@@ -202,12 +227,14 @@ def tokenizer_preset_name(config: dict[str, Any]) -> str | None:
     return None
 
 
-def translate_transformer_config(llama: dict, context_vocab: int, future_vocab: int) -> dict[str, Any]:
+def translate_transformer_config(llama: dict, context_vocab: int, future_vocab: int,
+                                 source: str = f"{TRANSFORMER_DIR}/{CONFIG_NAME}") -> dict[str, Any]:
     """Official Llama config.json -> our transformer hyper-parameters (``TRANSFORMER_KEYS``).
 
     The vocabulary must be the tokenizer's (context codes + future codes + 2 separators);
     features our transformer does not build (another rope base, rope scaling, biases, tied
-    embeddings, another activation) are refused rather than silently changed."""
+    embeddings, another activation) are refused rather than silently changed. ``source``: the
+    file, for errors."""
     if llama.get("model_type", "llama") != "llama":
         raise OfficialCheckpointError(
             f"the transformer is a '{llama.get('model_type')}' model; only Llama iVideoGPT transformers "
@@ -224,6 +251,7 @@ def translate_transformer_config(llama: dict, context_vocab: int, future_vocab: 
         rope_theta = c["rope_parameters"].get("rope_theta", rope_theta)
         if c["rope_parameters"].get("rope_type", "default") != "default":
             c["rope_scaling"] = c["rope_parameters"]
+    rope_theta = _field({"rope_theta": rope_theta}, "rope_theta", source, "number")
     unsupported = {
         "hidden_act": (c["hidden_act"], "silu"), "tie_word_embeddings": (c["tie_word_embeddings"], False),
         "attention_bias": (c["attention_bias"], False), "mlp_bias": (c["mlp_bias"], False),
@@ -232,15 +260,20 @@ def translate_transformer_config(llama: dict, context_vocab: int, future_vocab: 
     bad = {k: got for k, (got, want) in unsupported.items() if got != want}
     if bad:
         raise OfficialCheckpointError(f"the transformer config has settings our Llama does not build: {bad}.")
+    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+                "max_position_embeddings"):
+        _field(c, key, source)
+    for key in ("rms_norm_eps", "attention_dropout", "initializer_range"):
+        _field(c, key, source, "number")
     hidden, heads = c["hidden_size"], c["num_attention_heads"]
+    if hidden % heads:
+        raise OfficialCheckpointError(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads "
+                                      f"{heads} (the checkpoint's config is damaged).")
     if c.get("head_dim") not in (None, hidden // heads):
         raise OfficialCheckpointError(f"head_dim {c['head_dim']} != hidden_size / heads = {hidden // heads}.")
-    out = {"num_key_value_heads": c.get("num_key_value_heads") or heads}
-    for key in TRANSFORMER_KEYS:
-        if key not in out:
-            if key not in c:
-                raise OfficialCheckpointError(f"the transformer config lacks '{key}'.")
-            out[key] = c[key]
+    kv_heads = _field({"num_key_value_heads": None, **c}, "num_key_value_heads", source, "int?")
+    out = {"num_key_value_heads": kv_heads or heads}
+    out.update({key: c[key] for key in TRANSFORMER_KEYS if key not in out})
     return out
 
 
@@ -283,7 +316,8 @@ def load_official_weights(folder: str, names: tuple[str, ...]) -> dict[str, torc
 def _check_inv_freq(key: str, value: torch.Tensor, head_dim: int) -> None:
     """A saved rotary ``inv_freq`` must be the one our rope base gives (it is then recomputed)."""
     want = 1.0 / ROPE_THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    if value.shape != want.shape or not torch.allclose(value.double(), want, rtol=INV_FREQ_RTOL):
+    rtol = max(INV_FREQ_RTOL, 2 * torch.finfo(value.dtype).eps) if value.is_floating_point() else INV_FREQ_RTOL
+    if value.shape != want.shape or not torch.allclose(value.double(), want, rtol=rtol):
         raise OfficialCheckpointError(
             f"{key} is not the rotary frequency table of rope base {ROPE_THETA:g} with head_dim {head_dim}: "
             "the checkpoint was trained with another positional encoding.")
@@ -343,9 +377,11 @@ def import_official(directory: str | os.PathLike, action_dim: int | None = None,
     d = os.fspath(directory)
     report = ImportReport(source=d)
     tok_official, llama_official = read_official_configs(d)
-    tok_cfg = translate_tokenizer_config(tok_official, image_size, context_frames)
+    tok_cfg = translate_tokenizer_config(tok_official, image_size, context_frames,
+                                         source=os.path.join(d, TOKENIZER_DIR, CONFIG_NAME))
     tf_cfg = translate_transformer_config(llama_official, tok_cfg["context_vocab_size"],
-                                          tok_cfg["future_vocab_size"])
+                                          tok_cfg["future_vocab_size"],
+                                          source=os.path.join(d, TRANSFORMER_DIR, CONFIG_NAME))
     report.tokenizer_preset, report.transformer_preset = tokenizer_preset_name(tok_cfg), transformer_preset_name(tf_cfg)
     tok_cfg.update(overrides.pop("tokenizer", None) or {})
     tf_cfg.update(overrides.pop("transformer", None) or {})
