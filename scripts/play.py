@@ -63,16 +63,17 @@ def main(argv: list[str]) -> None:
           f"({model['parameters'] / 1e6:.1f}M parameters, {model['action_dim']}-dim actions)")
     print(f"[play] task {task_key}: {len(info['episodes'])} start episodes in {info['episode_root']}; "
           f"env resets {'available' if info['env']['available'] else 'unavailable: ' + info['env']['reason']}")
-    if str(cfg.host) not in LOOPBACK:
-        print(f"[play] warning: host={cfg.host} lets anyone who can reach this machine drive the model and "
-              f"write files into out_dir={cfg.out_dir}; there is no authentication.")
-    url = f"http://{cfg.host}:{cfg.port}"
+    if player.address not in LOOPBACK:
+        print(f"[play] warning: host={player.address} lets anyone who can reach this machine drive the model "
+              f"and write files into out_dir={player.out_dir}; there is no authentication.")
+    shown = f"[{player.address}]" if ":" in player.address else player.address
+    url = f"http://{shown}:{player.port}"
     print(f"[play] open {url}  (Ctrl+C stops)")
     if cfg.open_browser:
         import webbrowser
 
         webbrowser.open(url)
-    uvicorn.run(create_app(player), host=str(cfg.host), port=int(cfg.port), log_level="warning")
+    uvicorn.run(create_app(player), host=player.address, port=player.port, log_level="warning")
 
 
 if __name__ == "__main__":

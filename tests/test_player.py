@@ -31,12 +31,14 @@ TASK = "metaworld/plate_slide"
 DEMOS = REPO / "demonstrations" / TASK
 IMG, ACT, HORIZON = 64, 4, 4
 EPISODE_LENGTH = 12  # real env steps per episode in the ground-truth tests
+BASE_URL = "http://127.0.0.1:7860"  # the Host the player (host=127.0.0.1) accepts
 
 
-def make_checkpoint(directory: Path, seed: int, context_frames: int = 2) -> Path:
+def make_checkpoint(directory: Path, seed: int, context_frames: int = 2, action_dim: int = ACT,
+                    sampling: dict | None = None) -> Path:
     torch.manual_seed(seed)
-    model = IVideoGPT(image_size=IMG, action_dim=ACT, context_frames=context_frames, tokenizer="tiny",
-                      transformer="tiny", max_future_frames=HORIZON)
+    model = IVideoGPT(image_size=IMG, action_dim=action_dim, context_frames=context_frames, tokenizer="tiny",
+                      transformer="tiny", max_future_frames=HORIZON, sampling=sampling)
     with torch.no_grad():  # zero-initialised heads would hide action / reward bugs
         model.transformer.action_linear.weight.normal_(std=0.5)
         model.transformer.reward_linear.weight.normal_(std=0.5)
@@ -334,7 +336,7 @@ def test_env_start_runs_the_real_env_beside_the_model(player):
 # ----------------------------------------------------------------- HTTP
 @pytest.fixture
 def client(player):
-    with TestClient(create_app(player)) as c:
+    with TestClient(create_app(player), base_url=BASE_URL) as c:
         yield c
 
 
@@ -366,9 +368,57 @@ def test_http_play_undo_save_and_download(client, player):
     assert set(saved["files"]) == {"imagined_npz", "real_npz", "video"}
     res = client.get(saved["files"]["imagined_npz"])
     assert res.status_code == 200 and res.content[:2] == b"PK"  # an npz is a zip
-    assert client.get(f"/api/sessions/{sid}/files/..%2Fsecret").status_code == 404
     post(client, f"/api/sessions/{sid}/close")
     assert client.get(f"/api/sessions/{sid}").status_code == 404
+
+
+def test_http_serves_only_the_files_the_sessions_last_save_wrote(client, player):
+    sid = post(client, "/api/sessions")["session"]
+    post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": player.catalog.names()[0]})
+    post(client, f"/api/sessions/{sid}/step", {"action": [0] * ACT})
+    saved = post(client, f"/api/sessions/{sid}/save")
+    folder = Path(saved["dir"])
+    (folder / "secret.txt").write_text("not written by the save")  # on disk, beside the saved files
+    (folder.parent / "sibling.txt").write_text("another file in out_dir")
+    for name in ("secret.txt", "sibling.txt"):
+        res = client.get(f"/api/sessions/{sid}/files/{name}")
+        assert res.status_code == 404 and f"no saved file '{name}'" in res.json()["error"], name
+    shutil.rmtree(player.out_dir)  # the user cleaned out_dir up
+    res = client.get(saved["files"]["video"])
+    assert res.status_code == 404 and "gone" in res.json()["error"] and "save again" in res.json()["error"]
+    again = post(client, f"/api/sessions/{sid}/save")  # saving recreates the folder
+    assert client.get(again["files"]["imagined_npz"]).status_code == 200
+
+
+def test_http_refuses_other_hosts_and_changes_from_other_origins(client, player):
+    """DNS rebinding (a foreign Host) and cross-site POSTs (no CORS preflight for a body-less POST:
+    any page could create sessions until the user's is evicted) are refused."""
+    from dataclasses import replace
+
+    from mbrl.player.server import allowed_hosts
+
+    evil = {"Origin": "http://evil.example"}
+    sid = post(client, "/api/sessions")["session"]
+    assert client.get("/api/info", headers={"Host": "attacker.example:7860"}).status_code == 400
+    assert client.post("/api/sessions", headers={"Host": "attacker.example:7860"}).status_code == 400
+    for _ in range(player.sessions.max_sessions):
+        res = client.post("/api/sessions", headers=evil)
+        assert res.status_code == 403 and "another origin (http://evil.example)" in res.json()["error"]
+    res = client.post(f"/api/sessions/{sid}/close", headers={"Origin": "null"})  # a sandboxed page
+    assert res.status_code == 403
+    assert client.get(f"/api/sessions/{sid}").status_code == 200  # the user's session is still there
+    assert post_with_origin(client, "/api/sessions", BASE_URL).status_code == 200  # the page itself
+    assert client.get("/api/info", headers=evil).status_code == 200  # reading: the browser's CORS rules
+    # Serving on every interface accepts any Host, and still only same-origin changes.
+    assert allowed_hosts("0.0.0.0") == ["*"] and "[::1]" in allowed_hosts("::1")
+    anywhere = TestClient(create_app(replace(player, address="0.0.0.0")), base_url="http://192.0.2.7:7860")
+    assert anywhere.get("/api/info").status_code == 200
+    assert anywhere.post("/api/sessions", headers=evil).status_code == 403
+    assert post_with_origin(anywhere, "/api/sessions", "http://192.0.2.7:7860").status_code == 200
+
+
+def post_with_origin(client, path: str, origin: str):
+    return client.post(path, headers={"Origin": origin})
 
 
 def test_http_bad_requests_get_4xx_with_a_message(client, player):
@@ -614,3 +664,174 @@ def test_start_episodes_come_from_the_tasks_demo_folder(checkpoints, tmp_path, m
             assert p.catalog.root == root and p.catalog.names() == names
         finally:
             p.close()
+
+
+# ----------------------------------------------------------------- failures leave things as they were
+def test_a_failed_env_start_keeps_the_previous_start(player):
+    """task.episode_length=1 ends the env during the context steps: the start is refused, and the
+    session keeps the start (and trajectory) it had, or stays unstarted, instead of a half start."""
+    pytest.importorskip("metaworld", reason="env starts need Meta-World")
+    from omegaconf import OmegaConf
+
+    short = {**OmegaConf.to_container(player.task_cfg), "episode_length": 1}
+    sessions = SessionManager(player.host, short, player.catalog)
+    fresh, playing = sessions.create(), sessions.create()
+    sessions.call(playing, lambda s: s.start_from_episode(first_episode(player)))
+    sessions.call(playing, lambda s: s.step(torch.zeros(ACT)))
+    before = sessions.call(playing, lambda s: (s.start, s.context, s.frames().clone(), s.revision))
+    for sid in (fresh, playing):
+        with pytest.raises(PlayerError, match="ended during the context steps"):
+            sessions.call(sid, lambda s: s.start_from_env(seed=0))
+    with pytest.raises(Conflict, match="start context"):  # not a TypeError on a missing context
+        sessions.call(fresh, lambda s: s.step(torch.zeros(ACT)))
+    assert sessions.call(fresh, lambda s: (s.start, s.context, s._env)) == (None, None, None)
+    start, context, frames, revision = before
+    assert sessions.call(playing, lambda s: (s.start, s.revision)) == (start, revision)
+    assert torch.equal(sessions.call(playing, lambda s: s.context), context)
+    assert torch.equal(sessions.call(playing, lambda s: s.frames()), frames)
+    assert len(sessions.call(playing, lambda s: (s.step(torch.zeros(ACT)), s.steps)[1])) == 2
+    sessions.close_all()
+
+
+@pytest.mark.parametrize("fail_at", [0, 1])  # 0: the step that resets the model (adds an anchor)
+def test_a_failed_step_keeps_undo_and_redo_reproducible(player, monkeypatch, fail_at):
+    """A step that fails part-way (e.g. out of memory) must not advance the sampling generator or
+    leave an anchor behind: the next steps, and undo / redo, give what they would have."""
+    sessions, model = player.sessions, player.host.model
+    acts = actions(3)
+
+    def play(fail: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        sid = sessions.create()
+        sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+        for i, a in enumerate(acts):
+            if fail and i == fail_at:
+                with monkeypatch.context() as m:
+                    m.setattr(model, "_decode_newest", lambda *args, **kwargs: (_ for _ in ()).throw(
+                        RuntimeError("out of memory (simulated)")))
+                    with pytest.raises(RuntimeError, match="out of memory"):
+                        sessions.call(sid, lambda s, a=a: s.step(a))
+                assert sessions.call(sid, lambda s: (len(s.steps), len(s._anchors))) == (i, min(i, 1))
+            sessions.call(sid, lambda s, a=a: s.step(a))
+        shown = sessions.call(sid, lambda s: s.frames().clone())
+        sessions.call(sid, lambda s: s.undo())
+        sessions.call(sid, lambda s: s.step(acts[-1]))
+        return shown, sessions.call(sid, lambda s: s.frames())
+
+    expected, _ = play(fail=False)
+    shown, redone = play(fail=True)
+    assert torch.equal(shown, expected) and torch.equal(redone, shown)
+
+
+# ----------------------------------------------------------------- checkpoint switches
+def test_save_after_a_switch_writes_the_new_models_frames(player, checkpoints):
+    sessions = player.sessions
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    for a in actions(2):
+        sessions.call(sid, lambda s, a=a: s.step(a))
+    before = sessions.call(sid, lambda s: s.frames().clone())
+    player.host.switch(checkpoints[1])
+    paths = sessions.call(sid, lambda s: s.save(player.out_dir))  # no other call re-imagined it first
+    saved = load_episode(paths["imagined_npz"])
+    assert saved.meta["checkpoint"] == str(checkpoints[1])
+    assert not torch.equal(torch.from_numpy(saved.obs), before)
+    assert torch.equal(torch.from_numpy(saved.obs), sessions.call(sid, lambda s: s.frames()))
+
+
+def test_after_a_switch_sessions_sample_with_the_new_models_switches(player, checkpoints, tmp_path, monkeypatch):
+    """The runtime switches (compile, cpu_bf16_decoding) stay as the loaded checkpoint has them:
+    a start or restart after a switch must not carry the old model's into the new one."""
+    other = make_checkpoint(tmp_path / "bf16_off", 1, sampling={"cpu_bf16_decoding": False})
+    sessions, host = player.sessions, player.host
+    assert host.sampling_defaults()["cpu_bf16_decoding"] == "auto"
+    restarted, started = sessions.create(), sessions.create()
+    sessions.call(restarted, lambda s: s.start_from_episode(first_episode(player)))
+    sessions.call(restarted, lambda s: s.set_sampling({"temperature": 0.5}))
+    host.switch(other)
+    seen = []
+    step = host.model.step
+    monkeypatch.setattr(host.model, "step", lambda *a, **k: (seen.append(dict(host.model.sampling)), step(*a, **k))[1])
+    sessions.call(restarted, lambda s: s.restart())
+    sessions.call(started, lambda s: s.start_from_episode(first_episode(player)))
+    for sid in (restarted, started):
+        sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
+        assert sessions.call(sid, lambda s: s.sampling)["cpu_bf16_decoding"] is False
+    assert [s["cpu_bf16_decoding"] for s in seen] == [False, False]
+    assert seen[0]["temperature"] == 0.5  # the session's own numeric settings carry over
+
+
+def test_a_checkpoint_with_other_actions_is_refused(player, checkpoints, tmp_path):
+    other = make_checkpoint(tmp_path / "five_dim_actions", 0, action_dim=ACT + 1)
+    with pytest.raises(PlayerError, match=f"{ACT + 1}-dim actions but this player serves {ACT}-dim"):
+        player.host.switch(other)
+    assert player.host.checkpoint == str(checkpoints[0]) and player.host.model.action_dim == ACT
+
+
+# ----------------------------------------------------------------- resources and startup checks
+def test_evicted_and_closed_sessions_close_their_env(player):
+    pytest.importorskip("metaworld", reason="env starts need Meta-World")
+    sessions = SessionManager(player.host, player.task_cfg, player.catalog, max_sessions=1)
+    closes = []
+
+    def start_counted(s) -> None:
+        s.start_from_env(seed=0)
+        env, close = s._env, s._env.close
+        env.close = lambda: (closes.append(s.sid), close())[1]
+
+    first = sessions.create()
+    sessions.call(first, start_counted)
+    second = sessions.create()  # evicts the first
+    assert first not in sessions and closes == [first]
+    sessions.call(second, start_counted)
+    sessions.close(second)
+    assert closes == [first, second]
+
+
+@pytest.mark.parametrize("override, match", [
+    ("replay_window=0", "replay_window=0 must be an integer >= 1"),
+    ("state_budget_mb=-1", "state_budget_mb=-1 must be a number >= 0"),
+    ("max_sessions=0", "max_sessions=0 must be an integer >= 1"),
+    ("max_sessions=abc", "max_sessions='abc' must be an integer >= 1"),
+    ("video_fps=0", "video_fps=0 must be an integer >= 1"),
+    ("video_fps=-1", "video_fps=-1 must be an integer >= 1"),
+    ("video_scale=1.5", "video_scale=1.5 must be an integer >= 1"),
+    ("port=70000", r"port=70000 must be an integer in \[1, 65535\]"),
+    ("cpu_threads=two", "cpu_threads='two' must be an integer >= 0"),
+])
+def test_bad_player_settings_are_refused_at_startup(checkpoints, episodes, tmp_path, override, match):
+    with pytest.raises(PlayerError, match=match):
+        Player.from_config(play_config(checkpoints[0], episodes, tmp_path, override), TASK)
+    assert not worker_threads()
+
+
+def test_a_failure_after_the_model_loaded_stops_the_worker(checkpoints, episodes, tmp_path, monkeypatch):
+    import mbrl.player.player as player_module
+
+    def broken(task_cfg):
+        raise PlayerError("simulated")
+
+    monkeypatch.setattr(player_module, "simulator_status", broken)
+    with pytest.raises(PlayerError, match="simulated"):
+        Player.from_config(play_config(checkpoints[0], episodes, tmp_path), TASK)
+    assert not worker_threads()
+
+
+def worker_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("player-worker")]
+
+
+def test_a_device_this_machine_lacks_is_refused_clearly(checkpoints):
+    from mbrl.player.player import resolve_device
+
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 without one)
+    with pytest.raises(PlayerError, match=f"device={missing} but .*(no CUDA GPU|CUDA GPU\\(s\\))"):
+        resolve_device(missing)
+    if not torch.cuda.is_available():
+        for device in ("cuda", "cuda:0"):
+            with pytest.raises(PlayerError, match="use device=cpu or device=auto"):
+                resolve_device(device)
+        with pytest.raises(PlayerError, match="no CUDA GPU"):
+            WorldModelHost(checkpoints[0], IMG, "cuda")
+        assert not worker_threads()

@@ -126,5 +126,18 @@ def test_page_answers_a_key_with_a_new_frame(server_url, tmp_path):
             page.keyboard.press("ArrowUp")
             page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 2")
             assert page.locator("#error").is_hidden()
+            page.wait_for_selector("body[data-state=ready]")
+
+            # Browser shortcuts are not player keys: Ctrl+R must reload, not restart (r), Ctrl+Z not undo.
+            requests = []
+            page.on("request", lambda r: requests.append(f"{r.method} {r.url}") if "/api/" in r.url else None)
+            for chord in ("Control+r", "Control+z", "Meta+z", "Alt+w", "Control+s", "Control+Enter"):
+                page.keyboard.press(chord)  # a player key would start its request (and mark the page busy) now
+                page.wait_for_selector("body[data-state=ready]")
+            page.evaluate("fetch('/api/info')")  # once this one is seen, every earlier one has been
+            deadline = time.monotonic() + TIMEOUT_MS / 1000
+            while not any(r.endswith("/api/info") for r in requests) and time.monotonic() < deadline:
+                page.wait_for_timeout(20)
+            assert [r for r in requests if not r.endswith("/api/info")] == [] and step_count(page) == 2
         finally:
             browser.close()

@@ -29,7 +29,7 @@ class WorldModelHost:
 
     def __init__(self, checkpoint: str | Path, image_size: int, device: str | torch.device = "cpu"):
         self.image_size = int(image_size)
-        self.device = torch.device(device)
+        self.device = check_device(torch.device(device))
         self.model: WorldModel | None = None
         self.checkpoint = ""
         self.generation = 0  # bumped by every (re)load; sessions re-imagine when it changes
@@ -185,6 +185,21 @@ class WorldModelHost:
         finally:
             sampling.clear()
             sampling.update(saved)
+
+
+def check_device(device: torch.device) -> torch.device:
+    """``device`` if this machine has it; a CUDA device it lacks is a ``PlayerError`` saying what to
+    use instead (rather than the assertion deep inside ``model.to``)."""
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise PlayerError(f"device={device} but torch finds no CUDA GPU here (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda or 'none'}); use device=cpu or device=auto.")
+    if device.index is not None and device.index >= count:
+        raise PlayerError(f"device={device} but this machine has {count} CUDA GPU(s) (cuda:0 to "
+                          f"cuda:{count - 1}); pick one of those, or device=auto.")
+    return device
 
 
 def _is_number(value: Any) -> bool:

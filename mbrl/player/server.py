@@ -15,6 +15,11 @@ a bug), and the server keeps serving. Endpoints (``sid``: the id ``POST /api/ses
     POST /api/sessions/{sid}/save          -> files written (mp4, npz) and their URLs
     GET  /api/sessions/{sid}/files/{name}  a file of the last save
     POST /api/sessions/{sid}/close
+
+Only the player's own page may drive it: a request whose Host header names another machine than
+the one served (DNS rebinding) is refused, and so is a POST from a page of another origin (a
+body-less POST needs no CORS preflight, so any site could otherwise create sessions and evict
+the user's). Serving on 0.0.0.0 / :: accepts any Host, still only same-origin POSTs.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -31,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from mbrl.player.errors import NotFound, PlayerError
 from mbrl.player.player import Player
@@ -38,6 +45,20 @@ from mbrl.player.session import PlaySession, Step
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+ANY_ADDRESS = ("0.0.0.0", "::", "[::]")
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_hosts(address: str) -> list[str]:
+    """Host header values to accept when serving on ``address`` (play.yaml's host): that address
+    and the loopback names; any host when serving on every interface."""
+    address = address.lower()
+    if address in ANY_ADDRESS:
+        return ["*"]
+    if ":" in address and not address.startswith("["):  # an IPv6 literal: the Host header brackets it
+        address = f"[{address}]"
+    return sorted({address, *LOOPBACK_HOSTS})
 
 
 # ----- request bodies -----
@@ -101,6 +122,19 @@ def create_app(player: Player) -> FastAPI:
     app = FastAPI(title="world-model player", lifespan=lifespan)
     app.state.player = player
     sessions = player.sessions
+
+    @app.middleware("http")
+    async def same_origin_changes(request: Request, call_next):
+        origin = request.headers.get("origin")
+        own = request.headers.get("host", "")
+        if request.method in STATE_CHANGING and origin is not None and urlsplit(origin).netloc.lower() != own.lower():
+            return JSONResponse({"error": f"refused {request.method} {request.url.path} from a page of another "
+                                          f"origin ({origin}): only the player's own page (http://{own}) may "
+                                          "change its sessions; open that address instead."}, status_code=403)
+        return await call_next(request)
+
+    # Added last, so it runs first: the Origin check above compares against a trusted Host.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(player.address), www_redirect=False)
 
     @app.exception_handler(PlayerError)
     async def player_error(request: Request, e: PlayerError) -> JSONResponse:
@@ -192,10 +226,11 @@ def create_app(player: Player) -> FastAPI:
 
     @app.get("/api/sessions/{sid}/files/{name}")
     def saved_file(sid: str, name: str) -> FileResponse:
-        folder = sessions.call(sid, lambda s: s.saved_dir)
-        files = {p.name: p for p in folder.iterdir()} if folder is not None else {}
-        if name not in files:  # only files of the session's last save, never a path
+        files = sessions.call(sid, lambda s: {p.name: p for p in s.saved_files.values()})
+        if name not in files:  # only the files the session's last save wrote, never a path
             raise NotFound(f"no saved file '{name}' in this session; press save first.")
+        if not files[name].is_file():
+            raise NotFound(f"the saved file {files[name]} is gone (deleted or moved); press save again.")
         return FileResponse(files[name], filename=name)
 
     @app.post("/api/sessions/{sid}/close")

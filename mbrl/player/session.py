@@ -29,13 +29,14 @@ recorded frames as ground truth for as long as its actions follow the recorded o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -132,6 +133,7 @@ class PlaySession:
         self.seed = check_seed(seed, "sampling seed")  # applies at the next restart / re-imagination
         self.revision = 0  # bumped whenever ``steps`` change other than by one appended step
         self.saved_dir: Path | None = None
+        self.saved_files: dict[str, Path] = {}  # what the last save wrote, by kind
         self._saves = 0
         self._anchors: list[Anchor] = []
         self._state: Any = None
@@ -161,11 +163,16 @@ class PlaySession:
 
     def start_from_env(self, seed: int) -> None:
         """Context = a real env reset with ``seed``, then ``context_frames - 1`` zero-action steps
-        (real consecutive frames, as the model saw in training); the env keeps running beside."""
+        (real consecutive frames, as the model saw in training); the env keeps running beside.
+        If the reset fails, the session keeps its previous start and trajectory."""
         seed = check_seed(seed, "env seed")
         self._open_env(seed)
-        self._episode, self.start = None, Start("env", env_seed=seed)
-        self.context = torch.from_numpy(np.stack(self._env_reset()))
+        try:
+            context = torch.from_numpy(np.stack(self._env_reset(seed)))
+        except BaseException:
+            self._restore_env()
+            raise
+        self._episode, self.start, self.context = None, Start("env", env_seed=seed), context
         self._reset_imagination()
         self.revision += 1
 
@@ -173,7 +180,7 @@ class PlaySession:
         """Back to the start context with an empty trajectory (and a fresh generator from ``seed``)."""
         self._require_started()
         if self.start.kind == "env":
-            self._env_reset()
+            self._env_reset(self.start.env_seed)
         self._reset_imagination()
         self.revision += 1
 
@@ -196,13 +203,11 @@ class PlaySession:
         self.sync()
         keep = self.steps[:-1]
         anchor = [a for a in self._anchors if a.step <= len(keep)][-1]
-        self._rewind(anchor)
-        self.steps = keep[:anchor.step]
-        self._replay(keep[anchor.step:])
-        if self.start.kind == "env":
-            self._env_reset()
-            for s in self.steps:
-                self._env_step(s.action)
+        with self._unchanged_on_failure():
+            self._rewind(anchor)
+            self.steps = keep[:anchor.step]
+            self._replay(keep[anchor.step:])
+        self._restore_env()
         self.revision += 1
 
     def reimagine(self) -> None:
@@ -210,13 +215,9 @@ class PlaySession:
         fails, the trajectory stays as it was (and a switched model is tried again next call)."""
         self._require_started()
         old = self.steps
-        saved = (self.steps, self._anchors, self._state, self._generator, self._generation)
-        try:
+        with self._unchanged_on_failure():
             self._reset_imagination()
             self._replay(old, sampling=self.sampling)
-        except BaseException:
-            self.steps, self._anchors, self._state, self._generator, self._generation = saved
-            raise
         self.revision += 1
 
     def set_sampling(self, settings: Mapping[str, Any] | None = None, seed: int | None = None) -> None:
@@ -246,6 +247,7 @@ class PlaySession:
         self._require_started()
         if not self.steps:
             raise Conflict("nothing to save yet: take at least one step.")
+        self.sync()  # after a checkpoint switch: the new model's frames, as the meta says
         m = self.model
         meta = {"task": f"{self.task_cfg.get('suite')}/{self.task_cfg.get('name')}", "fps": None,
                 "context": self.start.describe(), "world_model": m.model_type,
@@ -287,7 +289,7 @@ class PlaySession:
             right[:len(real.obs)] = real.obs
             video = np.concatenate([video, right], axis=-1)  # side by side
         paths["video"] = write_video(folder / "trajectory.mp4", chw_to_hwc(video), fps=fps, scale=scale)
-        self.saved_dir = folder
+        self.saved_dir, self.saved_files = folder, dict(paths)
         return paths
 
     def close(self) -> None:
@@ -309,9 +311,28 @@ class PlaySession:
         return sum(a.nbytes for a in self._anchors)
 
     def _reset_imagination(self) -> None:
+        if self._generation != self.host.generation:  # a switched model: its own runtime switches
+            self.sampling = self.host.merge_sampling(self.sampling)
         self.steps, self._anchors, self._state = [], [], None
         self._generator = self.host.generator(self.seed)
         self._generation = self.host.generation
+
+    @contextlib.contextmanager
+    def _unchanged_on_failure(self) -> Iterator[None]:
+        """Undo every change to the imagination (steps, anchors, model state, generator and its
+        state, sampling) if the body fails, e.g. out of memory, so undo / redo still reproduce
+        what was shown. Model states are taken back by reference: a failed ``step`` leaves its
+        state as it was (``WorldModel.step``), and replays build new states from anchors."""
+        saved = (list(self.steps), list(self._anchors), self._state, self._generator, self._generation,
+                 dict(self.sampling))
+        rng_state = self._generator.get_state() if self._generator is not None else None
+        try:
+            yield
+        except BaseException:
+            self.steps, self._anchors, self._state, self._generator, self._generation, self.sampling = saved
+            if rng_state is not None:
+                self._generator.set_state(rng_state)
+            raise
 
     def _next_anchor(self) -> str | None:
         """What to do before the next step: "reset" the model, "keep" its state, or nothing."""
@@ -353,13 +374,14 @@ class PlaySession:
             self._state = anchor.state
 
     def _imagine(self, action: torch.Tensor, sampling: dict[str, Any]) -> Step:
-        todo = self._next_anchor()
-        if todo == "reset":
-            self._reset_model()
-        elif todo == "keep":
-            self._keep_state()
-        with torch.no_grad(), self.host.sampling(sampling):
-            frame, reward, self._state = self.model.step(self._state, action[None].to(self.host.device))
+        with self._unchanged_on_failure():
+            todo = self._next_anchor()
+            if todo == "reset":
+                self._reset_model()
+            elif todo == "keep":
+                self._keep_state()
+            with torch.no_grad(), self.host.sampling(sampling):
+                frame, reward, self._state = self.model.step(self._state, action[None].to(self.host.device))
         return Step(action=action, sampling=dict(sampling), frame=frame[0].cpu(), reward=float(reward[0]),
                     anchored=todo == "reset")
 
@@ -374,7 +396,6 @@ class PlaySession:
         """After a checkpoint switch, re-imagine this trajectory with the new model."""
         if self.start is None or self._generation == self.host.generation:
             return
-        self.sampling = self.host.merge_sampling(self.sampling)
         self.reimagine()
 
     # ----- ground truth -----
@@ -410,9 +431,9 @@ class PlaySession:
                               f"{self.model.action_dim}-dim ones: the checkpoint is not for this task.")
         self._env = env
 
-    def _env_reset(self) -> list[np.ndarray]:
-        """Reset the env with the start seed and take the zero-action context steps; the frames."""
-        obs, _ = self._env.reset(seed=self.start.env_seed if self.start else None)
+    def _env_reset(self, seed: int) -> list[np.ndarray]:
+        """Reset the env with ``seed`` and take the zero-action context steps; the frames."""
+        obs, _ = self._env.reset(seed=seed)
         frames = [obs[-RGB:]]
         zero = np.zeros(self.model.action_dim, np.float32)
         for _ in range(self.model.context_frames - 1):
@@ -430,6 +451,16 @@ class PlaySession:
         obs, reward, terminated, truncated, info = self._env.step(action.numpy())
         self._env_done = bool(terminated or truncated)
         return torch.from_numpy(obs[-RGB:].copy()), float(reward), bool(info.get("success", False))
+
+    def _restore_env(self) -> None:
+        """Bring the env back to the end of the current trajectory (reset with the start seed, then
+        its actions), or close it when the trajectory does not start from an env reset."""
+        if self.start is None or self.start.kind != "env":
+            self._close_env()
+            return
+        self._env_reset(self.start.env_seed)
+        for s in self.steps:
+            self._env_step(s.action)
 
     def _close_env(self) -> None:
         if self._env is not None:

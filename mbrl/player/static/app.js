@@ -172,6 +172,8 @@ function keyName(event) {
 }
 
 function onKey(event) {
+  // Browser and OS shortcuts (Ctrl+R reload, Ctrl+S save, Alt+←, ⌘W ...) are not player keys.
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
   const tag = event.target.tagName;
   if ((tag === "INPUT" && event.target.type !== "range") || tag === "SELECT" || tag === "TEXTAREA") return;
   if (!state.sid || !state.view || !state.view.start) return;
