@@ -3,18 +3,24 @@
     OMP_NUM_THREADS=1 python scripts/compare_world_models.py --image-size 32 --train-minutes 4
     python scripts/compare_world_models.py --models ivideogpt vid2world --episodes 12 --batch 4
 
-Random-action episodes are collected once (``check_worldmodel_quality.collect``) and every model
-trains on segments of ``context + horizon`` frames drawn from them with the same seed, for the same
-wall-clock budget, calling ``update(batch)`` with all its parts. Each model is then evaluated on
-the same held-out windows, open loop (``reset`` + ``step`` driven by the real actions):
+Random-action episodes are collected once (``check_worldmodel_quality.collect_split``: training and
+held-out episodes from disjoint env seeds) and every model trains on segments of ``context + horizon``
+frames drawn from them with the same seed, for the same wall-clock budget (or exactly
+``--train-steps`` updates, for a reproducible run), calling ``update(batch)`` with all its parts.
+Each model is then evaluated on the same held-out windows, open loop (``reset`` + ``step`` driven by
+the real actions), scored as ``check_worldmodel_quality.py`` scores (``evaluation_set``, ``score``):
 
-* PSNR of the imagined frames vs. the real ones, against the copy-last-context-frame baseline;
+* PSNR of the imagined frames vs. the real ones, against the copy-last-context-frame baseline (per
+  frame, peak 255, averaged over all imagined frames of all windows);
 * reward MSE of the imagined rewards vs. the real ones, against predicting the training mean;
 * imagined transitions/s of ``rollout`` (B = ``--rollout-batch``, k = horizon, random policy);
 * parameter counts (iVideoGPT's transformer is widened to 4 layers x 128 by default so that both
   models hold ~1.6M parameters at 32 px: tiny tokenizer + transformer vs. tiny U-Net + reward head).
 
-A table is printed; the last line is a one-line summary. ``main(argv)`` returns the numbers.
+The judged iVideoGPT rollouts are greedy by default (``--eval-temperature 0``, as in the quality
+check; MBPO samples at temperature 1, top-k 100); Vid2World's are DDIM from seeded noise, which no
+temperature changes. A table is printed, with the decoding used; the last line is a one-line summary.
+``main(argv)`` returns the numbers.
 """
 from __future__ import annotations
 
@@ -35,13 +41,13 @@ import torch  # noqa: E402
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(SCRIPTS))
 
-from worldmodel.interface import SegmentBatch, WorldModel  # noqa: E402
+from worldmodel.interface import WorldModel  # noqa: E402
 from worldmodel.registry import WORLD_MODELS, world_model_class  # noqa: E402
 
 
 def _load_quality_helpers():
-    """``scripts/check_worldmodel_quality.py`` (collect, sample_segments, psnr), imported by path:
-    scripts/ is not a package."""
+    """``scripts/check_worldmodel_quality.py`` (collection, segments, evaluation, scores), imported by
+    path: scripts/ is not a package."""
     path = os.path.join(SCRIPTS, "check_worldmodel_quality.py")
     spec = importlib.util.spec_from_file_location("check_worldmodel_quality", path)
     module = importlib.util.module_from_spec(spec)
@@ -50,7 +56,9 @@ def _load_quality_helpers():
 
 
 quality = _load_quality_helpers()
-collect, sample_segments, psnr = quality.collect, quality.sample_segments, quality.psnr
+collect_split, sample_segments = quality.collect_split, quality.sample_segments
+evaluation_set, score, baseline_scores, open_loop = (quality.evaluation_set, quality.score, quality.baseline_scores,
+                                                     quality.open_loop)
 
 TIMING_REPEATS = 2  # timed rollouts per model; the median is reported
 HEAD_DIM, MLP_RATIO = 16, 4  # iVideoGPT transformer heads = width / HEAD_DIM, MLP = MLP_RATIO x width (as tiny)
@@ -69,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4, help="segments per update")
     p.add_argument("--rollout-batch", type=int, default=8, help="B of the timed rollout")
     p.add_argument("--train-minutes", type=float, default=4.0, help="wall-clock training budget per model")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="exactly this many updates per model instead of the wall-clock budget (reproducible)")
+    p.add_argument("--eval-temperature", type=float, default=0.0,
+                   help="iVideoGPT's sampling temperature in the judged rollouts (0: greedy, the most likely "
+                        "frames: PSNR scores a point prediction); Vid2World has none")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of every part of every model")
     p.add_argument("--size", default="tiny", help="size preset of both models")
     p.add_argument("--ivideogpt-layers", type=int, default=4,
@@ -78,9 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.episode_length < args.context + args.horizon:
-        p.error(f"--episode-length {args.episode_length} is shorter than a segment of "
-                f"--context + --horizon = {args.context + args.horizon} frames.")
+    problems = quality.size_problems(args.episodes, args.eval_episodes, args.episode_length, args.context,
+                                     args.horizon)
+    if args.train_steps is not None and args.train_steps < 0:
+        problems.append(f"--train-steps must be >= 0; got {args.train_steps}")
+    if problems:
+        p.error("; ".join(problems) + ".")
     return args
 
 
@@ -103,43 +119,15 @@ def model_config(name: str, args: argparse.Namespace, image_size: int, action_di
     raise ValueError(f"no comparison config for world model '{name}'.")
 
 
-def train(model: WorldModel, episodes, args: argparse.Namespace, rng: np.random.Generator) -> int:
-    """``update`` (all parts) on fresh segments until the budget is spent; returns the step count."""
+def train(model: WorldModel, episodes: quality.Episodes, args: argparse.Namespace, rng: np.random.Generator) -> int:
+    """``update`` (all parts) on fresh segments until the budget (``--train-steps`` updates, else
+    ``--train-minutes``) is spent; returns the step count."""
     length = args.context + args.horizon
-    budget = args.train_minutes * 60
     start, steps = time.time(), 0
-    while time.time() - start < budget:
+    while quality.training_progress(steps, time.time() - start, args.train_steps, args.train_minutes) < 1:
         model.update(sample_segments(episodes, args.batch, length, rng))
         steps += 1
     return steps
-
-
-def eval_windows(episodes, context: int, horizon: int) -> SegmentBatch:
-    """Every non-overlapping window of context + horizon frames of the held-out episodes."""
-    length = context + horizon
-    obs, act, rew = [], [], []
-    for f, a, r in episodes:
-        for s in range(0, len(a) - length + 2, horizon):
-            obs.append(f[s:s + length])
-            act.append(a[s:s + length - 1])
-            rew.append(r[s:s + length - 1])
-    return SegmentBatch(torch.from_numpy(np.stack(obs)), torch.from_numpy(np.stack(act)),
-                        torch.from_numpy(np.stack(rew)))
-
-
-@torch.no_grad()
-def open_loop(model: WorldModel, windows: SegmentBatch, context: int, horizon: int,
-              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Imagine ``horizon`` steps from ``context`` real frames with the real actions.
-    Returns frames uint8 [N, k, 3, H, W] and rewards [N, k]."""
-    model.eval()
-    state = model.reset(windows.obs[:, :context], torch.Generator().manual_seed(seed))
-    frames, rewards = [], []
-    for i in range(horizon):
-        frame, reward, state = model.step(state, windows.action[:, context - 1 + i])
-        frames.append(frame)
-        rewards.append(reward)
-    return torch.stack(frames, 1), torch.stack(rewards, 1)
 
 
 def rollout_rate(model: WorldModel, context_obs: torch.Tensor, horizon: int, seed: int) -> float:
@@ -158,8 +146,8 @@ def rollout_rate(model: WorldModel, context_obs: torch.Tensor, horizon: int, see
     return B * horizon / statistics.median(times)
 
 
-def compare(name: str, train_eps, windows: SegmentBatch, args: argparse.Namespace,
-            train_mean: float) -> dict[str, float]:
+def compare(name: str, train_eps: quality.Episodes, ev: quality.EvalSet,
+            args: argparse.Namespace) -> dict[str, float]:
     """Build, train and evaluate one world model; all numbers of its table row."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)  # the same segment stream for every model
@@ -171,9 +159,10 @@ def compare(name: str, train_eps, windows: SegmentBatch, args: argparse.Namespac
     train_s = time.time() - start
 
     T0, k = args.context, args.horizon
-    pred_frames, pred_rew = open_loop(model, windows, T0, k, args.seed)
-    real_next, real_rew = windows.obs[:, T0:], windows.reward[:, T0 - 1:]  # [N, k, ...], [N, k]
-    context = windows.obs[:args.rollout_batch, :T0]
+    pred_frames, pred_rew = open_loop(model, ev.windows, T0, k, args.seed, args.eval_temperature)
+    model_psnr, model_mse = score(pred_frames, pred_rew, ev)
+    copy_psnr, mean_mse = baseline_scores(ev)
+    context = ev.windows.obs[:args.rollout_batch, :T0]
     if context.shape[0] < args.rollout_batch:  # few held-out windows: repeat them
         reps = math.ceil(args.rollout_batch / context.shape[0])
         context = context.repeat(reps, 1, 1, 1, 1)[:args.rollout_batch]
@@ -181,10 +170,10 @@ def compare(name: str, train_eps, windows: SegmentBatch, args: argparse.Namespac
         "params_M": params / 1e6,
         "train_steps": float(steps),
         "steps_per_s": steps / max(train_s, 1e-9),
-        "psnr": psnr(pred_frames, real_next).mean().item(),
-        "copy_psnr": psnr(windows.obs[:, T0 - 1:T0].expand_as(real_next), real_next).mean().item(),
-        "reward_mse": ((pred_rew.float() - real_rew) ** 2).mean().item(),
-        "mean_reward_mse": ((train_mean - real_rew) ** 2).mean().item(),
+        "psnr": model_psnr.mean().item(),
+        "copy_psnr": copy_psnr.mean().item(),
+        "reward_mse": model_mse,
+        "mean_reward_mse": mean_mse,
         "transitions_per_s": rollout_rate(model, context, k, args.seed),
     }
 
@@ -193,21 +182,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    train_eps = collect(args.task, args.episodes, args.episode_length, args.seed, args.image_size)
-    eval_eps = collect(args.task, args.eval_episodes, args.episode_length, args.seed + 10_000, args.image_size)
-    windows = eval_windows(eval_eps, args.context, args.horizon)
-    train_mean = float(np.concatenate([r for _, _, r in train_eps]).mean())
+    split = collect_split(args.task, args.episodes, args.eval_episodes, args.episode_length, args.seed,
+                          args.image_size)
+    ev = evaluation_set(split, args.context, args.horizon)
     print(f"collected {args.episodes} + {args.eval_episodes} episodes of {args.task} at "
-          f"{args.image_size} px in {time.time() - start:.0f}s; {windows.obs.shape[0]} held-out windows",
+          f"{args.image_size} px in {time.time() - start:.0f}s; {ev.windows.obs.shape[0]} held-out windows",
           flush=True)
 
     results = {}
     for name in args.models:
-        results[name] = compare(name, train_eps, windows, args, train_mean)
+        results[name] = compare(name, split.train, ev, args)
         print(f"{name}: done ({results[name]['train_steps']:.0f} updates)", flush=True)
 
-    print(f"\n{args.task}, {args.image_size} px, size {args.size}, {args.train_minutes:g} min training each "
-          f"(batch {args.batch}), open loop {args.horizon} steps from {args.context} real frames; "
+    budget = (f"{args.train_steps} updates" if args.train_steps is not None
+              else f"{args.train_minutes:g} min training")
+    ivideogpt = "greedy" if args.eval_temperature <= 0 else f"sampled at temperature {args.eval_temperature:g}"
+    print(f"\n{args.task}, {args.image_size} px, size {args.size}, {budget} each "
+          f"(batch {args.batch}), open loop {args.horizon} steps from {args.context} real frames "
+          f"(iVideoGPT {ivideogpt}, Vid2World DDIM from seeded noise; PSNR per frame, peak 255); "
           f"rollout B={args.rollout_batch}, k={args.horizon}, random policy, {args.threads} thread(s)")
     header = (f"{'model':<10} | {'params M':>8} | {'updates':>7} | {'upd/s':>6} | {'PSNR dB':>7} | "
               f"{'copy-last':>9} | {'rew MSE':>8} | {'mean MSE':>8} | {'imag trans/s':>12}")
