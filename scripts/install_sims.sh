@@ -8,7 +8,9 @@
 # What it does, and why (README.md's Quickstart refers here for the details):
 #   * apt: Mesa's software EGL (MuJoCo renders headless with MUJOCO_GL=egl);
 #   * pip: each simulator with a constraints file pinning torch (the version already installed,
-#     else 2.13.0) and mujoco==3.3.0, so no simulator drags in a CUDA torch or another mujoco;
+#     else 2.13.0) and mujoco==3.3.0, so no simulator drags in a CUDA torch or another mujoco, and
+#     with the repository's constraints.txt (every other dependency at a tested version);
+#     a rerun restores mujoco==3.3.0 if something moved it;
 #   * maniskill: Debian 12's lavapipe is too old for SAPIEN, so Mesa's lavapipe from
 #     bookworm-backports is unpacked into .sims/vulkan (system Mesa untouched) with an ICD file
 #     that mbrl.envs points VK_ICD_FILENAMES at;
@@ -55,11 +57,19 @@ if [[ -n "${VIRTUAL_ENV:-}" ]]; then
 elif [[ -x "$REPO/.venv/bin/python" ]]; then
     PY="$REPO/.venv/bin/python"
 else
+    PYTHON="${PYTHON:-$(command -v python3.11 || echo python3)}"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
+        || die "$PYTHON is not Python 3.11: install Python 3.11 or set PYTHON=/path/to/python3.11 (or run bash scripts/setup.sh)"
     log "no active venv and no $REPO/.venv: creating $REPO/.venv"
-    python3 -m venv "$REPO/.venv"
+    "$PYTHON" -m venv "$REPO/.venv"
     PY="$REPO/.venv/bin/python"
 fi
 log "python: $PY"
+"$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+    || die "$PY is $("$PY" --version 2>&1), but this project needs Python 3.11 (the CPU torch build is for 3.11 only)"
+"$PY" -m pip --version >/dev/null 2>&1 || die "$PY has no pip: rebuild the venv (bash scripts/setup.sh rebuilds an incomplete .venv)"
+REPO_CONSTRAINTS="$REPO/constraints.txt"
+[[ -f "$REPO_CONSTRAINTS" ]] || die "$REPO_CONSTRAINTS is missing"
 
 CONSTRAINTS="$(mktemp --suffix=.txt)"
 trap 'rm -f "$CONSTRAINTS"' EXIT
@@ -68,7 +78,7 @@ echo "torch==${torch_installed:-$TORCH_DEFAULT}" >"$CONSTRAINTS"
 echo "$MUJOCO_PIN" >>"$CONSTRAINTS"
 log "constraints: $(tr '\n' ' ' <"$CONSTRAINTS")"
 
-pip_install() { "$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS" "$@"; }
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS" -c "$REPO_CONSTRAINTS" "$@"; }
 has_dist() { "$PY" -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('$1') == '$2' else 1)" 2>/dev/null; }
 
 # ---------------------------------------------------------------- apt
@@ -86,30 +96,37 @@ apt_install() {  # installs only the packages that are missing
 
 install_egl() { apt_install libegl1 libegl-mesa0 libgl1-mesa-dri; }
 
+# metaworld 3.1.1 and the dm-control pin need mujoco 3.3.0; a rerun puts it back if it moved.
+ensure_mujoco() { has_dist mujoco 3.3.0 || { log "mujoco is not 3.3.0: reinstalling $MUJOCO_PIN"; pip_install "$MUJOCO_PIN"; }; }
+
 # ---------------------------------------------------------------- suites
 install_metaworld() {
     install_egl
     has_dist metaworld 3.1.1 || pip_install "$METAWORLD_PIN" "$MUJOCO_PIN"
+    ensure_mujoco
     MUJOCO_GL=egl "$PY" -c "import metaworld, mujoco; print('metaworld ok, mujoco', mujoco.__version__)"
 }
 
 install_dmc() {
     install_egl
     has_dist dm-control 1.0.28 || pip_install "$DMC_PIN" "$MUJOCO_PIN"
+    ensure_mujoco
     MUJOCO_GL=egl "$PY" -c "from dm_control import suite; print('dm_control ok')"
 }
 
 # Mesa's lavapipe from bookworm-backports, unpacked into .sims/vulkan (the system Mesa stays).
 install_lavapipe() {
-    local dest="$SIMS/vulkan" icd="$SIMS/vulkan/lvp_icd.json"
+    local dest="$SIMS/vulkan" icd="$SIMS/vulkan/lvp_icd.json" libdir_file="$SIMS/vulkan/libdir.txt"
     apt_install libvulkan1
-    if [[ -f "$icd" ]]; then log "lavapipe already in $dest"; return 0; fi
+    # lvp_icd.json is written last (after libdir.txt), so its presence means a finished install.
+    if [[ -f "$icd" && -f "$libdir_file" ]]; then log "lavapipe already in $dest"; return 0; fi
+    rm -f "$icd"
     local apt_dir="$SIMS/apt"
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs" "$dest"
     # The machine's own Debian mirror, with the backports suite.
     local mirror
-    mirror="$(grep -hoE '^URIs: *\S+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')"
-    [[ -z "$mirror" ]] && mirror="$(grep -hoE '^deb +\S+/debian/? ' /etc/apt/sources.list 2>/dev/null | head -n1 | awk '{print $2}')"
+    mirror="$(grep -hoE '^URIs: *\S+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}' || true)"
+    [[ -z "$mirror" ]] && mirror="$(grep -hoE '^deb +\S+/debian/? ' /etc/apt/sources.list 2>/dev/null | head -n1 | awk '{print $2}' || true)"
     [[ -z "$mirror" ]] && die "cannot find the Debian mirror in /etc/apt sources"
     echo "deb $mirror $BACKPORTS_SUITE main" >"$apt_dir/sources.list"
     local apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
@@ -138,6 +155,8 @@ install_lavapipe() {
     src_icd="$(find "$dest" -name 'lvp_icd*.json' | head -n1)"
     [[ -z "$src_icd" ]] && die "lvp_icd json not found in the downloaded package"
     # Point the ICD at the private library; the private lib dir is also named so its deps load.
+    # libdir.txt first, the ICD (atomically) last: the check above keys on both.
+    echo "$libdir" >"$libdir_file.tmp" && mv "$libdir_file.tmp" "$libdir_file"
     "$PY" - "$src_icd" "$lvp" "$icd" <<'EOF'
 import json, os, sys
 src, lib, out = sys.argv[1:]
@@ -148,7 +167,6 @@ with open(tmp, "w") as f:
     json.dump(icd, f, indent=2)
 os.replace(tmp, out)
 EOF
-    echo "$libdir" >"$SIMS/vulkan/libdir.txt"
     rm -rf "$apt_dir/cache" "$apt_dir/lists"
     log "lavapipe ICD: $icd"
 }

@@ -71,3 +71,50 @@ def test_install_sims_checks_its_arguments_before_creating_a_venv(tmp_path, args
     proc = run(["bash", str(tmp_path / "scripts" / "install_sims.sh"), *args], cwd=tmp_path)
     assert proc.returncode == 2 and "usage: bash scripts/install_sims.sh" in proc.stderr, proc.stderr
     assert not (tmp_path / ".venv").exists() and not (tmp_path / ".sims").exists()
+
+
+def setup_copy(tmp_path: Path) -> Path:
+    """scripts/setup.sh and constraints.txt in an empty checkout (no .venv): nothing to install into."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPTS / "setup.sh", tmp_path / "scripts")
+    shutil.copy(REPO / "constraints.txt", tmp_path)
+    return tmp_path / "scripts" / "setup.sh"
+
+
+def fake_python(path: Path, version: str = "3.12.1") -> Path:
+    """An executable that answers like another Python: --version, a working `-m pip`, and `-c` fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\ncase "$1" in --version) echo "Python {version}";; -m) exit 0;; *) exit 1;; esac\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_setup_help_prints_the_usage_and_creates_nothing(tmp_path):
+    proc = run(["bash", str(setup_copy(tmp_path)), "--help"], cwd=tmp_path)
+    assert proc.returncode == 0 and "usage: bash scripts/setup.sh" in proc.stdout, proc.stderr
+    assert not (tmp_path / ".venv").exists()
+
+
+@pytest.mark.parametrize("args", [["metaword"], ["all", "--tset"]])
+def test_setup_refuses_an_unknown_argument_before_installing(tmp_path, args):
+    proc = run(["bash", str(setup_copy(tmp_path)), *args], cwd=tmp_path)
+    assert proc.returncode == 2 and f"unknown argument '{args[-1]}'" in proc.stderr, proc.stderr
+    assert "usage: bash scripts/setup.sh" in proc.stderr
+    assert not (tmp_path / ".venv").exists()
+
+
+def test_setup_refuses_a_python_other_than_3_11(tmp_path):
+    script = setup_copy(tmp_path)
+    other = fake_python(tmp_path / "bin" / "python3.12")
+    proc = run(["bash", str(script)], cwd=tmp_path, PYTHON=str(other))
+    assert proc.returncode == 1 and "Python 3.12.1" in proc.stderr and "needs Python 3.11" in proc.stderr, proc.stderr
+    assert "PYTHON=" in proc.stderr and not (tmp_path / ".venv").exists()
+
+
+def test_setup_refuses_an_existing_venv_of_another_python(tmp_path):
+    script = setup_copy(tmp_path)
+    fake_python(tmp_path / ".venv" / "bin" / "python")
+    (tmp_path / ".venv" / "bin" / "activate").write_text("")
+    proc = run(["bash", str(script)], cwd=tmp_path)
+    assert proc.returncode == 1 and ".venv was built with Python 3.12.1" in proc.stderr, proc.stderr
+    assert "rm -rf .venv" in proc.stderr and (tmp_path / ".venv" / "bin" / "python").exists()
