@@ -601,6 +601,7 @@ def test_numpy_conflict():
     message = numpy_conflict("2.4.6", "0.1.1")
     assert "(mplib 0.1.1) crashes with numpy>=2 and this venv has numpy 2.4.6" in message
     assert "'numpy<2' 'opencv-python<4.12'" in message and "format=maniskill" in message
+    assert "torch==2.13.0" in message  # unpinned, pip would take a CUDA torch of several GB
     assert numpy_conflict("2.0.0", None) is not None  # no metadata: taken to be the pinned 0.1.1
     assert numpy_conflict("1.26.4", "0.1.1") is None and numpy_conflict("2.1.0", "0.2.1") is None
 

@@ -595,3 +595,12 @@ def test_libero_without_its_config_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.libero either
     with pytest.raises(MissingSimulatorError, match="no config .*install_sims.sh libero"):
         libero_env.prepare_libero()
+
+
+def test_missing_simulator_messages_name_an_install_that_works():
+    from mbrl.envs import MissingSimulatorError
+
+    assert str(MissingSimulatorError("dmc")) == ("DeepMind Control (dm_control) is not installed: pip install -e "
+                                                 "'.[dmc]' -c constraints.txt (or bash scripts/install_sims.sh dmc)")
+    # LIBERO has no pip extra (its robomimic would bring torchvision back): only the script installs it
+    assert str(MissingSimulatorError("libero")) == "LIBERO is not installed: bash scripts/install_sims.sh libero"

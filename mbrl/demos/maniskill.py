@@ -70,9 +70,10 @@ def numpy_conflict(numpy_version: str, mplib_version: str | None) -> str | None:
     if mplib_version is not None and tuple(int(x) for x in re.findall(r"\d+", mplib_version)[:2]) >= (0, 2):
         return None
     return (f"ManiSkill's motion planner (mplib {mplib_version or '0.1'}) crashes with numpy>=2 and this venv has "
-            f"numpy {numpy_version}: collect in a separate venv with numpy<2 (pip install -e '.[maniskill]' "
-            "'numpy<2' 'opencv-python<4.12'; opencv-python>=4.12, which sapien and LIBERO pull in, needs "
-            "numpy>=2), or convert downloaded ManiSkill trajectories: scripts/convert_demos.py format=maniskill")
+            f"numpy {numpy_version}: collect in a separate Python 3.11 venv with numpy<2 (pip install -e "
+            "'.[maniskill]' torch==2.13.0 'numpy<2' 'opencv-python<4.12'; opencv-python>=4.12, which sapien and "
+            "LIBERO pull in, needs numpy>=2), or convert downloaded ManiSkill trajectories: "
+            "scripts/convert_demos.py format=maniskill")
 
 
 def require_motion_planning() -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-# suite -> (what to install, the pip extra). Kept here so every message names the same fix.
+# suite -> (what to install, its pip extra or None). Kept here so every message names the same fix.
+# LIBERO has no extra: its robomimic brings torchvision, which install_sims.sh removes again.
 _EXTRAS = {
     "metaworld": ("Meta-World", "metaworld"),
     "dmc": ("DeepMind Control (dm_control)", "dmc"),
     "maniskill": ("ManiSkill 3", "maniskill"),
-    "libero": ("LIBERO", "libero"),
+    "libero": ("LIBERO", None),
 }
 
 
@@ -21,8 +22,9 @@ class MissingSimulatorError(ImportError):
         missing part of an installed simulator (e.g. ManiSkill's motion planner)."""
         if message is None:
             what, extra = _EXTRAS.get(suite, (suite, suite))
-            message = (f"{what} is not installed: pip install -e '.[{extra}]' "
-                       f"(or bash scripts/install_sims.sh {extra})")
+            script = f"bash scripts/install_sims.sh {suite}"
+            message = f"{what} is not installed: " + (
+                f"pip install -e '.[{extra}]' -c constraints.txt (or {script})" if extra else script)
         if cause is not None:
             message += f" [import failed: {type(cause).__name__}: {cause}]"
         super().__init__(message)
