@@ -242,17 +242,22 @@ def load_data(path: str, wanted: dict, context: int, horizon: int) -> tuple[Spli
     return split, stored
 
 
+def segment_batch(cuts: list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]], length: int) -> SegmentBatch:
+    """The segments of ``length`` frames (and the ``length - 1`` actions and rewards between) that
+    start at each (episode, start step) of ``cuts``."""
+    obs = np.stack([f[s:s + length] for (f, _, _), s in cuts])
+    act = np.stack([a[s:s + length - 1] for (_, a, _), s in cuts])
+    rew = np.stack([r[s:s + length - 1] for (_, _, r), s in cuts])
+    return SegmentBatch(torch.from_numpy(obs), torch.from_numpy(act), torch.from_numpy(rew))
+
+
 def sample_segments(episodes: Episodes, batch: int, length: int, rng: np.random.Generator) -> SegmentBatch:
-    """``batch`` random segments of ``length`` frames (and the ``length - 1`` actions and rewards between)."""
-    obs, act, rew = [], [], []
+    """``batch`` random segments of ``length`` frames."""
+    cuts = []
     for _ in range(batch):
-        f, a, r = episodes[rng.integers(len(episodes))]
-        s = rng.integers(0, len(a) - length + 2)
-        obs.append(f[s:s + length])
-        act.append(a[s:s + length - 1])
-        rew.append(r[s:s + length - 1])
-    return SegmentBatch(torch.from_numpy(np.stack(obs)), torch.from_numpy(np.stack(act)),
-                        torch.from_numpy(np.stack(rew)))
+        episode = episodes[rng.integers(len(episodes))]
+        cuts.append((episode, rng.integers(0, len(episode[1]) - length + 2)))
+    return segment_batch(cuts, length)
 
 
 def eval_windows(episodes: Episodes, context: int, horizon: int) -> SegmentBatch:
@@ -260,14 +265,8 @@ def eval_windows(episodes: Episodes, context: int, horizon: int) -> SegmentBatch
     imagined frames do not overlap, while a window's context frames are the previous window's last
     frames."""
     length = context + horizon
-    obs, act, rew = [], [], []
-    for f, a, r in episodes:
-        for s in range(0, len(a) - length + 2, horizon):
-            obs.append(f[s:s + length])
-            act.append(a[s:s + length - 1])
-            rew.append(r[s:s + length - 1])
-    return SegmentBatch(torch.from_numpy(np.stack(obs)), torch.from_numpy(np.stack(act)),
-                        torch.from_numpy(np.stack(rew)))
+    return segment_batch([(episode, s) for episode in episodes
+                          for s in range(0, len(episode[1]) - length + 2, horizon)], length)
 
 
 def evaluation_set(split: Split, context: int, horizon: int) -> EvalSet:
