@@ -186,7 +186,7 @@ def _maniskill_expert_refusal() -> str:
     if importlib.util.find_spec("mplib") is None:
         return "pip install mplib"
     if numpy_conflict(np.__version__, importlib.metadata.version("mplib")):
-        return f"crashes with numpy>=2 and this venv has numpy {np.__version__}: collect in a separate venv"
+        return f"crashes with numpy>=2 and this venv has numpy {np.__version__}: collect in a separate Python 3.11 venv"
     return ""
 
 
