@@ -25,8 +25,8 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mbrl.demos import demo_dir  # noqa: E402
-from mbrl.demos.collect import (CollectResult, CollectSettingsError, NoExpertError,  # noqa: E402
-                                TooFewSuccessesError, collect)
+from mbrl.demos.collect import (CollectEnvError, CollectResult, CollectSettingsError,  # noqa: E402
+                                NoExpertError, TooFewSuccessesError, collect)
 from mbrl.envs.errors import MissingSimulatorError, UnknownTaskError  # noqa: E402
 from mbrl.utils import user_errors  # noqa: E402
 from worldmodel.episodes import episode_paths  # noqa: E402
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 # What a user can fix (the message says how): printed as one line, exit status 1.
 USER_ERRORS = (MissingSimulatorError, UnknownTaskError, NoExpertError, CollectSettingsError,
-               TooFewSuccessesError)
+               TooFewSuccessesError, CollectEnvError)
 DEFAULT_WORKERS = 2  # worker processes of collect() when workers is not set
 
 

@@ -71,12 +71,34 @@ def test_live_expert_reproduces_a_shipped_demo(tmp_path):
     shipped = load_episode(sorted(demo_dir(cfg).glob("ep_0000_seed0.npz"))[0])
     assert live.success.any() and result.attempts == 1
     assert live.meta["env_settings"] == {"action_repeat": 2, "episode_length": 100, "success_bonus": 10.0,
-                                         "camera": "corner", "flip_rows": True}
+                                         "camera": "corner", "flip_rows": True, "fast_render": True}
     here = {**OmegaConf.to_container(cfg), "demo_dir": str(tmp_path)}
     assert len(load_demos(here, 64, METAWORLD_ACTION_DIM)) == 1
     np.testing.assert_allclose(live.action, shipped.action, atol=1e-5)
     np.testing.assert_array_equal(live.success, shipped.success)
-    assert np.abs(live.obs.astype(int) - shipped.obs.astype(int)).mean() < 2.0
+    np.testing.assert_array_equal(live.obs, shipped.obs)  # bit-identical: a one-frame shift differs by ~0.5
+
+
+def test_collect_dmc_records_the_envs_episode_length_and_fps(tmp_path):
+    """DMC's episode_length: null is resolved as the env resolves it (1000 simulator steps / action_repeat);
+    fps is the agent-step rate (1 / (control timestep x action_repeat)) for every backend."""
+    cfg = OmegaConf.merge(task_cfg("dmc/cartpole_balance"), {"action_repeat": 8})
+    result = collect(cfg, 1, tmp_path, policy="random", success_only=False, workers=1, progress=False)
+    ep = load_episode(result.paths[0])
+    assert len(ep) == ep.meta["episode_length"] == 125 and ep.meta["fps"] == 12.5  # 100 Hz control / 8
+
+
+def test_collect_reports_a_bad_task_setting_in_one_line(tmp_path, capsys):
+    from mbrl.demos.collect import CollectEnvError
+    from mbrl.utils import user_errors
+
+    script = load_collect_script()
+    cfg = OmegaConf.merge(task_cfg("dmc/cartpole_balance"), {"camera": "nope"})
+    with pytest.raises(SystemExit), user_errors("collect_demos", script.USER_ERRORS):
+        collect(cfg, 1, tmp_path, policy="random", success_only=False, workers=1, progress=False)
+    assert capsys.readouterr().err.strip().startswith("[collect_demos] error: collecting seed 0 of "
+                                                      "dmc/cartpole_balance failed: ValueError: task.camera='nope'")
+    assert issubclass(CollectEnvError, ValueError)
 
 
 def test_max_attempts_guard(tmp_path):
@@ -261,7 +283,8 @@ def test_load_demos_refuses_other_env_settings(tmp_path):
     write_demo(folder, {"env_settings": env_settings(cfg)})
     assert len(load_demos(cfg, 8, METAWORLD_ACTION_DIM, root=tmp_path)) == 1
     for key, run_value, shown in [("action_repeat", 1, "1"), ("success_bonus", 0.0, "0.0"),
-                                  ("camera", "topview", "topview"), ("flip_rows", False, "false")]:
+                                  ("camera", "topview", "topview"), ("flip_rows", False, "false"),
+                                  ("fast_render", False, "false")]:
         run = OmegaConf.merge(cfg, {key: run_value})
         recorded = str(cfg[key]).lower()
         with pytest.raises(DemoSettingsError) as err:
@@ -273,6 +296,25 @@ def test_load_demos_refuses_other_env_settings(tmp_path):
     # the same values written differently are the same setting
     same = OmegaConf.merge(cfg, {"success_bonus": 10, "flip_rows": "true"})
     assert len(load_demos(same, 8, METAWORLD_ACTION_DIM, root=tmp_path)) == 1
+
+
+def test_load_demos_checks_fast_render(tmp_path):
+    """fast_render changes MuJoCo frames. Files that record env_settings but not fast_render were made
+    at its default (true); LIBERO-converted frames come from the file, ManiSkill's renderer has no fast mode."""
+    cfg = task_cfg("metaworld/plate_slide")
+    write_demo(demo_dir(cfg, tmp_path), {"env_settings": {**env_settings(cfg), "fast_render": False}})
+    with pytest.raises(DemoSettingsError, match="made with task.fast_render=false but this run has "
+                                                "task.fast_render=true. Run with task.fast_render=false"):
+        load_demos(cfg, 8, METAWORLD_ACTION_DIM, root=tmp_path)
+    old = {key: value for key, value in env_settings(cfg).items() if key != "fast_render"}
+    write_demo(demo_dir(cfg, tmp_path), {"env_settings": old})  # as the shipped demos: made at the default
+    assert len(load_demos(cfg, 8, METAWORLD_ACTION_DIM, root=tmp_path)) == 1
+    with pytest.raises(DemoSettingsError, match="made with task.fast_render=true"):
+        load_demos(OmegaConf.merge(cfg, {"fast_render": False}), 8, METAWORLD_ACTION_DIM, root=tmp_path)
+    libero = OmegaConf.merge(task_cfg("libero/libero_spatial"), {"fast_render": False})
+    write_demo(demo_dir(libero, tmp_path), {"source": "libero_hdf5", "env_settings": {"action_repeat": 1}})
+    assert len(load_demos(libero, 8, 4, root=tmp_path)) == 1
+    assert "fast_render" not in env_settings(task_cfg("maniskill/pick_cube"))
 
 
 def test_load_demos_reports_another_episode_length(tmp_path, caplog):
@@ -494,6 +536,19 @@ def test_maniskill_trajectory_reader(tmp_path):
         read_env_info(write_maniskill_pair(tmp_path / "nojson", broken="json"))
 
 
+def test_maniskill_seed_as_recordepisode_stores_it(tmp_path):
+    from mbrl.demos.maniskill import ManiSkillFormatError, episode_seed, read_trajectories
+
+    h5 = write_maniskill_pair(tmp_path / "trajectory")
+    meta = json.loads(h5.with_suffix(".json").read_text())
+    meta["episodes"][0]["reset_kwargs"]["seed"] = [7]  # RecordEpisode's list of one seed
+    h5.with_suffix(".json").write_text(json.dumps(meta))
+    assert [t.seed for t in read_trajectories(h5)] == [7, 101]
+    for bad in ([1, 2], "7", None):
+        with pytest.raises(ManiSkillFormatError, match="expected an int or a one-item list"):
+            episode_seed(bad, "here")
+
+
 def test_maniskill_replay_in_our_env(tmp_path):
     """Record a short random trajectory in our ManiSkill env in ManiSkill's schema, replay it
     with the converter, and get the same frames back (needs the maniskill extra)."""
@@ -571,6 +626,46 @@ def test_convert_script_libero(tmp_path):
     assert_one_line_error(wrong, "but the task to convert for is turn_on_the_stove")
     cfg = task_cfg("libero/libero_spatial")
     assert demo_dir(cfg).parts[-3:] == ("libero", "libero_spatial", "task_0")
+
+
+def load_convert_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_demos_script", REPO / "scripts" / "convert_demos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def convert_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base="1.3"):
+        return compose("convert_demos", overrides=["input=x.h5", *overrides])
+
+
+def test_convert_script_refuses_another_suites_task(tmp_path):
+    script = load_convert_script()
+    assert script.ConvertSettingsError in script.USER_ERRORS
+    for fmt, task, fix in [("libero", "metaworld/plate_slide", "task=libero/libero_spatial task.task_index=0"),
+                           ("maniskill", "libero/libero_spatial", "task=maniskill/pick_cube")]:
+        with pytest.raises(script.ConvertSettingsError, match=f"format={fmt} converts {fmt} demonstrations but "
+                                                              f"task is {task.split('/')[0]}/.*e.g. {fix}$"):
+            script.convert(convert_cfg(f"format={fmt}", f"task={task}", "libero_task=x"), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_libero_converter_reads_task_cameras_stream(tmp_path, monkeypatch):
+    from mbrl.demos.libero import LiberoFormatError, camera_stream
+
+    assert camera_stream("agentview") == "agentview_rgb" and camera_stream("robot0_eye_in_hand") == "eye_in_hand_rgb"
+    with pytest.raises(LiberoFormatError, match="no image stream of task.camera=frontview.*camera=<stream>"):
+        camera_stream("frontview")
+    script = load_convert_script()
+    calls = []
+    monkeypatch.setattr(script, "convert_libero", lambda *a, **kw: calls.append(kw["camera"]))
+    base = ["format=libero", "task=libero/libero_spatial", "libero_task=x"]
+    script.convert(convert_cfg(*base, "task.camera=robot0_eye_in_hand"), tmp_path)
+    script.convert(convert_cfg(*base, "task.camera=robot0_eye_in_hand", "camera=agentview_rgb"), tmp_path)
+    assert calls == ["eye_in_hand_rgb", "agentview_rgb"]
 
 
 def test_convert_script_reports_format_errors_in_one_line(tmp_path):

@@ -36,8 +36,13 @@ DEFAULT_DEMO_ROOT = Path(__file__).resolve().parents[2] / "demonstrations"
 
 # Task keys that shape a demonstration's data (time scale, rewards, frames, actions, ends).
 ENV_SETTING_KEYS = ("action_repeat", "episode_length", "success_bonus", "camera", "flip_rows",
-                    "control_mode", "reward_mode", "terminate_on_success")
+                    "fast_render", "control_mode", "reward_mode", "terminate_on_success")
 SETTINGS_META_KEY = "env_settings"
+# Keys a suite reads but that do not change its data: not recorded, not checked (SAPIEN has no fast mode).
+NO_EFFECT_KEYS = {"maniskill": ("fast_render",)}
+# Keys added to ENV_SETTING_KEYS after files recorded env_settings: such files were made at this value
+# (the suites' default), except where their frames are not ours (the LIBERO converter's come from the file).
+LATER_KEY_DEFAULTS = {"fast_render": True}
 # Settings that only move where an episode is cut (a time limit, not a termination): a demo made
 # with another value still holds the run's transitions, so a difference is reported, not refused.
 ADVISORY_SETTING_KEYS = ("episode_length",)
@@ -79,7 +84,8 @@ def demo_dir(task_cfg: Mapping[str, Any], root: str | os.PathLike | None = None)
 def env_settings(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The task's values of ``ENV_SETTING_KEYS`` (those it sets): what collectors store in
     ``meta["env_settings"]``."""
-    return {key: task_cfg[key] for key in ENV_SETTING_KEYS if task_cfg.get(key) is not None}
+    ignored = NO_EFFECT_KEYS.get(str(task_cfg.get("suite")), ())
+    return {key: task_cfg[key] for key in ENV_SETTING_KEYS if task_cfg.get(key) is not None and key not in ignored}
 
 
 def recorded_settings(meta: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -123,6 +129,8 @@ def check_settings(path: Path, meta: Mapping[str, Any], task_cfg: Mapping[str, A
                 f"{path.parent} and convert or collect them again: {collect_command(task_cfg)}.")
         # robosuite's own upside-down frames (converted unturned), or upright env frames (rendered unturned)
         recorded.setdefault("flip_rows", converted)
+    if complete and meta.get("source") != LIBERO_CONVERTED_SOURCE:
+        recorded = {**LATER_KEY_DEFAULTS, **recorded}
     notes: dict[str, Any] = {}
     for key, value in env_settings(task_cfg).items():
         if key not in recorded:

@@ -39,6 +39,11 @@ class TooFewSuccessesError(RuntimeError):
     """The attempts ran out before enough episodes succeeded; the message names the fix."""
 
 
+class CollectEnvError(ValueError):
+    """The env could not be built or run at the task's settings (a ValueError from the env or
+    its config, e.g. task.camera=nope); the message is the env's, which names the bad key."""
+
+
 def make_policy(task_cfg: Mapping[str, Any], kind: str = "expert") -> Policy | None:
     """The policy that collects: ``expert`` (the suite's scripted one) or ``random``
     (uniform actions; returns None, the collector samples them)."""
@@ -81,13 +86,31 @@ def run_episode(env, policy: Policy | None, seed: int, noise: float = 0.0) -> Ep
     return recorder.episode()
 
 
-def env_fps(env, task_cfg: Mapping[str, Any]) -> float | None:
-    """Frames per second of the agent-step video: 1 / (simulator dt x action repeat)."""
-    if task_cfg.get("fps"):
-        return float(task_cfg["fps"])
-    sim = getattr(getattr(env.unwrapped, "backend", None), "env", None)
-    dt = getattr(sim, "dt", None)
-    return None if dt is None else round(1.0 / (float(dt) * int(task_cfg["action_repeat"])), 3)
+def control_timestep(sim: Any) -> float | None:
+    """Seconds of simulated time per simulator (control) step of a backend's env: Meta-World's
+    ``dt``, DMC's ``control_timestep()``, ManiSkill's / robosuite's ``1 / control_freq``; None if unknown."""
+    for candidate in (sim, getattr(sim, "unwrapped", None), getattr(sim, "env", None)):  # LIBERO wraps robosuite
+        if candidate is None:
+            continue
+        if callable(getattr(candidate, "control_timestep", None)):
+            return float(candidate.control_timestep())
+        if getattr(candidate, "dt", None):
+            return float(candidate.dt)
+        if getattr(candidate, "control_freq", None):
+            return 1.0 / float(candidate.control_freq)
+    return None
+
+
+def env_fps(env) -> float | None:
+    """Frames per second of the agent-step video: 1 / (simulator control step x action repeat)."""
+    dt = control_timestep(getattr(getattr(env.unwrapped, "backend", None), "env", None))
+    return None if dt is None else round(1.0 / (dt * int(env.unwrapped.action_repeat)), 3)
+
+
+def env_meta(env) -> dict[str, Any]:
+    """What the built env knows and the task config may leave open: its frame rate and its
+    episode length (DMC's ``episode_length: null`` resolved as the env resolves it)."""
+    return {"fps": env_fps(env), "episode_length": int(env.unwrapped.episode_length)}
 
 
 # ----- worker processes: each builds its env once, then collects seed after seed -----
@@ -100,19 +123,28 @@ def _init_worker(task_cfg: dict, policy_kind: str, noise: float) -> None:
     _WORKER.update(env=None, task_cfg=task_cfg, policy_kind=policy_kind, noise=noise)
 
 
-def _collect_seed(seed: int) -> tuple[int, Episode | None, str]:
-    """(seed, episode, error message). Errors come back as text so one bad seed is reported,
-    not a pickled traceback."""
+def _collect_seed(seed: int) -> tuple[int, Episode | None, str, bool]:
+    """(seed, episode, error message, whether the error is a ValueError: a bad task setting).
+    Errors come back as text so one bad seed is reported, not a pickled traceback."""
     try:
         if _WORKER["env"] is None:
             from mbrl.envs import make_env
             _WORKER["policy"] = make_policy(_WORKER["task_cfg"], _WORKER["policy_kind"])
             _WORKER["env"] = make_env(_WORKER["task_cfg"], seed=seed)
         episode = run_episode(_WORKER["env"], _WORKER["policy"], seed, _WORKER["noise"])
-        episode.meta["fps"] = env_fps(_WORKER["env"], _WORKER["task_cfg"])
-        return seed, episode, ""
+        episode.meta.update(env_meta(_WORKER["env"]))
+        return seed, episode, "", False
     except Exception as e:  # reported by the parent with the seed
-        return seed, None, f"{type(e).__name__}: {e}"
+        return seed, None, f"{type(e).__name__}: {e}", isinstance(e, ValueError)
+
+
+def episode_meta(cfg: Mapping[str, Any], env_info: Mapping[str, Any], *, source: str, noise: float,
+                 seed: int, success: bool) -> dict[str, Any]:
+    """A collected episode's meta; ``env_info`` is ``env_meta`` of the env that played it."""
+    return {"task": f"{cfg['suite']}/{cfg['name']}", "source": source, "fps": env_info.get("fps"),
+            "noise": noise, "seed": seed, "success": success, "image_size": int(cfg["image_size"]),
+            "action_repeat": int(cfg["action_repeat"]), "episode_length": int(env_info["episode_length"]),
+            SETTINGS_META_KEY: env_settings(cfg)}
 
 
 @dataclass
@@ -125,7 +157,7 @@ class CollectResult:
 
 
 def _results(task_cfg: dict, policy_kind: str, noise: float, seeds: list[int],
-             workers: int) -> Iterator[tuple[int, Episode | None, str]]:
+             workers: int) -> Iterator[tuple[int, Episode | None, str, bool]]:
     if workers <= 1:
         _init_worker(task_cfg, policy_kind, noise)
         try:
@@ -174,22 +206,19 @@ def collect(task_cfg: Mapping[str, Any], episodes: int, out_dir: str | Path, *, 
     start = time.perf_counter()
     results = _results(cfg, policy, noise, seeds, workers)
     try:
-        for ep_seed, episode, error in results:
+        for ep_seed, episode, error, bad_setting in results:
             attempts += 1
             if episode is None:
-                raise RuntimeError(f"collecting seed {ep_seed} of {cfg['suite']}/{cfg['name']} failed: {error}")
+                what = f"collecting seed {ep_seed} of {cfg['suite']}/{cfg['name']} failed: {error}"
+                if bad_setting:
+                    raise CollectEnvError(f"{what} (fix that task setting on the command line or in the task config)")
+                raise RuntimeError(what)
             ok = bool(episode.success.any())
             successes += ok
             bar.set_postfix(attempts=attempts, success_rate=f"{successes / attempts:.2f}")
             if success_only and not ok:
                 continue
-            episode.meta = {"task": f"{cfg['suite']}/{cfg['name']}", "source": source,
-                            "fps": episode.meta.get("fps"),
-                            "noise": noise, "seed": ep_seed, "success": ok,
-                            "image_size": int(cfg["image_size"]),
-                            "action_repeat": int(cfg["action_repeat"]),
-                            "episode_length": int(cfg["episode_length"]),
-                            SETTINGS_META_KEY: env_settings(cfg)}
+            episode.meta = episode_meta(cfg, episode.meta, source=source, noise=noise, seed=ep_seed, success=ok)
             paths.append(save_episode(out_dir / f"ep_{len(paths):04d}_seed{ep_seed}.npz", episode))
             frames += len(episode) + 1
             bar.update(1)

@@ -55,6 +55,16 @@ class LiberoTaskError(ValueError):
     """task.name / task.task_index name no LIBERO task."""
 
 
+def camera_stream(task_camera: str) -> str:
+    """The file's image stream of a robosuite camera (task.camera): the inverse of ``STREAM_CAMERAS``."""
+    streams = {camera: stream for stream, camera in STREAM_CAMERAS.items()}
+    if task_camera not in streams:
+        raise LiberoFormatError(f"LIBERO's files hold no image stream of task.camera={task_camera} (they have "
+                                f"{', '.join(f'{c} ({s})' for s, c in STREAM_CAMERAS.items())}); pass "
+                                "camera=<stream> to convert another one")
+    return streams[task_camera]
+
+
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """uint8 [N, H, W, 3] -> uint8 [N, 3, size, size] (antialiased bilinear)."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [N, 3, H, W]

@@ -192,10 +192,20 @@ def read_trajectories(h5_path: str | Path, max_episodes: int | None = None) -> I
                     f"{h5_path}: {name} has {len(actions)} actions of shape {actions.shape[1:]} "
                     f"and {num_states} env states (expected [T, A] and T+1)")
             reset_kwargs = dict(ep.get("reset_kwargs", {}))
-            seed = int(reset_kwargs.pop("seed", ep.get("episode_seed")))
+            seed = episode_seed(reset_kwargs.pop("seed", ep.get("episode_seed")), f"{h5_path}: {name}")
             success = np.asarray(group["success"][()], bool) if "success" in group else None
             yield Trajectory(int(ep["episode_id"]), seed, reset_kwargs, str(ep["control_mode"]),
                              actions, states, success)
+
+
+def episode_seed(value: Any, where: str) -> int:
+    """A trajectory's reset seed: an int, or the one-item list RecordEpisode stores (``[s]``)."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ManiSkillFormatError(f"{where}: the reset seed is {value!r}, expected an int or a one-item "
+                                   "list of one (as RecordEpisode writes it); re-record the trajectory")
+    return int(value)
 
 
 # ----- replay in our env (needs the maniskill extra) -----
