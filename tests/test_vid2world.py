@@ -220,6 +220,81 @@ def test_nonfinite_loss_is_skipped_and_counted():
         model.update(batch, parts=("tokenizer",))
 
 
+# ----- diffusion forcing -----
+def spy_embed(model: Vid2World) -> list:
+    """Record the (noise levels, drop mask) of every ``backbone.embed`` call; the real embedding runs."""
+    calls, embed = [], model.backbone.embed
+
+    def spy(timesteps, actions, drop):
+        calls.append((timesteps.clone(), drop.clone()))
+        return embed(timesteps, actions, drop)
+
+    model.backbone.embed = spy
+    return calls
+
+
+def test_diffusion_forcing_noises_each_frame_and_drops_actions():
+    """Every frame of a clip gets its own noise level; actions are dropped at rate action_dropout on
+    top of the frames that have none; a history-mixed clip's prefix sits at <= history_noise_level."""
+    torch.manual_seed(0)
+    B, T = 48, 6
+    obs = torch.rand(B, T, 3, 16, 16) * 2 - 1
+    prev_action, no_action = torch.randn(B, T, ACTION_DIM), torch.zeros(B, T, dtype=torch.bool)
+    no_action[:, 0] = True
+    model = micro_model(history_mix_prob=0.0, action_dropout=0.5)
+    calls = spy_embed(model)
+    with torch.no_grad():
+        model.clip_diffusion_loss(obs, prev_action, no_action)
+    (t, drop), = calls
+    assert (t != t[:, :1]).any(dim=1).all(), t  # per frame, not one level per clip
+    assert drop[:, 0].all()  # no action stays dropped
+    assert 0.35 < drop[:, 1:].float().mean() < 0.65, drop  # the rest at action_dropout
+    model = micro_model(history_mix_prob=1.0, action_dropout=0.0, history_noise_level=10)
+    calls = spy_embed(model)
+    with torch.no_grad():
+        model.clip_diffusion_loss(obs, prev_action, no_action)
+    (t, drop), = calls
+    assert torch.equal(drop, no_action)
+    assert (t[:, 0] <= 10).all() and (t[:, :-1] <= 10).any(dim=1).all() and (t[:, -1] > 10).float().mean() > 0.9
+
+
+def test_history_frames_are_noised_to_and_labelled_with_history_noise_level():
+    model = micro_model(history_noise_level=50).eval()
+    calls = spy_embed(model)
+    B, m = 2, 3
+    frames = torch.rand(B, m, 3, 16, 16) * 2 - 1
+    drop = torch.zeros(B, m, dtype=torch.bool)
+    with torch.no_grad():
+        history = model.encode_history(frames, torch.randn(B, m, ACTION_DIM), drop, torch.Generator().manual_seed(5))
+    (t, _), = calls
+    assert (t == 50).all(), t
+    noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(5))
+    want = model.noise_scheduler.add_noise(frames.flatten(0, 1), noise.flatten(0, 1), t.flatten()).view_as(frames)
+    torch.testing.assert_close(history.frames, want)
+    assert (history.frames - frames).abs().mean() > 0.05
+
+
+# ----- reward alignment -----
+def test_reward_is_for_the_transition_from_o_t_with_a_t_to_o_t1():
+    """reward_t belongs to (o_t, a_t, o_{t+1}), in training and in imagination alike."""
+    model = micro_model(sampling_steps=2)
+    seen = []
+    model.reward_head.register_forward_hook(lambda mod, args, out: seen.append([a.detach().clone() for a in args]))
+    batch = random_batch(B=2, T=4)
+    model.update(batch, parts=("reward",))
+    (o_t, a_t, o_t1), = seen
+    obs = batch.obs.float() / 127.5 - 1
+    assert torch.equal(o_t, obs[:, :-1].flatten(0, 1)) and torch.equal(o_t1, obs[:, 1:].flatten(0, 1))
+    assert torch.equal(a_t, batch.action.flatten(0, 1))
+    seen.clear()
+    policy = lambda frames: frames[:, -1].float().mean((1, 2, 3))[:, None].expand(-1, ACTION_DIM) / 255  # noqa: E731
+    roll = model.rollout(batch.obs[:, :2], policy, horizon=2, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 2
+    for i, (o_t, a_t, o_t1) in enumerate(seen):
+        assert torch.equal(o_t, roll.obs[:, i].float() / 127.5 - 1), i
+        assert torch.equal(a_t, roll.action[:, i]) and torch.equal(o_t1, roll.obs[:, i + 1].float() / 127.5 - 1), i
+
+
 # ----- guidance -----
 def test_guidance_scale_one_is_the_conditional_prediction():
     model = micro_model().eval()
@@ -393,7 +468,30 @@ def test_key_modules_start_fresh_or_are_left_out_when_the_runs_memory_changes(tm
         Vid2World.from_pretrained(tmp_path / "vrag", memory={**VRAG_STATE, "key_dim": 3})
 
 
+def test_action_free_segments_may_carry_no_action():
+    """SegmentBatch.action=None (action-free data) trains an action_dim 0 model and is refused by one with actions."""
+    batch = random_batch(B=2, T=3)
+    model = Vid2World(image_size=16, action_dim=0, backbone=MICRO)
+    metrics = model.update(SegmentBatch(batch.obs, None, batch.reward))
+    assert np.isfinite(metrics["diffusion/loss"]) and np.isfinite(metrics["reward/loss"])
+    assert torch.isfinite(model.diffusion_objective(SegmentBatch(batch.obs, None, batch.reward))[0])
+    with pytest.raises(WorldModelConfigError, match="batch.action is None.*action_dim: 0"):
+        micro_model().update(SegmentBatch(batch.obs, None, batch.reward))
+    with pytest.raises(WorldModelConfigError, match="batch.action is None"):
+        micro_model().diffusion_objective(SegmentBatch(batch.obs, None, batch.reward))
+
+
+def test_a_causal_checkpoint_keeps_its_causal_transfer(tmp_path):
+    causalize(micro_model(causal=False), "masked").save_pretrained(tmp_path / "c")
+    loaded = Vid2World.from_pretrained(tmp_path / "c", causal=True, causal_transfer="extrapolative")
+    assert loaded.config.causal_transfer == "masked"
+
+
 @pytest.mark.parametrize("settings, message", [
+    ({"backbone": {**MICRO, "causal": False}}, r"set model.causal instead"),
+    ({"backbone": {**MICRO, "image_size": 32, "action_dim": 3}}, r"set model.action_dim, model.image_size instead"),
+    ({"beta_schedule": "cosine"}, r"beta_schedule 'cosine'.*\['linear', 'scaled_linear', 'squaredcos_cap_v2'\]"),
+    ({"beta_schedule": "sigmoid"}, r"beta_schedule 'sigmoid'"),  # DDPM has it, the DDIM sampler not
     ({"min_snr_gamma": 0.0}, "min_snr_gamma must be > 0"),
     ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
     ({"sampling_steps": 7}, "must divide num_train_timesteps"),
@@ -404,7 +502,7 @@ def test_key_modules_start_fresh_or_are_left_out_when_the_runs_memory_changes(tm
 ])
 def test_bad_settings_are_refused_at_construction(settings, message):
     with pytest.raises(WorldModelConfigError, match=message):
-        micro_model(**settings)
+        Vid2World(**{"image_size": 16, "action_dim": ACTION_DIM, "backbone": MICRO, **settings})
 
 
 def test_imagination_is_reproducible_in_train_mode_with_dropout():
@@ -420,3 +518,5 @@ def test_imagination_is_reproducible_in_train_mode_with_dropout():
     assert torch.equal(frames[0], frames[1])
     with pytest.raises(WorldModelConfigError, match="torch uint8 tensor"):
         model.reset(context.numpy())
+    with pytest.raises(WorldModelConfigError, match="generator must be a torch.Generator"):
+        model.reset(context, generator=0)

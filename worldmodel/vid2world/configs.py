@@ -16,6 +16,11 @@ from worldmodel.interface import WorldModelConfigError
 from worldmodel.memory.base import MemoryConfig
 
 TRANSFER_METHODS = ("masked", "extrapolative", "shift")
+# Noise schedules both diffusers schedulers the model builds support (DDPMScheduler for training,
+# DDIMScheduler for sampling); DDPM alone also has laplace and sigmoid.
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# Backbone keys the top-level config sets (a backbone override of them would be ignored).
+TOP_LEVEL_BACKBONE_KEYS = ("image_size", "action_dim", "causal")
 
 
 @dataclass
@@ -107,6 +112,10 @@ class Vid2WorldConfig:
         if self.causal_transfer not in TRANSFER_METHODS:
             raise WorldModelConfigError(
                 f"causal_transfer '{self.causal_transfer}' is not one of {TRANSFER_METHODS}.")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise WorldModelConfigError(
+                f"beta_schedule '{self.beta_schedule}' is not a diffusers noise schedule the model can train and "
+                f"sample with; choose one of {list(BETA_SCHEDULES)} (squaredcos_cap_v2 is the cosine schedule).")
         if not 0 <= self.history_noise_level < self.num_train_timesteps:
             raise WorldModelConfigError(
                 f"history_noise_level {self.history_noise_level} must be in [0, "
@@ -146,7 +155,12 @@ class Vid2WorldConfig:
         bad = set(self.backbone) - known
         if bad:
             raise WorldModelConfigError(
-                f"unknown backbone keys {sorted(bad)}; valid keys: {sorted(known)}.")
+                f"unknown backbone keys {sorted(bad)}; valid keys: {sorted(known - set(TOP_LEVEL_BACKBONE_KEYS))}.")
+        top = sorted(set(self.backbone) & set(TOP_LEVEL_BACKBONE_KEYS))
+        if top:
+            raise WorldModelConfigError(
+                f"backbone keys {top} are set by the top-level config, not the backbone block; set "
+                f"{', '.join(f'model.{k}' for k in top)} instead (and remove them from model.backbone).")
         kwargs = {**SIZES[self.size], **self.backbone, "image_size": self.image_size,
                   "action_dim": self.action_dim, "causal": self.causal}
         return BackboneConfig(**kwargs)

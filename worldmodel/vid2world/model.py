@@ -31,6 +31,7 @@ memory selects for the segment's last frame from the frames before it, then that
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,12 +162,15 @@ class Vid2World(WorldModel):
     @classmethod
     def from_pretrained(cls, directory, **overrides: Any) -> "Vid2World":
         """As ``WorldModel.from_pretrained``; a non-causal checkpoint loaded with ``causal=True``
-        is causalised with ``causal_transfer`` (override or the checkpoint's own)."""
+        is causalised with ``causal_transfer`` (override or the checkpoint's own). A causal
+        checkpoint keeps the ``causal_transfer`` it records (how its kernels were made)."""
         config = read_config(directory)
         if config.get("causal", True) and overrides.get("causal", True) is False:
             raise WorldModelConfigError(
                 f"{directory} holds a causal model (its temporal kernels were transferred from a non-causal "
                 "one) and cannot be run non-causally; set causal: true, or load the non-causal checkpoint.")
+        if config.get("causal", True):
+            overrides = {k: v for k, v in overrides.items() if k != "causal_transfer"}
         if not config.get("causal", True) and overrides.get("causal", False):
             from worldmodel.vid2world.causalize import causalize
 
@@ -205,12 +209,29 @@ class Vid2World(WorldModel):
                 f"{what} has shape {shape}; expected {want} with H = W = {self.image_size} (the "
                 "model's image_size): render the env at that size or rebuild the model.")
 
+    def _with_action(self, batch: SegmentBatch) -> SegmentBatch:
+        """The batch with ``action=None`` (action-free data, ``interface.SegmentBatch``) made an
+        empty [B, T-1, 0] action for an action-free model (action_dim 0); refused otherwise."""
+        if batch.action is not None:
+            return batch
+        if self.action_dim != 0:
+            raise WorldModelConfigError(
+                f"batch.action is None, but this model is conditioned on {self.action_dim}-D actions: pass "
+                "action [B, T-1, A], or build an action-free model (action_dim: 0).")
+        B, T = batch.obs.shape[:2]
+        return dataclasses.replace(batch, action=torch.zeros(B, max(T - 1, 0), 0, device=batch.obs.device))
+
     def _check_batch(self, batch: SegmentBatch) -> None:
         self._check_frames(batch.obs, "batch.obs", 5)
         B, T = batch.obs.shape[:2]
         if T < 2:
             raise WorldModelConfigError(f"segments need at least 2 frames, got T = {T}.")
-        if tuple(batch.action.shape) != (B, T - 1, self.action_dim):
+        if batch.action is None:
+            self._with_action(batch)  # refused unless action-free
+        elif not isinstance(batch.action, torch.Tensor):
+            raise WorldModelConfigError(f"batch.action must be a float tensor [B, T-1, A], got "
+                                        f"{type(batch.action).__name__}.")
+        elif tuple(batch.action.shape) != (B, T - 1, self.action_dim):
             raise WorldModelConfigError(
                 f"batch.action has shape {tuple(batch.action.shape)}; expected [B, T-1, A] = "
                 f"{(B, T - 1, self.action_dim)} (action[t] leads from obs[t] to obs[t+1]).")
@@ -321,6 +342,7 @@ class Vid2World(WorldModel):
         history or VRAG memory, the clip that memory builds for the segment's last frame, as
         sampling would (retrieved frames, gaps and null actions included; a segment too short for
         such a clip is refused)."""
+        batch = self._with_action(batch)
         obs, action = to_float(batch.obs), batch.action.float()
         if self.memory.cfg.name == "window":
             return self.diffusion_loss(obs, action)
@@ -330,6 +352,7 @@ class Vid2World(WorldModel):
     def update(self, batch: SegmentBatch, parts: tuple[str, ...] | None = None) -> dict[str, float]:
         parts = self._check_parts(parts)
         self._check_batch(batch)
+        batch = self._with_action(batch)
         batch = batch.to(self.device)
         self.train()
         metrics: dict[str, float] = {}
@@ -459,6 +482,9 @@ class Vid2World(WorldModel):
         """Start from real frames uint8 [B, T0, 3, H, W]; ``context_keys`` [B, T0, K] are their
         state keys, needed by a VRAG memory with ``key=state`` and refused by any other."""
         self._check_frames(context_obs, "context_obs", 5)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise WorldModelConfigError(f"generator must be a torch.Generator or None, got "
+                                        f"{type(generator).__name__}; e.g. torch.Generator().manual_seed(0).")
         if context_obs.shape[1] < 1:
             raise WorldModelConfigError("reset needs at least one context frame.")
         frames = context_obs.to(self.device)
