@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from worldmodel.atomic_file import atomic_write  # noqa: E402
 from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 from worldmodel.registry import model_directory, pretrained_model_type  # noqa: E402
@@ -82,12 +83,15 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(f"{self.prog}: error: {message}")
 
 
-def size_problems(episodes: int, eval_episodes: int, episode_length: int, context: int, horizon: int) -> list[str]:
+def size_problems(episodes: int, eval_episodes: int, episode_length: int, context: int, horizon: int,
+                  train_steps: int | None = None) -> list[str]:
     """What is wrong with these episode counts and sizes (an episode of N steps has N + 1 frames, so
-    a window of context + horizon frames needs N >= context + horizon - 1)."""
+    a window of context + horizon frames needs N >= context + horizon - 1) and update budget."""
     problems = [f"{flag} must be >= 1; got {value}" for flag, value in (
         ("--episodes", episodes), ("--eval-episodes", eval_episodes), ("--context", context),
         ("--horizon", horizon)) if value < 1]
+    if train_steps is not None and train_steps < 0:
+        problems.append(f"--train-steps must be >= 0; got {train_steps}")
     if episode_length < context + horizon - 1:
         problems.append(f"--episode-length {episode_length} steps is too short for a window of --context "
                         f"{context} + --horizon {horizon} frames: it needs at least {context + horizon - 1} steps")
@@ -146,9 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "must match the arguments), else written after collecting (to train elsewhere, e.g. "
                         "on a GPU machine without simulators)")
     args = p.parse_args(argv)
-    problems = size_problems(args.episodes, args.eval_episodes, args.episode_length, args.context, args.horizon)
-    if args.train_steps is not None and args.train_steps < 0:
-        problems.append(f"--train-steps must be >= 0; got {args.train_steps}")
+    problems = size_problems(args.episodes, args.eval_episodes, args.episode_length, args.context, args.horizon,
+                             args.train_steps)
     if problems:
         p.error("; ".join(problems) + ".")
     return args
@@ -204,9 +207,7 @@ def save_episodes(path: str, split: Split, settings: dict) -> None:
     for name, eps in (("train", split.train), ("eval", split.held_out)):
         for i, (f, a, r) in enumerate(eps):
             arrays.update({f"{name}_{i}_frames": f, f"{name}_{i}_actions": a, f"{name}_{i}_rewards": r})
-    tmp = f"{path}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_episodes(path: str) -> tuple[Split, dict | None]:
@@ -242,7 +243,7 @@ def load_data(path: str, wanted: dict, context: int, horizon: int) -> tuple[Spli
     return split, stored
 
 
-def segment_batch(cuts: list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]], length: int) -> SegmentBatch:
+def segment_batch(cuts: list[tuple[Episode, int]], length: int) -> SegmentBatch:
     """The segments of ``length`` frames (and the ``length - 1`` actions and rewards between) that
     start at each (episode, start step) of ``cuts``."""
     obs = np.stack([f[s:s + length] for (f, _, _), s in cuts])
@@ -435,7 +436,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.save:
         model.save_pretrained(args.save)
         print(f"saved the trained model to {args.save}")
-    model.eval()
     sampled = open_loop(model, ev.windows, T0, args.horizon, args.seed)
     pred_frames, pred_rew = open_loop(model, ev.windows, T0, args.horizon, args.seed, args.eval_temperature)
     sampled_psnr, sampled_rmse = score(*sampled, ev)

@@ -92,9 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     problems = quality.size_problems(args.episodes, args.eval_episodes, args.episode_length, args.context,
-                                     args.horizon)
-    if args.train_steps is not None and args.train_steps < 0:
-        problems.append(f"--train-steps must be >= 0; got {args.train_steps}")
+                                     args.horizon, args.train_steps)
     if problems:
         p.error("; ".join(problems) + ".")
     return args

@@ -30,7 +30,6 @@ from mbrl.utils import user_errors  # noqa: E402
 from worldmodel.episodes import EpisodeFormatError  # noqa: E402
 
 
-
 class ConvertSettingsError(ValueError):
     """A conversion setting that cannot work (e.g. a format for another suite's task)."""
 
