@@ -66,6 +66,22 @@ def describe_changes(run_dir: Path, changes: Mapping[str, tuple[str, str]]) -> s
             "for scripts/benchmark.py, another name=)")
 
 
+def check_new_run_dir(run_dir: str | Path, holds_run: bool) -> None:
+    """Refuse a launch without ``resume`` into a run dir that already holds a run (``holds_run``:
+    episodes, a checkpoint or logs). It would overwrite that run's episodes and checkpoint from
+    episode 0, append to its logs, and leave a mix that a later ``resume`` takes for one run. The
+    run's own Hydra files, which this launch's Hydra just rewrote, are put back first."""
+    if not holds_run:
+        return
+    hydra_dir = Path(run_dir) / HYDRA_DIR
+    if (hydra_dir / STARTED_WITH_DIR / "config.yaml").is_file():
+        _copy_files(hydra_dir / STARTED_WITH_DIR, hydra_dir)
+    raise ConfigValueError(
+        f"{run_dir} already holds a run (episodes, a checkpoint or logs), and this launch has no resume=: "
+        f"it would overwrite that run. Continue it with resume={run_dir}, or start a new run in another "
+        "hydra.run.dir (or move that one away).")
+
+
 def check_relaunch(run_dir: str | Path, resume: bool) -> None:
     """Keep a run's first settings, and refuse a resumed launch that changes them (module docstring).
     Does nothing for a run dir Hydra did not write (a Trainer built in code)."""

@@ -106,11 +106,11 @@ def resolve_resume(args: list[str]) -> list[str]:
                       return_hydra_config=True)
     parent = RUNS_DIR / cfg.hydra.runtime.choices.task / cfg.world_model.name
     from mbrl.checkpoint import CHECKPOINT_NAME
-    from mbrl.trainer import EPISODES_DIR
+    from mbrl.trainer import CHECKPOINTS_DIR, EPISODES_DIR
     from worldmodel.episodes import episode_paths
 
     def resumable(run: Path) -> bool:  # a checkpoint, or episodes of a run stopped before its first one
-        return ((run / "checkpoints" / CHECKPOINT_NAME).exists()
+        return ((run / CHECKPOINTS_DIR / CHECKPOINT_NAME).exists()
                 or ((run / EPISODES_DIR).is_dir() and bool(episode_paths(run / EPISODES_DIR))))
 
     runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if resumable(p))

@@ -21,13 +21,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mbrl.agent import DrQV2Agent
-from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mbrl.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mbrl.demos import SETTINGS_META_KEY, env_settings
 from mbrl.envs import make_env
 from mbrl.logger import Logger
 from mbrl.mbpo import MBPO
 from mbrl.replay.real_buffer import RealReplayBuffer
-from mbrl.run_settings import check_relaunch
+from mbrl.run_lock import lock_run_dir
+from mbrl.run_settings import check_new_run_dir, check_relaunch
 from mbrl.utils import ConfigValueError, SectionTimer, resolve_device, set_seed_everywhere
 from mbrl.video import chw_to_hwc, write_video
 from mbrl.world_models import build_world_model
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 EVAL_STREAM = 1  # tags eval episodes' seeds apart from training episodes' (see eval_episode_seed)
 EPISODES_DIR = "episodes"
+CHECKPOINTS_DIR = "checkpoints"
 WORLD_MODEL_DIR = "world_model"  # the run's world model, save_pretrained at each checkpoint
 LOGS = ("train", "eval", "validation")  # the run's CSV logs (<name>.csv); a resumed run trims them to its frame
 
@@ -58,11 +60,30 @@ def check_loop_config(cfg: DictConfig) -> None:
         raise ConfigValueError("; ".join(problems) + ".")
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (part of) a training run: stored episodes, a checkpoint or logs."""
+    if (run_dir / EPISODES_DIR).is_dir() and episode_paths(run_dir / EPISODES_DIR):
+        return True
+    files = [run_dir / CHECKPOINTS_DIR / CHECKPOINT_NAME] + [run_dir / f"{name}.csv" for name in LOGS]
+    return any(f.exists() for f in files)
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         check_loop_config(cfg)
+        self.run_lock = lock_run_dir(Path(run_dir))  # one process per run dir, before anything is read or written
+        try:
+            self.start(cfg, Path(run_dir))
+        except BaseException:
+            self.release_run_dir()
+            raise
+
+    def start(self, cfg: DictConfig, run_dir: Path) -> None:
+        """The rest of ``__init__``, which releases the run dir if this fails."""
+        if not cfg.resume:
+            check_new_run_dir(run_dir, holds_run=holds_run(run_dir))
         check_relaunch(run_dir, resume=bool(cfg.resume))  # before anything is loaded or written
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
         if cfg.cpu_threads > 0:
             torch.set_num_threads(cfg.cpu_threads)
@@ -96,6 +117,14 @@ class Trainer:
                 f"world_model.segment_length={self.mbpo.segment_length} frames is longer than an episode "
                 f"(task.episode_length={cfg.task.episode_length} steps, {frames_per_episode} frames): no segment "
                 "could be cut; shorten the segments or lengthen the episodes.")
+        if self.mbpo is not None and cfg.mbpo.validate_every_episodes:
+            needed = self.mbpo.world_model.context_frames + int(cfg.mbpo.gen_horizon)
+            if frames_per_episode < needed:
+                raise ConfigValueError(
+                    f"validation predicts mbpo.gen_horizon={cfg.mbpo.gen_horizon} frames after "
+                    f"{self.mbpo.world_model.context_frames} context frames ({needed} in all), more than an episode "
+                    f"holds ({frames_per_episode} frames, task.episode_length={cfg.task.episode_length}): shorten "
+                    "the horizon, lengthen the episodes, or set mbpo.validate_every_episodes=0.")
         self.logger = Logger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb_mode=cfg.log.wandb,
                              wandb_project=cfg.log.wandb_project,
                              config=OmegaConf.to_container(cfg, resolve=True))
@@ -221,8 +250,8 @@ class Trainer:
                  "mbpo": self.mbpo.state_dict() if self.mbpo is not None else None,
                  "config": OmegaConf.to_container(self.cfg, resolve=True)}
         if self.mbpo is not None:  # first: a kill in between leaves an imagined buffer the checkpoint refuses
-            self.mbpo.save_imagined(self.run_dir / "checkpoints")
-        save_checkpoint(self.run_dir / "checkpoints", state)
+            self.mbpo.save_imagined(self.run_dir / CHECKPOINTS_DIR)
+        save_checkpoint(self.run_dir / CHECKPOINTS_DIR, state)
         if self.mbpo is not None:  # also as a model folder the player, other runs and pretraining load
             self.mbpo.world_model.save_pretrained(self.run_dir / WORLD_MODEL_DIR)
         self.last_save_frame = self.frame
@@ -231,7 +260,7 @@ class Trainer:
         """Continue from the run dir's checkpoint and episodes; False if there is nothing to resume.
         A run stopped before its first checkpoint keeps its episodes (the env frames are the costly
         part on a CPU): it continues from them with the agent and world model it starts with now."""
-        state = load_checkpoint(self.run_dir / "checkpoints")
+        state = load_checkpoint(self.run_dir / CHECKPOINTS_DIR)
         episodes = self.run_dir / EPISODES_DIR
         if state is None and not (episodes.is_dir() and episode_paths(episodes)):
             return False
@@ -242,7 +271,7 @@ class Trainer:
             self.rng.bit_generator.state = state["replay_rng"]
             if self.mbpo is not None and state["mbpo"] is not None:
                 self.mbpo.load_state_dict(state["mbpo"])
-                self.mbpo.load_imagined(self.run_dir / "checkpoints")
+                self.mbpo.load_imagined(self.run_dir / CHECKPOINTS_DIR)
             self.wall_offset = state["wall_time"]
         self.step = self.episode = 0
         stored = []  # each stored episode's train.csv row, in case the run was killed before logging it
@@ -339,3 +368,9 @@ class Trainer:
         self.logger.close()
         self.train_env.close()
         self.eval_env.close()
+        self.release_run_dir()
+
+    def release_run_dir(self) -> None:
+        if self.run_lock is not None:
+            self.run_lock.close()
+            self.run_lock = None

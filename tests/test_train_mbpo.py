@@ -49,17 +49,35 @@ def test_mbpo_run_imagines_and_mixes_batches(tmp_path, world_model):
         updates.append((len(trainer.mbpo.imagined), batch))
         return update(batch, step)
     trainer.agent.update = recording_update
+    wm_update, wm_parts = trainer.mbpo.world_model.update, []  # the parts of each world-model update
+
+    def recording_wm_update(batch, parts=None):
+        wm_parts.append(parts)
+        return wm_update(batch, parts=parts)
+    trainer.mbpo.world_model.update = recording_wm_update
     trainer.train()
     mbpo = trainer.mbpo
     # imagination starts at frame 60 = step 30: the initial rollouts act as at the agent's latest
     # step, 29 (past TINY's num_expl_steps=10: its policy), later ones at the current step
     assert policy_steps[:HORIZON] == [29] * HORIZON
     assert policy_steps[HORIZON:] and min(policy_steps[HORIZON:]) >= 30 > trainer.cfg.agent.num_expl_steps
-    assert mbpo.started and mbpo.wm_updates > 2
+    # The schedule: init_wm_updates of every part at the start (frame 60), then each part at every
+    # multiple of its own update_every_frames after it, up to the run's last frame (150).
+    cfg = trainer.cfg
+    start, end = cfg.mbpo.start_frames, cfg.num_train_frames
+
+    def multiples(every: int) -> int:
+        return end // every - start // every
+    schedule = dict(cfg.world_model.update_every_frames)
+    assert len(schedule) >= 2  # (iVideoGPT: tokenizer and transformer on different schedules)
+    assert wm_parts[:cfg.mbpo.init_wm_updates] == [None] * cfg.mbpo.init_wm_updates
+    later = wm_parts[cfg.mbpo.init_wm_updates:]
+    assert {part: later.count((part,)) for part in schedule} == {p: multiples(e) for p, e in schedule.items()}
+    assert len(later) == sum(multiples(e) for e in schedule.values()) and mbpo.wm_updates == len(wm_parts)
     # rollouts: the initial batch plus one every gen_every_frames after the start, gen_batch each,
     # all kept (finite); the policy acts once per imagined step of each
     rollout_batches, rest = divmod(len(policy_steps), HORIZON)
-    assert rest == 0 and rollout_batches >= 2
+    assert rest == 0 and rollout_batches == cfg.mbpo.init_rollout_batches + multiples(cfg.mbpo.gen_every_frames)
     assert mbpo.imagined.total_added == mbpo.imagined.size == rollout_batches * trainer.cfg.mbpo.gen_batch
 
     # An agent batch: the first real_ratio part from the real buffer, the rest imagined.
@@ -236,6 +254,18 @@ def test_mbpo_resume_restores_world_model(tmp_path):
     finished = make_trainer(run, "world_model=ivideogpt", "num_train_frames=120", "resume=true")
     finished.train()
     assert finished.frame >= 120 and len(finished.mbpo.imagined) > 0
+    # Stopped at 90 and resumed, the run is the uninterrupted one bit for bit: agent, world model,
+    # imagined buffer and replay RNG (the checkpoint restores every random stream it draws from).
+    whole = make_trainer(tmp_path / "whole", "world_model=ivideogpt", "num_train_frames=120")
+    whole.train()
+    for name in ("actor", "critic"):
+        for key, value in getattr(whole.agent, name).state_dict().items():
+            assert torch.equal(value, getattr(finished.agent, name).state_dict()[key]), (name, key)
+    for key, value in whole.mbpo.world_model.state_dict().items():
+        assert torch.equal(value, finished.mbpo.world_model.state_dict()[key]), key
+    for key, value in whole.mbpo.imagined.state_arrays().items():
+        np.testing.assert_array_equal(value, finished.mbpo.imagined.state_arrays()[key])
+    assert whole.rng.bit_generator.state == finished.rng.bit_generator.state
 
 
 def test_an_imagined_buffer_that_is_not_the_checkpoints_is_imagined_afresh(tmp_path, capsys):
@@ -390,3 +420,47 @@ def test_keep_freed_memory_decides_the_malloc_thresholds(tmp_path, monkeypatch, 
         cfg = compose("config", overrides=[*overrides, "world_model=none", f"keep_freed_memory={keep}"])
     Trainer(cfg, tmp_path / "run")
     assert calls == ([True] if keep else [])
+
+
+def test_a_launch_without_resume_into_a_run_dir_that_holds_a_run_is_refused(tmp_path):
+    from mbrl.utils import ConfigValueError
+
+    run, no_mbpo = tmp_path / "run", ("world_model=ivideogpt", "mbpo.start_frames=1000000")
+    make_trainer(run, *no_mbpo, "num_train_frames=30").train()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigValueError, match=f"already holds a run.*resume={run}"):
+        make_trainer(run, *no_mbpo, "seed=2")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
+    resumed = make_trainer(run, *no_mbpo, "num_train_frames=60", "resume=true")
+    resumed.train()
+    assert resumed.frame == 60
+
+
+def test_a_validation_horizon_longer_than_an_episode_is_refused_at_start(tmp_path):
+    from mbrl.utils import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="validation predicts mbpo.gen_horizon=4 .* more than an episode"):
+        make_trainer(tmp_path / "run", "world_model=ivideogpt", "task.episode_length=4",
+                     "world_model.segment_length=4", "mbpo.gen_horizon=4")
+    make_trainer(tmp_path / "run", "world_model=ivideogpt", "task.episode_length=4", "world_model.segment_length=4",
+                 "mbpo.gen_horizon=4", "mbpo.validate_every_episodes=0").close()
+
+
+def test_a_second_trainer_in_a_run_dir_that_is_training_is_refused(tmp_path):
+    """Two processes would write the same episode files and checkpoint: the second waits its turn.
+    The lock is the OS's, so a killed run leaves none behind (here: the first trainer closes)."""
+    import subprocess
+    import sys
+
+    from mbrl.run_lock import RunInUseError, run_dir_in_use
+
+    run, no_mbpo = tmp_path / "run", ("world_model=ivideogpt", "mbpo.start_frames=1000000")
+    first = make_trainer(run, *no_mbpo, "num_train_frames=30")
+    probe = f"from pathlib import Path; from mbrl.run_lock import run_dir_in_use; print(run_dir_in_use(Path('{run}')))"
+    in_use = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert in_use.stdout.strip() == "True"
+    with pytest.raises(RunInUseError, match="another process is training in"):
+        make_trainer(run, *no_mbpo, "resume=true")
+    first.train()  # ends with close(), which releases the run dir
+    assert not run_dir_in_use(run)
+    make_trainer(run, *no_mbpo, "num_train_frames=60", "resume=true").train()
