@@ -604,3 +604,22 @@ def test_missing_simulator_messages_name_an_install_that_works():
                                                  "'.[dmc]' -c constraints.txt (or bash scripts/install_sims.sh dmc)")
     # LIBERO has no pip extra (its robomimic would bring torchvision back): only the script installs it
     assert str(MissingSimulatorError("libero")) == "LIBERO is not installed: bash scripts/install_sims.sh libero"
+
+
+@pytest.mark.parametrize("task", ["coffee_push", "window_open"])
+def test_metaworld_first_frame_and_state_show_this_episodes_placement(task):
+    """Meta-World's reset moves bodies after its last physics step; the first frame and state must
+    show where they are now (a re-render after recomputing the kinematics changes nothing), not the
+    previous episode's placement."""
+    import mujoco
+
+    env = make_env(task_cfg(f"metaworld/{task}", "task.image_size=64"), seed=SEED)
+    try:
+        backend = env.backend
+        for _ in range(2):  # the second reset moves the bodies away from the first placement
+            obs, info = env.reset()
+            mujoco.mj_forward(backend.env.model, backend.env.data)
+            np.testing.assert_array_equal(obs[-3:], env._frame())
+            np.testing.assert_array_equal(info["state"], backend.env._get_obs().astype(np.float32))
+    finally:
+        env.close()

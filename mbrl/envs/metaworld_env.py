@@ -5,7 +5,8 @@ scripted expert policies read), a fresh random object/goal placement on every re
 "corner" camera with rows flipped (it is mounted upside down), no termination on success.
 Differences (bugs there): placements are drawn from the env's own seeded generator instead of
 the global ``np.random``, so a seed fixes the whole sequence of episodes; the first frame is
-the reset state itself (the official code takes one zero-action step after reset).
+the reset state itself (the official code takes one zero-action step after reset), with the
+kinematics recomputed after Meta-World's reset moves the bodies (see ``reset``).
 """
 from __future__ import annotations
 
@@ -39,9 +40,19 @@ class MetaWorldBackend:
         self.state_dim = self._obs.shape[0]
 
     def reset(self, seed: int | None) -> None:
+        import mujoco
+
         if seed is not None:
             self.env.seed(seed)
-        self._obs, _ = self.env.reset()
+        self.env.reset()
+        # Meta-World's reset moves the task's bodies (model.body_pos) after its last physics step,
+        # so data.xpos, which the camera draws and the state observation reads, still holds the
+        # previous placement (27 of the 50 tasks, e.g. coffee-push, door-lock, window-open). The
+        # official code hid this with a zero-action step after reset; recompute the kinematics and
+        # the observation instead (its "previous position" half is the reset state, as reset sets it).
+        mujoco.mj_forward(self.env.model, self.env.data)
+        self.env._prev_obs = self.env._get_curr_obs_combined_no_goal().copy()
+        self._obs = self.env._get_obs()
 
     def step(self, action: np.ndarray) -> tuple[float, bool, bool]:
         self._obs, reward, terminated, _, info = self.env.step(action)
