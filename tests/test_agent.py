@@ -234,6 +234,29 @@ def test_critic_step_trains_the_encoder_and_actor_step_does_not():
     assert all(p.grad is None for p in agent.critic.parameters())  # actor loss skips the critic
 
 
+def test_actor_loss_is_minus_the_smaller_q_of_a_clipped_noisy_action():
+    """DrQ-v2's actor step: an action sampled around the mean with its noise clipped to
+    +-stddev_clip, scored by min(Q1, Q2) of the critic."""
+    clip = SMALL["stddev_clip"]
+    agent = make_agent()
+    feat = agent.encoder(random_batch().obs).detach()
+    with torch.no_grad():
+        mean = agent.actor(feat, 1.0).mean  # [B, A]: the mean does not depend on the stddev
+    forward, seen = agent.critic.forward, []
+
+    def recording_forward(obs, action):  # Q2 = Q1 -+ 1 on alternate rows: min(Q1, Q2) is neither alone
+        q1, _ = forward(obs, action)
+        q2 = q1 + torch.arange(len(q1)).remainder(2).mul(2).sub(1).unsqueeze(1)
+        seen.append((action.detach().clone(), q1.detach().clone(), q2.detach().clone()))
+        return q1, q2
+    agent.critic.forward = recording_forward
+    metrics = agent._update_actor(feat, stddev=5.0)  # unclipped noise this wide would leave +-clip
+    (action, q1, q2), = seen
+    assert metrics["actor_loss"].item() == pytest.approx(-torch.min(q1, q2).mean().item(), rel=1e-6)
+    noise = (action - mean).abs()
+    assert noise.max() <= clip + 1e-6 and noise.max() > 0.9 * clip  # clipped, and present
+
+
 def test_target_critic_moves_exactly_by_tau():
     tau = SMALL["critic_target_tau"]
     agent = make_agent()
