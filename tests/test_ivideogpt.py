@@ -300,8 +300,9 @@ TINY_TOKENIZER = {"size": "tiny", "max_att_resolution": 8}  # cross-attention on
 
 
 def tiny_model(action_dim: int = ACT, **kw) -> IVideoGPT:
-    kw = {"context_frames": 2, "tokenizer": TINY_TOKENIZER, "transformer": "tiny", "max_future_frames": 4, **kw}
-    return IVideoGPT(image_size=IMG, action_dim=action_dim, **kw)
+    kw = {"image_size": IMG, "context_frames": 2, "tokenizer": TINY_TOKENIZER, "transformer": "tiny",
+          "max_future_frames": 4, **kw}
+    return IVideoGPT(action_dim=action_dim, **kw)
 
 
 def randomise_heads(model: IVideoGPT) -> IVideoGPT:
@@ -518,6 +519,8 @@ def test_rollout_and_step_refuse_bad_input_before_any_work():
     ({"training": {"betas": 0.9}}, "training.betas must be two numbers"),
     ({"training": {"tokenizer_future_frames": 0}}, "training.tokenizer_future_frames must be an integer >= 1"),
     ({"action_dim": 4.0}, "action_dim must be an integer >= 0"),
+    ({"image_size": "32"}, "image_size must be an integer >= 1"),
+    ({"image_size": 32.0}, "image_size must be an integer >= 1"),
 ])
 def test_settings_of_the_wrong_kind_are_refused_when_the_model_is_built(kwargs, match):
     with pytest.raises(WorldModelConfigError, match=match):

@@ -128,11 +128,12 @@ class IVideoGPT(WorldModel):
                  max_future_frames: int = 10, sampling: dict[str, Any] | None = None,
                  training: dict[str, Any] | None = None):
         super().__init__()
-        for name, value, low in (("action_dim", action_dim, 0), ("context_frames", context_frames, 1),
-                                 ("max_future_frames", max_future_frames, 1)):
+        for name, value, low in (("image_size", image_size, 1), ("action_dim", action_dim, 0),
+                                 ("context_frames", context_frames, 1), ("max_future_frames", max_future_frames, 1)):
             if not _integer(value) or value < low:
                 raise WorldModelConfigError(f"{name} must be an integer >= {low}; got {value!r}.")
-        action_dim, context_frames, max_future_frames = int(action_dim), int(context_frames), int(max_future_frames)
+        image_size, action_dim = int(image_size), int(action_dim)
+        context_frames, max_future_frames = int(context_frames), int(max_future_frames)
         self.image_size, self.action_dim, self.context_frames = image_size, action_dim, context_frames
         self.max_future_frames = max_future_frames
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
