@@ -152,6 +152,19 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return s.flatten(1).mean(1).reshape(lead)
 
 
+def far_revisits(poses: torch.Tensor, start: int, context: int) -> torch.Tensor:
+    """bool [n, T - start]: for each frame t >= start of poses [n, T, 2], whether its pose was
+    last seen more than ``context`` frames earlier: seen before t - context and not among the
+    ``context`` frames just before t. Only such frames test memory: a pose also seen within the
+    last ``context`` frames is in reach of a plain sliding window of the same context size."""
+    far = []
+    for t in range(start, poses.shape[1]):
+        recent_from = max(0, t - context)
+        same = (poses[:, :t] == poses[:, t:t + 1]).all(-1)  # [n, t]
+        far.append(same[:, :recent_from].any(1) & ~same[:, recent_from:].any(1))
+    return torch.stack(far, 1) if far else torch.zeros(poses.shape[0], 0, dtype=torch.bool)
+
+
 # ----- the benchmark -----
 def memory_configs(window: int, retrieved: int, max_frames: int, names: list[str]) -> dict[str, dict]:
     every = {
@@ -204,12 +217,7 @@ def evaluate(model: Vid2World, scene: Scene, episodes: int, explore: int, device
     elapsed = time.perf_counter() - start
     imagined = torch.stack(frames, 1)  # [n, 2 * explore, 3, V, V]
     gt = truth[:, explore + 1:]
-    # revisited long ago: the same pose was last seen more than a context's length earlier
-    far = torch.zeros(imagined.shape[:2], dtype=torch.bool)
-    for i in range(imagined.shape[1]):
-        t = explore + 1 + i
-        same = (poses[:, :t - model.memory.context_size] == poses[:, t:t + 1]).all(-1)
-        far[:, i] = same.any(1)
+    far = far_revisits(poses, explore + 1, model.memory.context_size)
     p, s = psnr(imagined, gt), ssim(imagined, gt)
     return {"psnr_far": p[far].mean().item(), "ssim_far": s[far].mean().item(),
             "psnr_all": p.mean().item(), "ssim_all": s.mean().item(), "far_frames": int(far.sum()),
@@ -226,8 +234,7 @@ def hold_last_frame(scene: Scene, episodes: int, explore: int, context: int) -> 
     truth = scene.render(rooms, poses)
     gt = truth[:, explore + 1:]
     held = truth[:, explore:explore + 1].expand_as(gt)
-    far = torch.stack([(poses[:, :t - context] == poses[:, t:t + 1]).all(-1).any(1)
-                       for t in range(explore + 1, poses.shape[1])], 1)
+    far = far_revisits(poses, explore + 1, context)
     return psnr(held, gt)[far].mean().item(), ssim(held, gt)[far].mean().item()
 
 

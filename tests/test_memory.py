@@ -12,7 +12,7 @@ import torch
 
 from worldmodel.interface import SegmentBatch, WorldModelConfigError
 from worldmodel.memory import (HistoryMemory, KeyedSegmentBatch, LinearKeyDynamics, MemoryConfig, VRAGMemory,
-                               WindowMemory, build_memory, gaps, key_distance, pixel_key)
+                               WindowMemory, build_memory, gaps, key_distance, key_offset, pixel_key)
 from worldmodel.vid2world import Vid2World
 from worldmodel.vid2world.model import ImaginationState
 
@@ -90,6 +90,28 @@ def test_config_errors_are_clear():
     with pytest.raises(WorldModelConfigError, match="the window memory retrieves nothing"):
         MemoryConfig(name="window", retrieved=5)
     assert MemoryConfig(name="history", key="state").key_dim is None  # history uses no keys
+
+
+@pytest.mark.parametrize("settings", [
+    {"name": "history", "key_size": 1, "weights": [1.0, 2.0, 3.0]},  # the right width, but history ranks nothing
+    {"name": "history", "key": "state", "weights": [1.0, 1.0]},  # no key_dim: was int(None)
+    {"name": "window", "distance": "cosine"},
+])
+def test_vrag_only_settings_are_refused_on_memories_that_retrieve_by_no_key(settings):
+    with pytest.raises(WorldModelConfigError, match="only rank the vrag memory's retrieval"):
+        MemoryConfig(**settings)
+
+
+@pytest.mark.parametrize("weights, message", [
+    (["a", "b"], "memory.weights must be numbers, got 'a' at index 0"),
+    ([1.0, float("nan")], "finite and >= 0, got nan at index 1"),
+    ([1.0, -2.0], "finite and >= 0, got -2.0 at index 1"),
+    ("ab", "must be a list of numbers"),
+    (3.0, "must be a list of numbers"),
+])
+def test_bad_key_weights_are_refused_clearly(weights, message):
+    with pytest.raises(WorldModelConfigError, match=message):
+        MemoryConfig(name="vrag", key="state", key_dim=2, weights=weights)
 
 
 @pytest.mark.parametrize("memory, shortest", [
@@ -287,6 +309,78 @@ def test_state_key_retrieval_queries_with_the_imagined_frames_own_key():
     assert not torch.equal(base, imagine(model, state, frames=changed(state.frames, [0])))  # retrieved
 
 
+# The same for pixel keys (key_size 1: a frame's key is its mean colour). Stored grey levels: the
+# window is positions 4, 5; the newest frame (0.8) is nearest to candidates 3 (0.9) and 1 (1.0),
+# while the oldest (0.0) would retrieve 0 and 2.
+PIXEL_RETRIEVAL = {"name": "vrag", "window": 2, "retrieved": 2, "key_size": 1}
+STORED_GREYS = [0.0, 1.0, 0.1, 0.9, 0.5, 0.8]
+
+
+def grey_rollout(g: torch.Generator) -> ImaginationState:
+    n = len(STORED_GREYS)
+    level = torch.tensor(STORED_GREYS)[None, :, None, None, None] * 235
+    frames = (level + torch.randint(0, 21, (1, n, 3, SIZE, SIZE), generator=g)).to(torch.uint8)
+    return ImaginationState(frames=frames, prev_action=torch.rand(1, n, ACTION_DIM, generator=g) * 2 - 1,
+                            action_known=torch.ones(1, n, dtype=torch.bool), generator=None,
+                            time=torch.arange(n)[None], key=pixel_key(frames, 1))
+
+
+def imagine_pixels(model: Vid2World, state: ImaginationState, **changes) -> tuple[torch.Tensor, ImaginationState]:
+    """``step`` of a pixel-key model (no caller key) under a fixed seed: the frame and the new state."""
+    state = dataclasses.replace(state, generator=torch.Generator().manual_seed(0), **changes)
+    frame, _, new_state = model.step(state, torch.zeros(1, ACTION_DIM))
+    return frame, new_state
+
+
+def test_pixel_key_retrieval_queries_with_the_newest_frames_key():
+    g = torch.Generator().manual_seed(0)
+    model, state = micro_model(PIXEL_RETRIEVAL, action_dropout=0.0), grey_rollout(g)
+    base = imagine_pixels(model, state)[0]
+    # the stored keys decide retrieval; a frame's pixels are read only if it is retrieved
+    assert torch.equal(base, imagine_pixels(model, state, frames=changed(state.frames, [0, 2]))[0])
+    assert not torch.equal(base, imagine_pixels(model, state, frames=changed(state.frames, [1]))[0])
+
+
+def test_pixel_key_sampling_stores_the_imagined_frames_own_key():
+    """The next step's query is the newest stored key, so it must be the new frame's, not its predecessor's."""
+    g = torch.Generator().manual_seed(0)
+    model, state = micro_model(PIXEL_RETRIEVAL), grey_rollout(g)
+    frame, new_state = imagine_pixels(model, state)
+    assert new_state.key.shape == (1, len(STORED_GREYS) + 1, 3)
+    assert not torch.allclose(pixel_key(frame, 1), state.key[:, -1])  # the check below can tell them apart
+    torch.testing.assert_close(new_state.key[:, -1], pixel_key(frame, 1), rtol=0, atol=0)
+    assert torch.equal(new_state.key[:, :-1], state.key)
+
+
+def test_training_and_sampling_give_the_same_clip_the_same_key_offsets():
+    """The clip [0, 2, 5, 6] + target 7 of the training-clip test, built once by training on the
+    whole segment and once by sampling frame 7 from a store of frames 0-6: the key offsets the
+    model is conditioned on must agree (a sign flipped in one path only would not show otherwise)."""
+    g = torch.Generator().manual_seed(0)
+    model = keyed_micro_model(g)
+    key = torch.tensor([[[0.], [5.], [1.], [7.], [9.], [8.], [3.], [0.9]]])
+    obs = torch.randint(0, 256, (1, 8, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    action = torch.rand(1, 7, ACTION_DIM, generator=g)
+    seen: list[torch.Tensor] = []
+    embed = model.key_offset_embedding
+
+    def recording(offset: torch.Tensor | None) -> torch.Tensor | float:
+        seen.append(offset.detach().clone())
+        return embed(offset)
+
+    model.key_offset_embedding = recording
+    model.diffusion_objective(KeyedSegmentBatch(obs, action, torch.zeros(1, 7), key))
+    prev_action = torch.cat([torch.zeros(1, 1, ACTION_DIM), action[:, :6]], 1)
+    state = ImaginationState(frames=obs[:, :7], prev_action=prev_action,
+                             action_known=torch.ones(1, 7, dtype=torch.bool), generator=None,
+                             time=torch.arange(7)[None], key=key[:, :7])
+    model.step(state, action[:, 6], key=key[:, 7])
+    trained, sampled = seen
+    expected = key_offset(key[:, [0, 2, 5, 6]], key[:, 7])  # context keys 0, 1, 8, 3 from the target's 0.9
+    torch.testing.assert_close(sampled, expected)
+    torch.testing.assert_close(trained, torch.cat([expected, torch.zeros(1, 1, 1)], 1))  # the target: 0
+
+
 def test_sampling_gives_frames_that_do_not_follow_their_predecessor_the_null_action():
     g = torch.Generator().manual_seed(0)
     model, state = keyed_micro_model(g), stored_rollout(g)
@@ -365,11 +459,25 @@ def test_hydra_selects_a_memory():
 
 
 # ----- the benchmark -----
-def test_bench_memory_tiny_runs_and_scores():
+def load_bench():
     spec = importlib.util.spec_from_file_location("bench_memory", os.path.join(REPO, "scripts", "bench_memory.py"))
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # dataclasses look their module up
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_far_frames_are_poses_last_seen_more_than_a_context_earlier():
+    bench = load_bench()
+    x = [0, 1, 2, 3, 4, 5, 0, 4, 0, 1]  # context 3; scored from t = 6
+    poses = torch.tensor(x)[None, :, None].expand(1, len(x), 2)
+    # t=6 (0): last seen at 0, far; t=7 (4): seen at 4, within the last 3; t=8 (0): also seen at 6,
+    # within the last 3, though first seen long ago; t=9 (1): last seen at 1, far
+    assert bench.far_revisits(poses, 6, 3).tolist() == [[True, False, False, True]]
+
+
+def test_bench_memory_tiny_runs_and_scores():
+    bench = load_bench()
     a = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     assert bench.ssim(a, a).allclose(torch.ones(2)) and bench.psnr(a, a).min() >= 99
     assert bench.ssim(a, 255 - a).max() < 0.5

@@ -5,7 +5,7 @@ from typing import Any
 
 from worldmodel.memory.base import KeyedSegmentBatch, Memory, MemoryConfig, gaps
 from worldmodel.memory.history import HistoryMemory
-from worldmodel.memory.keys import LinearKeyDynamics, key_distance, pixel_key
+from worldmodel.memory.keys import LinearKeyDynamics, key_distance, key_offset, pixel_key
 from worldmodel.memory.vrag import VRAGMemory
 from worldmodel.memory.window import WindowMemory
 
@@ -19,4 +19,5 @@ def build_memory(cfg: "str | dict[str, Any] | MemoryConfig | None", default_wind
 
 
 __all__ = ["HistoryMemory", "KeyedSegmentBatch", "LinearKeyDynamics", "MEMORIES", "Memory", "MemoryConfig",
-           "VRAGMemory", "WindowMemory", "build_memory", "gaps", "key_distance", "pixel_key"]
+           "VRAGMemory", "WindowMemory", "build_memory", "gaps", "key_distance", "key_offset",
+           "pixel_key"]

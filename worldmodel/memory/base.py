@@ -21,6 +21,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +42,11 @@ class MemoryConfig:
     name: str = "window"  # window | history | vrag
     window: int | None = None  # recent frames in every context; None: the model's max_context_frames
     retrieved: int | None = None  # older frames before the window (history/vrag); None: = window; window: 0
-    distance: str = "euclidean"  # key distance for VRAG: euclidean | cosine (after per-dim weights)
+    distance: str = "euclidean"  # vrag only: key distance, euclidean | cosine (after per-dim weights)
     key: str = "pixel"  # pixel: pooled frame (works in imagination) | state: pose/proprio given per frame
     key_size: int = 8  # pixel keys: frames average-pooled to key_size x key_size (3 * key_size^2 dims)
     key_dim: int | None = None  # state keys: their width (e.g. 2 for a 2-D camera pose)
-    weights: list[float] | None = None  # per-dim key weights (length = key width); None: all ones
+    weights: list[float] | None = None  # vrag only: per-dim key weights (length = key width); None: all ones
     max_frames: int = 256  # frames stored per rollout; beyond it the memory's policy drops frames
     key_conditioning: bool = True  # state keys: tell the model each context frame's key offset
 
@@ -69,14 +71,45 @@ class MemoryConfig:
         if self.name == "vrag" and self.key == "state" and not self.key_dim:
             raise WorldModelConfigError("memory.key=state needs memory.key_dim (the width of the per-frame "
                                         "state/pose vector), e.g. key_dim: 2 for a 2-D camera pose.")
+        self._refuse_unused_vrag_settings()
         if self.weights is not None:
-            self.weights = [float(w) for w in self.weights]
+            self.weights = self._checked_weights(self.weights)
             if len(self.weights) != self.key_width():
                 raise WorldModelConfigError(
                     f"memory.weights has {len(self.weights)} entries but keys have {self.key_width()} dims "
                     f"(key={self.key}); give one weight per key dim or leave weights null.")
-            if min(self.weights) < 0:
-                raise WorldModelConfigError("memory.weights must be >= 0.")
+
+    def _refuse_unused_vrag_settings(self) -> None:
+        """Key weights and distance rank retrieval candidates, which only VRAG has; on window or
+        history they would be silently ignored (a user tuning them would believe they matter).
+        ``key`` itself stays accepted everywhere: it is shared config (history ignores it)."""
+        if self.name == "vrag":
+            return
+        unused = []
+        if self.weights is not None:
+            unused.append("weights (set weights: null)")
+        if self.distance != DISTANCES[0]:
+            unused.append(f"distance={self.distance} (set distance: {DISTANCES[0]})")
+        if unused:
+            raise WorldModelConfigError(f"memory.{' and memory.'.join(unused)} only rank the vrag memory's "
+                                        f"retrieval; the {self.name} memory retrieves by no key: drop them, or "
+                                        "use memory.name=vrag.")
+
+    @staticmethod
+    def _checked_weights(weights: Any) -> list[float]:
+        """``weights`` as a list of finite floats >= 0, or a WorldModelConfigError naming the problem."""
+        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+            raise WorldModelConfigError(f"memory.weights must be a list of numbers (one per key dim) or null, "
+                                        f"got {weights!r}.")
+        out = []
+        for i, w in enumerate(weights):
+            if isinstance(w, bool) or not isinstance(w, numbers.Real):
+                raise WorldModelConfigError(f"memory.weights must be numbers, got {w!r} at index {i}; give one "
+                                            "number >= 0 per key dim, or null.")
+            if not (math.isfinite(w) and w >= 0):
+                raise WorldModelConfigError(f"memory.weights must be finite and >= 0, got {w} at index {i}.")
+            out.append(float(w))
+        return out
 
     def key_width(self) -> int:
         return 3 * self.key_size ** 2 if self.key == "pixel" else int(self.key_dim)

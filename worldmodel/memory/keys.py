@@ -37,6 +37,16 @@ def key_distance(keys: torch.Tensor, query: torch.Tensor, weights: torch.Tensor 
     return 1.0 - F.cosine_similarity(keys, query[:, None].expand_as(keys), dim=-1, eps=1e-8)
 
 
+def key_offset(context_key: torch.Tensor, target_key: torch.Tensor) -> torch.Tensor:
+    """Where each context frame lies relative to the frame being generated, in key space:
+    context_key [B, m, K] - target_key [B, K] -> [B, m, K] (0 for the target itself).
+
+    The one definition of the offset a key-conditioned model is given, shared by training
+    (``Vid2World.memory_diffusion_loss``) and sampling (``Vid2World.step``): a sign or operand
+    swapped in one of them alone would train the model on offsets it is never sampled with."""
+    return context_key - target_key[:, None]
+
+
 class LinearKeyDynamics(nn.Module):
     """key_{t+1} = key_t + [a_t, 1] @ W, W fitted by ridge regression on real transitions.
 

@@ -8,6 +8,21 @@ are stored; beyond that, among the frames older than the window, the closest pai
 found and its newer frame dropped. This subsamples key space (one view per place) rather than
 time, so the first view of a place, often a real frame, stays retrievable however long the
 rollout.
+
+Order of the retrieved frames: ours is temporal (oldest first), the same in training
+(``training_clip``) and sampling, as both call ``select``. This differs from the official VRAG,
+which puts the retrieved frames in order of similarity (most similar first) in training and
+inference alike. We keep time order because the backbone reads the clip as a sequence: the
+causal build lets a frame attend only to frames before it in the clip, the temporal convolution
+mixes clip neighbours, and ``gaps`` gives a frame its stored action only when it follows its
+clip predecessor in time; in time order all three mean what they mean on a plain window (the
+past before the present), and a retrieved set that changes by one frame shifts few positions,
+where a similarity order reshuffles them as the query moves. Not measured against the
+reference's order; only the consistency between training and sampling matters for correctness.
+
+When it selects anything: retrieval starts only once more frames are stored than the recent
+window (the candidates are the frames older than it), and chooses only once there are more than
+``retrieved`` candidates; before that the context is every stored frame, as with a window.
 """
 from __future__ import annotations
 

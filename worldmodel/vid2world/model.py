@@ -39,7 +39,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError, check_step_action, read_config
-from worldmodel.memory import KeyedSegmentBatch, LinearKeyDynamics, build_memory, gaps, pixel_key
+from worldmodel.memory import KeyedSegmentBatch, LinearKeyDynamics, build_memory, gaps, key_offset, pixel_key
 from worldmodel.vid2world.backbone import TemporalCache, VideoUNet
 from worldmodel.vid2world.configs import Vid2WorldConfig
 from worldmodel.vid2world.reward import RewardHead, symexp, symlog
@@ -265,10 +265,10 @@ class Vid2World(WorldModel):
         rows = torch.arange(B, device=obs.device)[:, None]
         prev_action = torch.cat([action.new_zeros(B, 1, self.action_dim), action], dim=1)[rows, idx]
         no_action = gaps(idx) | (idx == 0)
-        key_offset = None
+        offset = None
         if self.key_embedding is not None:
-            key_offset = key[rows, idx] - key[:, -1:]  # [B, m+1, K]; 0 for the target frame
-        return self.clip_diffusion_loss(obs[rows, idx], prev_action, no_action, key_offset)
+            offset = key_offset(key[rows, idx], key[:, -1])  # [B, m+1, K]; 0 for the target frame
+        return self.clip_diffusion_loss(obs[rows, idx], prev_action, no_action, offset)
 
     def key_offset_embedding(self, key_offset: torch.Tensor | None) -> torch.Tensor | float:
         """Conditioning [..., E] from key offsets [..., K] (0 without key conditioning)."""
@@ -526,11 +526,11 @@ class Vid2World(WorldModel):
         rows = torch.arange(B, device=idx.device)[:, None]
         # the first context frame, retrieved frames and jumps carry no action (as in training)
         drop = ~state.action_known[rows, idx] | gaps(state.time[rows, idx])
-        key_offset = None if next_key is None else state.key[rows, idx] - next_key[:, None]
+        offset = None if next_key is None else key_offset(state.key[rows, idx], next_key)
         with self.sampling_mode():
             with self._autocast():
                 history = self.encode_history(to_float(state.frames[rows, idx]), state.prev_action[rows, idx],
-                                              drop, state.generator, key_offset)
+                                              drop, state.generator, offset)
                 frame = to_uint8(self.sample_next(history, action, state.generator))
             # fp32 (cheap): bf16 would round the symlog reward, 1.4% at a reward of 10
             reward = symexp(self.reward_head(to_float(state.frames[:, -1]), action, to_float(frame)))
