@@ -11,9 +11,12 @@
     # BAIR robot pushing (bair_robot_pushing_dataset_v0.tar, extracted)
     python scripts/convert_dataset.py bair ~/bair/softmotion30_44k --split train --out data/bair/train
 
-    # a folder of videos (e.g. Something-Something v2), action-free
+    # a folder of videos (e.g. Something-Something v2), action-free. --labels selects the videos:
+    # only the ids listed in train.json are converted (the folder also holds the validation and
+    # test videos), their captions in the episode meta; --classes keeps only the classes listed
+    # in a text file, one class (template) a line. The summary says how many were selected.
     python scripts/convert_dataset.py videos ~/ssv2/20bn-something-something-v2 --out data/ssv2 \\
-        --frame-step 2 --max-frames 32 --labels ~/ssv2/labels/train.json
+        --frame-step 2 --max-frames 32 --labels ~/ssv2/labels/train.json [--classes my_classes.txt]
 
 Runs in parallel (--workers), shows a progress bar, and resumes where it stopped: rerun the
 same command. Bad records are reported by file (and in <out>/conversion_manifest.json) and
@@ -63,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     rlds.add_argument("--image-key", default=None, help="e.g. steps/observation/image or image_0")
     rlds.add_argument("--action-keys", default=None,
                       help="comma-separated action features (auto | none | a,b,...)")
-    rlds.add_argument("--reward-key", default=None, help="default steps/reward ('none': zeros)")
-    rlds.add_argument("--terminal-key", default=None, help="default steps/is_terminal")
+    rlds.add_argument("--reward-key", default=None,
+                      help="per-step reward feature, full key or name under steps (default steps/reward; "
+                      "'none': zeros); a key the dataset lacks is an error listing the features")
+    rlds.add_argument("--terminal-key", default=None,
+                      help="per-step terminal flag, resolved the same way (default steps/is_terminal; "
+                      "'none': no terminal steps)")
     rlds.add_argument("--success-reward", type=float, default=None,
                       help="reward at or above which a step counts as success")
     rlds.add_argument("--fps", type=float, default=None, help="control frequency (meta)")
@@ -87,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     videos.add_argument("--max-frames", type=int, default=None, help="at most N frames per episode")
     videos.add_argument("--min-frames", type=int, default=2, help="skip shorter videos")
     videos.add_argument("--extensions", default=None, help="comma-separated, e.g. mp4,webm")
-    videos.add_argument("--labels", default=None, help="JSON list of {id, label|template}")
+    videos.add_argument("--labels", default=None,
+                        help="JSON list of {id, label|template} (e.g. SSv2 labels/train.json): only the "
+                        "videos it lists are converted, with their label as the task")
+    videos.add_argument("--classes", default=None,
+                        help="text file, one class (template) a line: only listed videos of these "
+                        "classes are converted (needs --labels)")
     _common(videos)
     return parser
 
@@ -122,7 +134,7 @@ def make_reader(args: argparse.Namespace):
     extensions = tuple(args.extensions.split(",")) if args.extensions else VIDEO_EXTENSIONS
     return VideoFolderReader(args.path, frame_step=args.frame_step, max_frames=args.max_frames,
                              min_frames=args.min_frames, extensions=extensions,
-                             labels=args.labels, **sizes)
+                             labels=args.labels, classes=args.classes, **sizes)
 
 
 def list_features(reader) -> None:
@@ -130,7 +142,8 @@ def list_features(reader) -> None:
     for key, spec in reader.specs.items():
         if spec.per_step:
             print(f"  {key:55s} {spec.kind:6s} {spec.dtype:8s} {list(spec.shape)} {spec.encoding}")
-    print(f"image key: {reader.image_key}; action keys: {reader.action_keys}; fps: {reader.fps}")
+    print(f"image key: {reader.image_key}; action keys: {reader.action_keys}; reward key: "
+          f"{reader.reward_key}; terminal key: {reader.terminal_key}; fps: {reader.fps}")
 
 
 def main(argv: list[str] | None = None) -> int:

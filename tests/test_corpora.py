@@ -188,6 +188,24 @@ def test_tfrecord_corruption_is_reported_by_file(tmp_path):
     assert errors[0].fatal and "truncated" in errors[0].fault
 
 
+def test_a_corrupt_gzip_stream_ends_the_file_with_a_reported_error(tmp_path):
+    """Damage inside the deflate stream of a .gz shard (zlib.error) is a fatal framing fault:
+    the records before it are kept, the rest is reported (or TFRecordError with errors=None)."""
+    rng = np.random.default_rng(0)
+    records = [rng.integers(0, 4, 5000, dtype=np.uint8).tobytes() for _ in range(4)]
+    deflate = zlib.compressobj(wbits=31)  # gzip framing; the flush ends on a byte boundary
+    body = deflate.compress(b"".join(tfr.frame_record(r) for r in records)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    path = tmp_path / "shard.tfrecord.gz"
+    path.write_bytes(body + b"\xff" * 64)  # then a deflate block of the invalid type 3
+    errors: list = []
+    kept = [data for _, data in tfr.iter_records(path, errors=errors)]
+    assert kept and kept == records[:len(kept)]
+    assert len(errors) == 1 and errors[0].fatal and "corrupt gzip data" in errors[0].fault
+    assert "shard.tfrecord.gz" in str(errors[0])
+    with pytest.raises(tfr.TFRecordError, match="corrupt gzip data"):
+        list(tfr.iter_records(path))
+
+
 def test_a_plain_tfrecord_whose_first_length_looks_like_gzip_is_read_plainly(tmp_path):
     """A record of 0x8b1f bytes starts the file with 1f 8b, gzip's magic: the length checksum
     tells the plain file apart, and a real gzip file is still read through gzip."""
@@ -401,6 +419,55 @@ def test_rlds_settings_compare_resolved_keys(tmp_path):
                        progress=False)
 
 
+def test_rlds_reward_and_terminal_keys_are_resolved_or_refused(tmp_path, capsys):
+    """Short names find the features, a key the dataset lacks fails before any work (it used to
+    give all-zero rewards / no terminals silently), and the resolved keys are the settings."""
+    builder = make_fractal(tmp_path / "oxe")
+    short = RLDSReader(str(builder), image_size=16, reward_key="reward", terminal_key="is_terminal",
+                       success_reward=1.0)
+    settings = short.settings()
+    assert settings["reward_key"] == "steps/reward" and settings["terminal_key"] == "steps/is_terminal"
+    out = tmp_path / "eps"
+    assert convert_corpus(short, out, progress=False).written == 4
+    ep = load_episode(episode_paths(out)[0])
+    assert ep.reward.tolist() == [0, 0, 0, 1] and ep.terminal.tolist() == [False, False, False, True]
+    assert ep.success.tolist() == [False, False, False, True]
+    for option in ("reward_key", "terminal_key"):
+        with pytest.raises(KeyError, match=f"{option} feature 'steps/nope' is not in features.json.*steps/reward"):
+            convert_corpus(RLDSReader(str(builder), **{option: "steps/nope"}), tmp_path / option, progress=False)
+        assert not (tmp_path / option / MANIFEST_NAME).exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="reward_key 'steps/observation/image' is not a per-step number"):
+        RLDSReader(str(builder), reward_key="observation/image").settings()
+    cli = load_cli()
+    assert cli(["rlds", str(builder), "--out", str(tmp_path / "cli"), "--reward-key", "rewards"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: reward_key feature 'rewards'") and "steps/reward" in err
+    assert len(err.strip().splitlines()) == 1
+    none = RLDSReader(str(builder), image_size=16, reward_key="none", terminal_key="none")
+    assert none.settings()["reward_key"] == "none"
+    episode = none.episode(tfr.parse_example(fractal_record(0, 5)))
+    assert not episode.reward.any() and not episode.terminal.any()
+
+
+def test_rlds_manifest_reward_keys_from_before_resolution(tmp_path):
+    """A manifest written before the keys were resolved: its full keys resume; a key that is not
+    a feature key gave zeros then, so it reads as 'none' (resumes with 'none', refused with the
+    key that now finds the rewards)."""
+    builder = make_fractal(tmp_path / "oxe")
+    out = tmp_path / "eps"
+    assert convert_corpus(RLDSReader(str(builder), image_size=16), out, progress=False).written == 4
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["reader"]["reward_key"] == "steps/reward"
+    assert convert_corpus(RLDSReader(str(builder), image_size=16, reward_key="reward"), out,
+                          progress=False).resumed == 2
+    manifest["reader"]["reward_key"] = "reward"  # an old run: the short name was ignored (zeros)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ConversionError, match="reward_key: 'none' -> 'steps/reward'"):
+        convert_corpus(RLDSReader(str(builder), image_size=16, reward_key="reward"), out, progress=False)
+    assert convert_corpus(RLDSReader(str(builder), image_size=16, reward_key="none"), out,
+                          progress=False).resumed == 2
+
+
 # ----- BAIR -----
 def bair_record(traj, frames=5):
     feats = {}
@@ -437,6 +504,24 @@ def test_bair_reader(tmp_path):
     assert episode.obs.shape == (5, 3, 32, 32) and episode.obs[2, 1, 10, 10] == 52
 
 
+def test_bair_resumes_with_or_without_checksum_verification(tmp_path):
+    """verify_crc does not change the episodes: a rerun with --no-verify-crc resumes, also over a
+    manifest written when verify_crc was still part of BAIR's settings."""
+    split = tmp_path / "softmotion30_44k" / "train"
+    tfr.write_records(split / "traj_0_to_1.tfrecords", [bair_record(0), bair_record(1)])
+    out = tmp_path / "bair"
+    assert convert_corpus(BairReader(str(split)), out, progress=False).written == 2
+    assert convert_corpus(BairReader(str(split), verify_crc=False), out, progress=False).resumed == 1
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert "verify_crc" not in manifest["reader"]
+    manifest["reader"]["verify_crc"] = True  # as written by an older version
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert convert_corpus(BairReader(str(split), verify_crc=False), out, progress=False).resumed == 1
+    assert load_cli()(["bair", str(split), "--out", str(out), "--no-verify-crc", "--no-progress"]) == 0
+    with pytest.raises(ConversionError, match="camera"):  # what changes the episodes is still guarded
+        convert_corpus(BairReader(str(split), camera="main"), out, progress=False)
+
+
 # ----- videos -----
 def test_video_folder_action_free(tmp_path):
     import imageio.v3 as iio
@@ -449,7 +534,8 @@ def test_video_folder_action_free(tmp_path):
                 quality=10)
     (videos / "202.webm").write_bytes(b"\x1a\x45\xdf\xa3 this is not a video")
     labels = tmp_path / "labels.json"
-    labels.write_text(json.dumps([{"id": "101", "template": "Pushing [something] left"}]))
+    labels.write_text(json.dumps([{"id": "101", "template": "Pushing [something] left"},
+                                  {"id": "202", "template": "Holding [something]"}]))
     out = tmp_path / "eps"
     reader = VideoFolderReader(str(videos), image_size=32, frame_step=2, labels=str(labels))
     report = convert_corpus(reader, out, progress=False)
@@ -460,6 +546,66 @@ def test_video_folder_action_free(tmp_path):
     assert np.all(np.abs(green - np.arange(0, 12, 2) * 20) <= 8)  # every 2nd frame, in order
     assert ep.meta["task"] == "Pushing [something] left" and ep.meta["fps"] == 6.0
     assert ep.meta["file"] == "sub/101.mp4"
+
+
+def test_video_labels_select_the_videos_and_classes_filter_them(tmp_path, capsys, caplog):
+    """Something-Something keeps all splits in one folder: a labels file converts only the ids it
+    lists (the train split), and a classes allow-list keeps only those classes."""
+    import imageio.v3 as iio
+
+    videos = tmp_path / "20bn"
+    videos.mkdir()
+    for vid in ("1", "2", "3"):  # 2 is not in the labels: another split
+        iio.imwrite(videos / f"{vid}.mp4", np.full((3, 16, 16, 3), 40 * int(vid), np.uint8), fps=5,
+                    plugin="FFMPEG", codec="mpeg4")
+    labels = tmp_path / "train.json"
+    labels.write_text(json.dumps([
+        {"id": "1", "label": "pushing a cup left", "template": "Pushing [something] left"},
+        {"id": "3", "label": "holding a pen", "template": "Holding [something]"},
+        {"id": "99", "label": "a video not in this folder", "template": "Holding [something]"}]))
+    out = tmp_path / "eps"
+    reader = VideoFolderReader(str(videos), image_size=16, labels=str(labels))
+    report = convert_corpus(reader, out, progress=False)
+    assert report.written == 2 and report.sources == 2
+    assert sorted(load_episode(p).meta["file"] for p in episode_paths(out)) == ["1.mp4", "3.mp4"]
+    assert "2 of the 3 videos" in report.summary() and "listed in" in report.summary()
+    assert reader.settings()["labels"] == str(labels) and reader.settings()["classes"] is None
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    del manifest["reader"]["selection"]  # converted before labels selected: every video is there
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ConversionError, match="selection"):
+        convert_corpus(reader, out, progress=False)
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("# my subset\npushing something LEFT\n\nNo such class\n")
+    cli = load_cli()
+    args = ["videos", str(videos), "--image-size", "16", "--labels", str(labels), "--no-progress"]
+    with caplog.at_level("WARNING"):
+        assert cli(args + ["--out", str(tmp_path / "subset"), "--classes", str(classes)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of them are of the 2 classes" in printed and "No such class" in caplog.text
+    assert [load_episode(p).meta["task"] for p in episode_paths(tmp_path / "subset")] == ["pushing a cup left"]
+    settings = json.loads((tmp_path / "subset" / MANIFEST_NAME).read_text())["reader"]
+    assert settings["classes"] == str(classes) and settings["labels"] == str(labels)
+
+    with pytest.raises(ValueError, match="needs a labels file"):
+        VideoFolderReader(str(videos), classes=str(classes))
+    classes.write_text("Dropping [something]\n")
+    with pytest.raises(ValueError, match="no class of .*classes.txt is a class"):
+        VideoFolderReader(str(videos), labels=str(labels), classes=str(classes)).sources()
+    labels.write_text(json.dumps([{"id": "7", "label": "x"}]))
+    with pytest.raises(FileNotFoundError, match="none of the 3 videos"):
+        VideoFolderReader(str(videos), labels=str(labels)).sources()
+    labels.write_text("{not json")
+    assert cli(args + ["--out", str(tmp_path / "bad")]) == 2
+    assert "is not a JSON list" in capsys.readouterr().err
+    # a folder converted without labels (manifest from before the allow-list) still resumes
+    plain = VideoFolderReader(str(videos), image_size=16)
+    assert convert_corpus(plain, tmp_path / "all", progress=False).written == 3
+    manifest = json.loads((tmp_path / "all" / MANIFEST_NAME).read_text())
+    del manifest["reader"]["classes"]
+    (tmp_path / "all" / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert convert_corpus(plain, tmp_path / "all", progress=False).resumed == 3
 
 
 def test_video_labels_are_read_once_per_process_and_extensions_normalised(tmp_path):

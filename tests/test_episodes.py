@@ -114,6 +114,19 @@ def test_not_an_npz(tmp_path):
         load_episode(tmp_path / "absent.npz")
 
 
+def test_plain_npy_array_under_npz_name_is_a_format_error(tmp_path, caplog):
+    """np.load returns a bare ndarray for an np.save file: refused by name, and skipped with skip_bad."""
+    save_episode(tmp_path / "a_good.npz", make_episode())
+    with open(tmp_path / "b_array.npz", "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(EpisodeFormatError, match="not an .npz archive") as err:
+        load_episode(tmp_path / "b_array.npz")
+    assert "b_array.npz" in str(err.value)
+    with caplog.at_level(logging.WARNING):
+        assert len(load_episodes(tmp_path, skip_bad=True)) == 1
+    assert "b_array.npz" in caplog.text
+
+
 def test_saving_an_invalid_episode_is_refused(tmp_path):
     ep = make_episode()
     ep.reward = ep.reward.astype(np.float64)

@@ -60,6 +60,18 @@ def test_segments_stay_inside_one_episode_with_frame_step(tmp_path):
     assert seen == possible
 
 
+def test_episodes_are_drawn_in_proportion_to_their_segments(tmp_path):
+    """The documented sampling (data.py, mix.py): within a folder every segment is equally likely,
+    so a 100-step episode is drawn 94 / 98 of the time next to a 10-step
+    one with 8-frame segments (iVideoGPT's uniform episode draw would give 1/2)."""
+    folder = write_folder(tmp_path / "a", [(1, 100), (2, 10)])
+    data = SegmentDataset([folder], segment_length=8, seed=0)
+    rng = np.random.default_rng(0)
+    draws = [int(data.sample(rng)[0][0, 0, 0, 0]) for _ in range(2000)]
+    share = draws.count(1) / len(draws)
+    assert abs(share - 94 / 98) < 0.02, share
+
+
 def test_mix_weights_are_honoured(tmp_path):
     a = write_folder(tmp_path / "a", [(1, 10), (2, 30)])
     b = write_folder(tmp_path / "b", [(3, 10)])

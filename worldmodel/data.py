@@ -13,7 +13,10 @@ summed (the return over the skipped interval). Action-free corpora (videos) stor
 Sampling, per segment: a folder by its weight (a dataset mix), then an episode of that folder
 with probability proportional to the number of segments it holds, then a start uniformly: so
 within a folder every segment is equally likely. Episodes shorter than one segment are never
-drawn (they are counted and reported).
+drawn (they are counted and reported). This is not iVideoGPT's sampling within a dataset: it
+draws an episode uniformly, whatever its length, then a start, padding episodes shorter than a
+segment; long episodes weigh more here (a 100-step and a 10-step episode, 8-frame segments:
+sampled 96% / 4% here, 50% / 50% there). The folder draw by weight is the same.
 
 Memory: the dataset indexes files at construction by reading only the array headers inside
 each ``.npz``; episodes are loaded lazily inside the worker that samples them and kept in a

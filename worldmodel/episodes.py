@@ -150,7 +150,11 @@ def load_episode(path: str | os.PathLike, image_size: int | None = None,
     if not path.is_file():
         raise EpisodeFormatError(path, "no such file")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):  # a plain np.save array under an .npz name
+            raise EpisodeFormatError(path, "not an .npz archive (it holds a single array, as "
+                                     "np.save writes); save episodes with save_episode")
+        with data:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
             if missing:
                 raise EpisodeFormatError(path, f"missing keys {missing} (has {sorted(data.files)})")

@@ -47,6 +47,7 @@ class BairReader:
         split: train | test, used when ``root`` holds split folders.
         camera: aux1 | main.
         image_size: output frame size (64: the frames are kept as they are).
+        verify_crc: check the TFRecord checksums (not part of the settings: see ``settings``).
     """
     root: str
     split: str = "train"
@@ -71,7 +72,14 @@ class BairReader:
         return files
 
     def settings(self) -> dict[str, Any]:
-        return {"format": "bair", **{k: v for k, v in asdict(self).items() if k != "root"}}
+        """What changes the output. ``verify_crc`` does not (it only decides whether damaged
+        records are caught), so a conversion may be resumed with or without checksums."""
+        return {"format": "bair", **{k: v for k, v in asdict(self).items() if k not in ("root", "verify_crc")}}
+
+    def normalise_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """A manifest's settings without ``verify_crc``, which manifests written before it left
+        the settings still hold: those conversions resume."""
+        return {k: v for k, v in settings.items() if k != "verify_crc"}
 
     def iter_episodes(self, source: Path, exists: Callable[[str], bool],
                       errors: list[str]) -> Iterator[tuple[str, Episode]]:

@@ -51,7 +51,8 @@ class Reader(Protocol):
     def settings(self) -> dict[str, Any]:
         """Everything that changes the output (compared with the manifest on resume). A reader
         may also define ``normalise_settings(settings) -> settings``, applied to the manifest's
-        settings before the comparison (e.g. to resolve short feature keys)."""
+        settings before the comparison (e.g. to resolve short feature keys), and a ``notes``
+        list of lines for the summary, filled by ``sources`` (e.g. which videos it selected)."""
 
     def iter_episodes(self, source: Path, exists: Callable[[str], bool],
                       errors: list[str]) -> Iterator[tuple[str, Episode]]:
@@ -85,11 +86,13 @@ class ConversionReport:
     existing: int = 0  # episodes found already written
     bad_records: list[str] = field(default_factory=list)
     failed_sources: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the reader's (e.g. which videos it selected)
 
     def summary(self) -> str:
         lines = [f"{self.out_dir}: {self.written} episodes written, {self.existing} already there; "
                  f"{self.converted} of {self.sources} sources converted now, {self.resumed} "
                  "finished before"]
+        lines += self.notes
         if self.bad_records:
             lines.append(f"{len(self.bad_records)} bad records skipped (all listed in "
                          f"{self.out_dir / MANIFEST_NAME}):")
@@ -187,7 +190,7 @@ def convert_corpus(reader: Reader, out_dir: str | os.PathLike, workers: int = 1,
     done = manifest["sources"]
 
     sources = reader.sources()[:max_sources]
-    report = ConversionReport(out_dir, sources=len(sources))
+    report = ConversionReport(out_dir, sources=len(sources), notes=list(getattr(reader, "notes", [])))
     todo = []
     for source in sources:
         entry = done.get(str(source.resolve()))

@@ -9,8 +9,14 @@ A mix (``cfgs/data/<mix>.yaml``, the ``data`` group of scripts/pretrain.py) read
       fractal20220817_data: {path: oxe/fractal20220817_data, weight: 0.15, frame_step: 1}
       bridge:               {path: oxe/bridge, weight: 0.15, frame_step: 2}
 
-Sampling (as in iVideoGPT): a dataset with probability weight / sum(weights), whatever its
-size; then a segment uniformly within it. ``frame_step`` evens out control frequencies (RT-1
+Sampling: a dataset with probability weight / sum(weights), whatever its size (as iVideoGPT
+does); then a segment uniformly among all the segments of that dataset, i.e. an episode with
+probability proportional to its number of segments, then a start uniformly in it; episodes
+shorter than one segment are never drawn (SegmentDataset, worldmodel/data.py). iVideoGPT
+differs within a dataset: it draws an episode uniformly, whatever its length, then a start in
+it, padding episodes shorter than a segment; so its long episodes are sampled less per segment
+and its short ones more (two episodes of 100 and 10 steps, 8-frame segments: 50% / 50% there,
+94 / 98 = 96% / 4% here). ``frame_step`` evens out control frequencies (RT-1
 records at 3 Hz, Bridge at 5 Hz, Kuka at 10 Hz: iVideoGPT keeps every round(fps / 3)-th frame).
 With ``action_free`` the segments carry zero-width actions [T-1, 0], so datasets of any action
 space mix; without it every dataset must give the same action size (A x frame_step).

@@ -26,6 +26,11 @@ Actions. ``action_keys`` picks the action features (full keys, or names under
 layout ``[[key, start, stop], ...]`` is stored in the episode meta. ``auto``: ``steps/action``
 when it is one tensor, else every numeric entry under it except ``terminate_episode``-style
 flags, in features.json order. ``none``: action-free episodes (A = 0).
+
+Rewards and terminals. ``reward_key`` / ``terminal_key`` name per-step tensor features (full
+keys or names under ``steps``, resolved like the image key); a key the dataset does not have is
+refused before any work starts, with the per-step features it does have. ``none``: zero rewards /
+no terminal steps.
 """
 from __future__ import annotations
 
@@ -164,6 +169,23 @@ def action_keys_for(specs: dict[str, FeatureSpec], action_keys: tuple[str, ...] 
     return keys
 
 
+def _step_tensor_key(key: str, specs: dict[str, FeatureSpec], option: str) -> str:
+    """The full key of a per-step tensor feature (``reward_key``, ``terminal_key``), resolved
+    like the image key; 'none' stays 'none'. Raises KeyError / ValueError naming the option."""
+    if key == NONE:
+        return NONE
+    try:
+        full = _resolve(key, specs, STEPS)
+    except KeyError as e:
+        raise KeyError(f"{option} {e.args[0]}; give one of them, or 'none'") from None
+    spec = specs[full]
+    if spec.kind != "tensor" or not spec.per_step or spec.dtype == "string":
+        where = "" if spec.per_step else ", outside the steps"
+        raise ValueError(f"{option} '{full}' is not a per-step number ({spec.kind} feature of dtype "
+                         f"{spec.dtype}{where}); give another key, or 'none'")
+    return full
+
+
 # ----- decoding one episode -----
 def _decompress(key: str, step: int, data: bytes) -> bytes:
     """One zlib-encoded step of a tensor feature (ValueError naming the feature when corrupt)."""
@@ -199,7 +221,9 @@ class RLDSReader:
         image_size: output frame size; resize: center_crop | pad | stretch (frames.py).
         image_key / action_keys / fps: None takes the preset of the dataset (by folder name
             or ``preset``), else the defaults (``steps/observation/image``, ``auto``).
-        reward_key / terminal_key: per-step reward and terminal flag ('none': absent).
+        reward_key / terminal_key: per-step reward and terminal flag, full keys or names under
+            ``steps`` ('reward'); 'none': zero rewards / no terminal steps. A key the dataset
+            does not have is refused (KeyError listing the per-step features).
         success_reward: reward at or above which a transition counts as success.
         verify_crc: check the TFRecord checksums.
     """
@@ -252,6 +276,8 @@ class RLDSReader:
                                  "not an image")
             self.image_key = image
             action_keys_for(self._specs, self.action_keys)  # fail early on a bad key
+            self.reward_key = _step_tensor_key(self.reward_key, self._specs, "reward_key")
+            self.terminal_key = _step_tensor_key(self.terminal_key, self._specs, "terminal_key")
         return self._specs
 
     def sources(self) -> list[Path]:
@@ -265,6 +291,7 @@ class RLDSReader:
 
     def settings(self) -> dict[str, Any]:
         """What changes the output, with the feature keys resolved (``normalise_settings``)."""
+        self.specs  # noqa: B018 - resolves the reward and terminal keys before they are read
         keep = ("split", "image_size", "resize", "image_key", "action_keys", "reward_key",
                 "terminal_key", "success_reward", "fps")
         return self.normalise_settings({"format": "rlds", "dataset": self.dataset,
@@ -274,9 +301,18 @@ class RLDSReader:
         """``settings`` (these or a manifest's) with the image and action keys as the full
         feature keys they select, so that 'image' and 'steps/observation/image', or 'auto' and
         the keys it picks, compare equal: they give the same episodes. Keys this dataset does
-        not have are left as they are (the settings then differ)."""
+        not have are left as they are (the settings then differ).
+
+        The reward and terminal keys are written resolved (``specs``). A manifest's key that is
+        not a full feature key of this dataset is read as 'none': versions before keys were
+        resolved took such a key (a short name like 'reward', or a feature the dataset lacks)
+        as absent and wrote zero rewards / no terminals. So a folder converted that way resumes
+        with 'none', and is refused, as it should be, with the key that now finds the rewards."""
         out = dict(settings)
         specs = self.specs
+        for name in ("reward_key", "terminal_key"):
+            if name in out and out[name] not in specs:
+                out[name] = NONE
         with contextlib.suppress(KeyError, TypeError):
             out["image_key"] = _resolve(out["image_key"], specs, f"{STEPS}/observation")
         with contextlib.suppress(KeyError, TypeError):
@@ -313,15 +349,18 @@ class RLDSReader:
         action = (np.concatenate(parts, axis=1) if parts
                   else np.zeros((steps, 0), dtype=np.float32))[:-1]  # [T, A]
 
+        for key in (self.reward_key, self.terminal_key):
+            if key != NONE and key not in example:
+                raise KeyError(f"record has no '{key}'")
         reward = np.zeros(steps, dtype=np.float32)
-        if self.reward_key != NONE and self.reward_key in example:
+        if self.reward_key != NONE:
             reward = _step_values(specs[self.reward_key], example[self.reward_key], steps)
             reward = reward.reshape(steps).astype(np.float32)
         last_reward = reward[-1]  # no next observation: credited to the last transition
         reward = reward[:-1].copy()
         reward[-1] += last_reward
         terminal = np.zeros(steps - 1, dtype=bool)
-        if self.terminal_key != NONE and self.terminal_key in example:
+        if self.terminal_key != NONE:
             flags = _step_values(specs[self.terminal_key], example[self.terminal_key], steps)
             terminal = flags.reshape(steps)[1:].astype(bool)
         success = (reward >= self.success_reward if self.success_reward is not None

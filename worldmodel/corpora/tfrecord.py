@@ -19,7 +19,9 @@ disturbed. Files written by ``write_records`` are read by ``tf.data.TFRecordData
 
 Corruption: a record whose data checksum fails is skipped and reported, and reading goes on
 with the next record (its framing is intact); a bad length checksum or a truncated file ends
-the file (nothing after it can be framed). With ``errors=None`` the first fault raises
+the file (nothing after it can be framed), and so does damage inside a gzip-compressed file
+(a corrupt deflate stream: nothing after it can be decompressed); the records before the
+fault are kept. With ``errors=None`` the first fault raises
 ``TFRecordError`` instead.
 """
 from __future__ import annotations
@@ -127,6 +129,13 @@ def _open(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if head[:len(GZIP_MAGIC)] == GZIP_MAGIC and not plain else open(path, "rb")
 
 
+def _describe(error: BaseException) -> str:
+    """A read error for the report (zlib's bare 'error' named as the corrupt gzip data it is)."""
+    if isinstance(error, zlib.error):
+        return f"corrupt gzip data: {error}"
+    return f"{type(error).__name__}: {error}"
+
+
 def iter_records(path: str | os.PathLike, verify_crc: bool = True,
                  errors: list[RecordError] | None = None) -> Iterator[tuple[int, bytes]]:
     """Yield ``(index, data)`` for each record of a TFRecord file.
@@ -156,8 +165,8 @@ def iter_records(path: str | os.PathLike, verify_crc: bool = True,
         while True:
             try:
                 header = f.read(LENGTH_BYTES + CRC_BYTES)
-            except (OSError, EOFError) as e:  # e.g. a truncated gzip stream
-                return fault(f"unreadable ({type(e).__name__}: {e})", index, offset, True)
+            except (OSError, EOFError, zlib.error) as e:  # e.g. a truncated or corrupt gzip stream
+                return fault(f"unreadable ({_describe(e)})", index, offset, True)
             if not header:
                 return
             if len(header) < LENGTH_BYTES + CRC_BYTES:
@@ -170,8 +179,9 @@ def iter_records(path: str | os.PathLike, verify_crc: bool = True,
             try:
                 data = f.read(length)
                 footer = f.read(CRC_BYTES)
-            except (OSError, EOFError, OverflowError, MemoryError) as e:  # the last two: a corrupt length, unchecked
-                return fault(f"unreadable ({type(e).__name__}: {e})", index, offset, True)
+            except (OSError, EOFError, zlib.error, OverflowError, MemoryError) as e:
+                # zlib.error: a corrupt gzip deflate stream; the last two: a corrupt length, unchecked
+                return fault(f"unreadable ({_describe(e)})", index, offset, True)
             if len(data) < length or len(footer) < CRC_BYTES:
                 return fault(f"truncated record (expected {length} bytes)", index, offset, True)
             if verify_crc and masked_crc(data) != struct.unpack("<I", footer)[0]:
