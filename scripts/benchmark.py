@@ -5,6 +5,7 @@ mbrl/train_mbpo.py: local processes (hydra-joblib-launcher) or SLURM (hydra-subm
     python scripts/benchmark.py smoke jobs=2                  # the CPU smoke benchmark
     python scripts/benchmark.py metaworld6 seeds=[1,2,3,4,5] launcher=submitit_slurm slurm.partition=gpu
     python scripts/benchmark.py smoke -- agent.batch_size=64  # after --: overrides for every run
+                                                              # (not the keys the grid sets: RESERVED_KEYS)
     python scripts/benchmark.py smoke dry_run=true            # print the status and the command only
 
 Every run lives in a fixed place, ``<root>/<name>/<suite>/<task>/<method>/seed<seed>``, and is
@@ -30,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:  # runnable as a script from a source checkou
     sys.path.insert(0, str(REPO_ROOT))
 
 from mbrl.logger import is_complete  # noqa: E402
+from mbrl.run_lock import run_dir_in_use  # noqa: E402
 GRID_DIR = REPO_ROOT / "cfgs" / "benchmark"
 TRAIN_SCRIPT = REPO_ROOT / "mbrl" / "train_mbpo.py"
 LAUNCHERS = ("basic", "joblib", "submitit_slurm", "submitit_local")
@@ -38,6 +40,21 @@ SWEEP_SUBDIR = "${hydra:runtime.choices.task}/${world_model.name}/seed${seed}"
 SUBMITIT_LOCAL_KEYS = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb")  # the rest are SLURM-only
 DRY_RUN_KEY = "dry_run"  # a command-line key of this script, not of the grid
 BOOLEANS = {"true": True, "false": False}  # the only accepted spellings (any case), as in YAML/Hydra
+# Training keys the sweep command sets itself (Hydra keeps an override's last value, so one given after
+# `--` or in a grid's `overrides:` would silently replace them) -> what to change instead. A key ending
+# in "." covers everything below it.
+RESERVED_KEYS = {
+    "task": "choose tasks with tasks=[...]",
+    "world_model": "choose methods with methods=[...]",
+    "world_model.name": "choose methods with methods=[...] (run dirs are named by it)",
+    "seed": "choose seeds with seeds=[...]",
+    "preset": "choose the preset with preset=<name>",
+    "resume": "every run is launched with resume=true (finished runs are skipped); to start afresh use "
+              "another name= or root=",
+    "hydra.sweep.": "runs live in <root>/<name>/<task>/<method>/seed<seed>: set root= and name=",
+    "hydra.run.": "runs live in <root>/<name>/<task>/<method>/seed<seed>: set root= and name=",
+    "hydra/launcher": "choose the launcher with launcher=<name> (and jobs= or slurm.<key>=)",
+}
 
 
 class BenchmarkError(ValueError):
@@ -59,6 +76,8 @@ class Cell:
     def status(self) -> str:
         if self.frames_done >= self.target_frames:
             return "finished"
+        if run_dir_in_use(self.run_dir):
+            return f"training now ({max(self.frames_done, 0)} frames evaluated)"
         return "new" if self.frames_done < 0 else f"partial ({self.frames_done} frames)"
 
 
@@ -116,8 +135,27 @@ def load_grid(name: str, overrides: list[str]) -> DictConfig:
     return grid
 
 
+def override_key(override: str) -> str:
+    """The key a Hydra override sets: ``+agent.lr=1`` -> ``agent.lr``, ``~seed`` -> ``seed``,
+    ``task@foo=x`` -> ``task``."""
+    key = override.partition("=")[0].strip().lstrip("~+")
+    return key.partition("@")[0]
+
+
+def check_not_reserved(overrides: list[str], where: str) -> None:
+    """BenchmarkError for an override of a key the benchmark sets itself (``RESERVED_KEYS``)."""
+    for override in overrides:
+        key = override_key(override)
+        for reserved, instead in RESERVED_KEYS.items():
+            if key == reserved.rstrip(".") or (reserved.endswith(".") and key.startswith(reserved)):
+                raise BenchmarkError(f"{override} ({where}): the benchmark sets {key} itself; {instead}")
+
+
 def run_overrides(grid: DictConfig, extra: list[str]) -> list[str]:
-    """Overrides every run gets: the preset, the grid's own, then the command line's."""
+    """Overrides every run gets: the preset, the grid's own, then the command line's. Neither may set
+    a key the sweep command sets (``RESERVED_KEYS``): Hydra would silently keep the last value."""
+    check_not_reserved(list(map(str, grid.overrides)), f"in the grid's overrides: {list(grid.overrides)}")
+    check_not_reserved(extra, "after --")
     return [f"preset={grid.preset}", *map(str, grid.overrides), *extra]
 
 
@@ -247,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     print("[benchmark] " + shlex.join(cmd))
     if dry_run:
         return 0
+    running = [c for c in todo if c.status.startswith("training now")]
+    if running:  # their trainers hold the run dirs: a second sweep would stop at the first of them
+        print(f"[benchmark] error: {len(running)} runs of this grid are training now (e.g. {running[0].run_dir}); "
+              "wait for them to finish (dry_run=true shows where they stand), then run this again", file=sys.stderr)
+        return 1
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(grid, sweep_dir / "benchmark.yaml")  # what was asked, next to the runs
     code = subprocess.call(cmd, env=thread_env(grid))

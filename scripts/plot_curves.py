@@ -9,7 +9,8 @@ Every directory at or below the given paths that holds an ``eval.csv`` is a run;
 learning settings or preset differ are not pooled but plotted as separate, labelled curves (see
 ``mbrl/analysis/curves.py``). Success rate is plotted for Meta-World / ManiSkill / LIBERO, return
 for DMC, against env frames. Warnings (seeds cut to a common range, cut-off eval rows, split
-groups) are printed and listed in ``summary.md``.
+groups, tasks left out of the cross-method aggregates because not every method has them) and the
+run dirs skipped (with the reason) are printed and listed in ``summary.md``.
 Writes ``curves_<suite>.png``, ``aggregate.png`` and ``summary.md`` to ``--out`` (default: a
 ``plots/`` folder inside the first path).
 """
@@ -33,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from mbrl.analysis import reference as ref  # noqa: E402
 from mbrl.analysis.curves import (AGGREGATES, BOOTSTRAP_REPS, CONFIDENCE, CurveWarning,  # noqa: E402
-                                  GroupSummary, MethodAggregate, RunDirError, aggregate_curve,
+                                  GroupSummary, MethodAggregate, aggregate_curve,
                                   aggregate_methods, group_runs, load_runs, markdown_table, metric_for_suite,
                                   performance_profile, summarize)
 
@@ -139,8 +140,10 @@ def read_offs_match(summaries: list[GroupSummary]) -> bool:
 
 def plot_aggregate(summaries: list[GroupSummary], aggregates: list[MethodAggregate], colors: dict[str, tuple],
                    out: Path, reps: int, references: bool) -> Path:
-    """Pooled normalized score over frames, interval estimates of the final score, performance profile."""
+    """Pooled normalized score over frames, interval estimates of the final score, performance profile,
+    all over the tasks the aggregates use (those every method has: ``curves.shared_tasks``)."""
     methods = [a.method for a in aggregates]
+    summaries = [s for s in summaries if s.task in aggregates[0].frames]
     names = list(AGGREGATES)
     half = len(names) // 2
     fig, axes = plt.subplot_mosaic([["curve"] * half + ["profile"] * (len(names) - half), names],
@@ -220,15 +223,44 @@ def reference_table(summaries: list[GroupSummary]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def curve_notes(summaries: list[GroupSummary], caught: list[warnings.WarningMessage]) -> str:
-    """Unfinished seeds and the analysis's warnings (cut seeds, dropped rows, split groups), for summary.md."""
+def curve_notes(summaries: list[GroupSummary], caught: list[warnings.WarningMessage],
+                skipped: list[str] = ()) -> str:
+    """Unfinished seeds, the analysis's warnings (cut seeds, dropped rows, split groups, tasks left out
+    of the aggregates) and the run dirs skipped while loading (each with its reason), for summary.md."""
     unfinished = [f"{s.task} / {s.method}: seeds {s.unfinished}" for s in summaries if s.unfinished]
     text = ""
     if unfinished:
         text += "\nUnfinished (curves end at the frames all seeds reached): " + "; ".join(unfinished) + "\n"
     if caught:
         text += "\nWarnings:\n\n" + "".join(f"- {w.message}\n" for w in caught)
+    if skipped:
+        text += "\nSkipped runs (not in the curves or the table):\n\n" + "".join(f"- {p}\n" for p in skipped)
     return text
+
+
+def positive_int(text: str) -> int:
+    """argparse type of --reps: a whole number >= 1 (0 or fewer resamples give no interval)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def report(problems: list[str], caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    """Print skipped run dirs and the analysis's warnings to stderr; show other warnings as Python
+    would. Returns the CurveWarnings (for summary.md)."""
+    for problem in problems:
+        print(f"[plot] skipped: {problem}", file=sys.stderr)
+    for w in caught:
+        if not issubclass(w.category, CurveWarning):  # not ours: shown as Python would have
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    ours = [w for w in caught if issubclass(w.category, CurveWarning)]
+    for w in ours:
+        print(f"[plot] warning: {w.message}", file=sys.stderr)
+    return ours
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,39 +268,36 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="run dirs or sweep dirs (searched for eval.csv)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first path>/plots)")
-    parser.add_argument("--reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap resamples per interval")
+    parser.add_argument("--reps", type=positive_int, default=BOOTSTRAP_REPS,
+                        help="bootstrap resamples per interval (at least 1)")
     parser.add_argument("--no-reference", action="store_true", help="leave published reference curves out")
     args = parser.parse_args(argv)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CurveWarning)
+    out = args.out or Path(args.paths[0]) / "plots"
+    problems: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CurveWarning)
+        try:
             runs, problems = load_runs(args.paths)
-            summaries = summarize(group_runs(runs), reps=args.reps) if runs else []
-    except (RunDirError, FileNotFoundError) as e:
-        print(f"[plot] error: {e}", file=sys.stderr)
-        return 1
-    for problem in problems:
-        print(f"[plot] skipped: {problem}", file=sys.stderr)
-    for w in caught:
-        if not issubclass(w.category, CurveWarning):  # not ours: shown as Python would have
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    caught = [w for w in caught if issubclass(w.category, CurveWarning)]
-    for w in caught:
-        print(f"[plot] warning: {w.message}", file=sys.stderr)
+            if runs:  # every estimate and figure; ValueError (RunDirError too): data that cannot be compared
+                summaries = summarize(group_runs(runs), reps=args.reps)
+                aggregates = aggregate_methods(summaries, reps=args.reps)
+                out.mkdir(parents=True, exist_ok=True)
+                colors = method_colors([s.method for s in summaries])
+                written = [plot_suite(suite, [s for s in summaries if s.suite == suite], colors, out,
+                                      not args.no_reference) for suite in sorted({s.suite for s in summaries})]
+                written.append(plot_aggregate(summaries, aggregates, colors, out, args.reps, not args.no_reference))
+        except (ValueError, FileNotFoundError) as e:
+            report(problems, caught)
+            print(f"[plot] error: {e}", file=sys.stderr)
+            return 1
+    caught = report(problems, caught)
     if not runs:
         print(f"[plot] error: no readable run (a dir with eval.csv and .hydra/config.yaml) under "
               f"{', '.join(args.paths)}", file=sys.stderr)
         return 1
-    aggregates = aggregate_methods(summaries, reps=args.reps)
-    out = args.out or Path(args.paths[0]) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    colors = method_colors([s.method for s in summaries])
-    written = [plot_suite(suite, [s for s in summaries if s.suite == suite], colors, out, not args.no_reference)
-               for suite in sorted({s.suite for s in summaries})]
-    written.append(plot_aggregate(summaries, aggregates, colors, out, args.reps, not args.no_reference))
     table = markdown_table(summaries, aggregates)
     text = f"# Benchmark summary\n\nRuns: {len(runs)} from {', '.join(map(str, args.paths))}\n\n{table}"
-    text += curve_notes(summaries, caught)
+    text += curve_notes(summaries, caught, problems)
     refs = reference_table(summaries) if not args.no_reference else ""
     if refs:
         text += f"\n## Published references ({ref.GUIDE_NOTE})\n\n{refs}"

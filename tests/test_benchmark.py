@@ -193,16 +193,52 @@ def test_load_group_summarize(hand_made_runs):
     assert walker.normalized_at(int(walker.frame[-1])).tolist() == pytest.approx([0.7, 0.9])
 
     # Methods are compared at the same budget per task: MBPO's plate_slide curve ends at 1000 (its
-    # unfinished seed), so DrQ-v2's plate_slide finals are read there too, with a warning.
-    with pytest.warns(curves.CurveWarning, match=r"metaworld/plate_slide / DrQ-v2 \(ours\) \(frame 2000 > 1000\)"):
+    # unfinished seed), so DrQ-v2's plate_slide finals are read there too, with a warning. And on the
+    # same tasks: MBPO has no walker_walk, so DrQ-v2's walker_walk is left out of the aggregates.
+    with pytest.warns(curves.CurveWarning) as record:
         aggs = {a.method: a for a in curves.aggregate_methods(list(by_key.values()), reps=500)}
+    messages = " | ".join(str(w.message) for w in record)
+    assert "metaworld/plate_slide / DrQ-v2 (ours) (frame 2000 > 1000)" in messages
+    assert "left out: dmc/walker_walk / DrQ-v2 (ours)" in messages
     drq_agg = aggs["DrQ-v2 (ours)"]
-    assert drq_agg.tasks == ["dmc/walker_walk", "metaworld/hammer", "metaworld/plate_slide"] and drq_agg.runs == 6
-    assert drq_agg.frames == {"dmc/walker_walk": 500000, "metaworld/hammer": 2000, "metaworld/plate_slide": 1000}
-    pooled = np.array([0.7, 0.9, 0.0, 0.2, 0.2, 0.4])  # normalized finals: walker /1000, hammer, plate_slide@1000
+    assert drq_agg.tasks == ["metaworld/hammer", "metaworld/plate_slide"] and drq_agg.runs == 4
+    assert drq_agg.frames == {"metaworld/hammer": 2000, "metaworld/plate_slide": 1000}
+    assert drq_agg.left_out == ["dmc/walker_walk / DrQ-v2 (ours)"]
+    pooled = np.array([0.0, 0.2, 0.2, 0.4])  # normalized finals: hammer, plate_slide@1000
     assert drq_agg.metrics["Mean"][0] == pytest.approx(pooled.mean())
-    assert drq_agg.metrics["IQM"][0] == pytest.approx(0.375)  # sorted 0 .2 .2 .4 .7 .9: cut int(1.5) = 1 each end
+    assert drq_agg.metrics["IQM"][0] == pytest.approx(0.2)  # sorted 0 .2 .2 .4: cut int(1) = 1 each end
     assert drq_agg.metrics["IQM"][1] <= drq_agg.metrics["IQM"][0] <= drq_agg.metrics["IQM"][2]
+    assert aggs["MBPO + iVideoGPT (ours)"].tasks == drq_agg.tasks
+
+
+def test_aggregates_compare_methods_on_the_tasks_all_of_them_have(tmp_path, capsys):
+    """A method run only on an easy task must not outrank one run on it and a hard one: the
+    aggregates use the shared task only, and the summary names the curve left out."""
+    frames = [0, 1000, 2000]
+    for seed in (1, 2, 3):
+        make_run(tmp_path, "metaworld", "plate-slide-v3", "none", seed, frames, [0.0, 0.8, 0.9])
+        make_run(tmp_path, "metaworld", "hammer-v3", "none", seed, frames, [0.0, 0.1, 0.1])
+        make_run(tmp_path, "metaworld", "plate-slide-v3", "ivideogpt", seed, frames, [0.0, 0.5, 0.6])
+    runs, _ = curves.load_runs([tmp_path])
+    summaries = curves.summarize(curves.group_runs(runs), reps=100)
+    with pytest.warns(curves.CurveWarning, match=r"only the 1 task\(s\) every method has \(metaworld/plate_slide\); "
+                                                 r"left out: metaworld/hammer / DrQ-v2 \(ours\)"):
+        aggs = {a.method: a for a in curves.aggregate_methods(summaries, reps=100)}
+    assert aggs["DrQ-v2 (ours)"].metrics["Mean"][0] == pytest.approx(0.9)  # not (0.9 + 0.1) / 2 = 0.5 < 0.6
+    assert aggs["MBPO + iVideoGPT (ours)"].metrics["Mean"][0] == pytest.approx(0.6)
+    assert plot_curves.main([str(tmp_path), "--out", str(tmp_path / "plots"), "--reps", "50"]) == 0
+    summary = (tmp_path / "plots" / "summary.md").read_text()
+    assert "Aggregates over the 1 task(s) every method has" in summary
+    assert "Left out, as not every method has the task: metaworld/hammer / DrQ-v2 (ours)." in summary
+    assert "| DrQ-v2 (ours) | 1 | 3 | 0.90 [" in summary
+
+    # No task shared at all: a clear error, no figures of meaningless comparisons.
+    make_run(tmp_path / "apart", "metaworld", "hammer-v3", "none", 1, frames, [0.0, 0.1, 0.1])
+    make_run(tmp_path / "apart", "metaworld", "plate-slide-v3", "ivideogpt", 1, frames, [0.0, 0.5, 0.6])
+    capsys.readouterr()
+    assert plot_curves.main([str(tmp_path / "apart"), "--reps", "50"]) == 1
+    err = capsys.readouterr().err
+    assert "[plot] error: no task was run by every method" in err and "Traceback" not in err
 
 
 def test_runs_with_other_settings_get_their_own_curve(tmp_path):
@@ -254,11 +290,63 @@ def test_plot_curves_writes_figures_and_a_matching_table(hand_made_runs, tmp_pat
     assert rows["metaworld/plate_slide", "MBPO + iVideoGPT (ours)"][3] == "3 (1 unfinished)"
     assert rows["dmc/walker_walk", "DrQ-v2 (ours)"][5] == "800.0 [700.0, 900.0]"
     # The aggregate rows and the published references (labelled as a guide) are in the summary.
-    assert "| DrQ-v2 (ours) | 3 | 6 | 0.38 [" in table  # IQM, plate_slide read at 1000 like MBPO's
+    assert "| DrQ-v2 (ours) | 2 | 4 | 0.20 [" in table  # IQM of the tasks MBPO has too, plate_slide read at 1000
     assert reference.GUIDE_NOTE in table
     assert "| metaworld/hammer | TD-MPC2 (published, state, success at last step) | state | 3 |" in table
     assert "DrQ-v2 (published, pixels 84px) | pixels | 10 | 722.30 (frame 500000)" in table
     assert "Unfinished" in table and "skipped" in capsys.readouterr().err
+    # The run dir skipped while loading is listed with its reason, not only printed.
+    skipped = table.split("Skipped runs", 1)[1].split("\n\n#", 1)[0]
+    assert f"- {hand_made_runs / 'broken'}: no .hydra/config.yaml" in skipped
+
+
+@pytest.mark.filterwarnings("ignore::mbrl.analysis.curves.CurveWarning")
+def test_plots_draw_every_curve_where_it_belongs(hand_made_runs, tmp_path, monkeypatch):
+    """What the figures hold, read back from their axes: every method in every task panel, the
+    published curves at their own frames, every method's curve over tasks, and each method's
+    performance profile of the final scores (at the frame all methods reached on each task)."""
+    figures: dict[str, dict[str, object]] = {}
+    save = plot_curves.save_figure
+
+    def keep_axes(fig, path):
+        figures[path.name] = {ax.get_title(): ax for ax in fig.axes}
+        save(fig, path)
+
+    monkeypatch.setattr(plot_curves, "save_figure", keep_axes)
+    assert plot_curves.main([str(hand_made_runs), "--out", str(tmp_path / "plots"), "--reps", "100"]) == 0
+
+    def lines(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {line.get_label(): (np.asarray(line.get_xdata()), np.asarray(line.get_ydata()))
+                for line in ax.get_lines()}
+
+    runs, _ = curves.load_runs([hand_made_runs])
+    summaries = curves.summarize(curves.group_runs(runs), reps=100)
+    for s in summaries:
+        drawn = lines(figures[f"curves_{s.suite}.png"][s.task.split("/", 1)[1]])
+        x, y = drawn[f"{s.method}, {len(s.seeds)} seeds"]
+        assert x.tolist() == s.frame.tolist() and y == pytest.approx(s.mean)
+    walker = lines(figures["curves_dmc.png"]["walker_walk"])
+    published = reference.reference_curves("dmc/walker_walk")
+    assert published
+    for curve in published:
+        keep = curve.frame <= 500000
+        x, y = walker[f"{curve.label}, {curve.seeds} seeds"]
+        assert x.tolist() == curve.frame[keep].tolist() and y == pytest.approx(curve.mean[keep])
+
+    aggregate = figures["aggregate.png"]
+    over_tasks = lines(aggregate["mean normalized score over tasks"])
+    profiles = lines(aggregate["performance profile (final score)"])
+    shared = [s for s in summaries if s.task != "dmc/walker_walk"]  # the tasks both methods have
+    finals = {"metaworld/hammer": 2000, "metaworld/plate_slide": 1000}
+    methods = sorted({s.method for s in summaries})
+    assert len(methods) == 2 and sorted(over_tasks) == methods and sorted(profiles) == methods
+    for method in methods:
+        mine = [s for s in shared if s.method == method]
+        frame, point, _, _ = curves.aggregate_curve(mine, reps=10)
+        assert over_tasks[method][0].tolist() == frame.tolist() and over_tasks[method][1] == pytest.approx(point)
+        profile = curves.performance_profile([s.normalized_at(finals[s.task]) for s in mine],
+                                             plot_curves.PROFILE_TAUS, reps=10)[0]
+        assert profiles[method][1] == pytest.approx(profile) and profile.max() > 0  # frame-0 scores are all 0
 
 
 def test_aggregate_read_offs_only_for_the_papers_six_tasks(tmp_path, monkeypatch, capsys):
@@ -299,6 +387,50 @@ def test_plot_curves_bad_input_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert plot_curves.main([str(tmp_path / "empty")]) == 1
     assert "no readable run" in capsys.readouterr().err
+
+    # A method evaluated only after the other's curve ends on the task: nothing to compare there.
+    make_run(tmp_path / "late", "metaworld", "plate-slide-v3", "none", 1, [8000], [0.7])
+    make_run(tmp_path / "late", "metaworld", "plate-slide-v3", "ivideogpt", 1, [0, 2000, 4000], [0.0, 0.2, 0.4],
+             num_train_frames=8000)
+    assert plot_curves.main([str(tmp_path / "late"), "--reps", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "[plot] error: these curves start after the last frame all methods reached" in err
+    assert "metaworld/plate_slide / DrQ-v2 (ours) (first eval at frame 8000)" in err and "Traceback" not in err
+    # One method's tasks share no frame range: no curve over tasks.
+    make_run(tmp_path / "apart", "metaworld", "plate-slide-v3", "none", 1, [0, 1000], [0.0, 0.2])
+    make_run(tmp_path / "apart", "metaworld", "hammer-v3", "none", 1, [5000, 6000], [0.0, 0.2])
+    assert plot_curves.main([str(tmp_path / "apart"), "--reps", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "[plot] error: DrQ-v2 (ours): no curve over tasks: the curves share no frame range" in err
+    for reps, why in (("0", "0: must be at least 1"), ("-5", "-5: must be at least 1"), ("x", "'x' is not a whole")):
+        with pytest.raises(SystemExit) as exit_:
+            plot_curves.main([str(tmp_path / "apart"), "--reps", reps])
+        assert exit_.value.code == 2 and f"argument --reps: {why}" in capsys.readouterr().err
+
+
+def test_late_first_evals_are_named(tmp_path, capsys):
+    """A seed evaluated only at the end (eval_every_frames=0) makes its group's curve and AUC start
+    there: a warning names it, in summary.md too; the same for a task cutting a curve over tasks."""
+    frames = [0, 2000, 4000, 6000, 8000]
+    make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 1, frames, [0.0, 0.2, 0.4, 0.6, 0.8])
+    make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 2, frames, [0.0, 0.1, 0.3, 0.5, 0.7])
+    make_run(tmp_path, "metaworld", "plate-slide-v3", "none", 3, [8000], [0.9])
+    runs, _ = curves.load_runs([tmp_path])
+    with pytest.warns(curves.CurveWarning, match=r"curve and its AUC start at frame 8000.*not 0: seed\(s\) \[3\] "
+                                                 r"were first evaluated at frame\(s\) \[8000\]"):
+        (s,) = curves.summarize(curves.group_runs(runs), reps=20)
+    assert s.late == {3: 8000} and s.frame.tolist() == [8000]
+    assert plot_curves.main([str(tmp_path), "--out", str(tmp_path / "plots"), "--reps", "20"]) == 0
+    assert "seed(s) [3] were first evaluated at frame(s) [8000]" in (tmp_path / "plots" / "summary.md").read_text()
+
+    make_run(tmp_path / "tasks", "metaworld", "plate-slide-v3", "none", 1, [0, 1000, 2000], [0.0, 0.5, 1.0])
+    make_run(tmp_path / "tasks", "metaworld", "hammer-v3", "none", 1, [1000, 2000], [0.0, 0.5])
+    runs, _ = curves.load_runs([tmp_path / "tasks"])
+    summaries = curves.summarize(curves.group_runs(runs), reps=20)
+    with pytest.warns(curves.CurveWarning, match=r"curve over tasks starts at frame 1000.*start late: "
+                                                 r"metaworld/hammer \(frame 1000\)"):
+        frame, _, _, _ = curves.aggregate_curve(summaries, reps=20)
+    assert frame.tolist() == [1000, 2000]
 
 
 def test_reference_data():
@@ -458,3 +590,44 @@ def test_benchmark_dry_run_and_bad_input(tmp_path, capsys):
     assert benchmark.last_eval_frame(damaged) == 0
     assert benchmark.main(["smoke", "--", "agent.not_a_key=1"]) == 1
     assert "not_a_key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--", "seed=5"], "seed=5 (after --): the benchmark sets seed itself; choose seeds with seeds=[...]"),
+    (["--", "task=metaworld/hammer"], "sets task itself; choose tasks with tasks=[...]"),
+    (["--", "world_model=ivideogpt"], "sets world_model itself; choose methods with methods=[...]"),
+    (["--", "~resume"], "sets resume itself; every run is launched with resume=true"),
+    (["--", "resume=false"], "sets resume itself"),
+    (["--", "+hydra.sweep.dir=/elsewhere"], "sets hydra.sweep.dir itself; runs live in <root>/<name>/"),
+    (["--", "hydra.run.dir=x"], "sets hydra.run.dir itself"),
+    (["--", "preset=reference"], "sets preset itself; choose the preset with preset=<name>"),
+    (['overrides=["demo=true","seed=3"]'], "seed=3 (in the grid's overrides: ['demo=true', 'seed=3']): the benchmark "
+                                           "sets seed itself"),
+])
+def test_benchmark_refuses_overrides_of_the_keys_it_sets(tmp_path, capsys, args, message):
+    """Hydra keeps an override's last value: one after `--` (or in the grid's overrides) would silently
+    replace the grid's tasks, methods, seeds, resume=true or run dirs."""
+    assert benchmark.main(["smoke", f"root={tmp_path}", "dry_run=true", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("[benchmark] error: ") and message in err and err.count("\n") == 1
+    grid = benchmark.load_grid("smoke", [])
+    assert benchmark.run_overrides(grid, ["task.episode_length=10", "agent.lr=0.1"])[-2:] == [
+        "task.episode_length=10", "agent.lr=0.1"]  # keys inside a task or the agent are the user's
+
+
+def test_benchmark_does_not_launch_while_its_runs_are_training(tmp_path, capsys):
+    """Launching the grid again while a run trains would put a second trainer on its run dir."""
+    from mbrl.run_lock import lock_run_dir
+
+    grid = benchmark.load_grid("smoke", [f"root={tmp_path}"])
+    overrides = benchmark.run_overrides(grid, [])
+    cells = benchmark.grid_cells(grid, (tmp_path / grid.name).resolve(), overrides)
+    held = lock_run_dir(cells[0].run_dir)  # as its trainer does
+    try:
+        assert benchmark.main(["smoke", f"root={tmp_path}", "dry_run=true"]) == 0
+        assert "training now (0 frames evaluated)" in capsys.readouterr().out
+        assert benchmark.main(["smoke", f"root={tmp_path}"]) == 1
+        assert "1 runs of this grid are training now" in capsys.readouterr().err
+    finally:
+        held.close()
+    assert not (tmp_path / grid.name / "benchmark.yaml").exists()  # nothing launched or written

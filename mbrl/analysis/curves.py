@@ -26,7 +26,13 @@ the preset and the differing keys (a warning says so). ``num_train_frames`` only
 stops (nothing in the trainer reads it otherwise), so a run extended to more frames still pools
 with the others: the group's curve ends where its shortest seed ends, and a warning names the seeds
 cut. Seeds evaluated at different frames are aligned on the merged eval frames inside the range all
-seeds cover, each seed contributing its latest eval at or before each frame.
+seeds cover, each seed contributing its latest eval at or before each frame; a seed whose first eval
+comes late (e.g. one run with ``eval_every_frames=0``) makes the curve and its AUC start there, and a
+warning names it.
+
+Cross-method aggregates (IQM, Mean, Median, optimality gap, the aggregate curve and the performance
+profile) use only the tasks every compared method has: a method run on easier tasks only would
+otherwise rank above one run on all of them. A warning names the (task, method) curves left out.
 
 A run dir is what ``mbrl/train_mbpo.py`` writes: ``eval.csv`` (columns frame, episode_reward,
 success, ...) and ``.hydra/config.yaml`` (task.suite, task.name, world_model.name, seed, ...).
@@ -465,6 +471,7 @@ class GroupSummary:
     final: tuple[float, float, float]  # mean, low, high of the last common eval
     auc: tuple[float, float, float]  # mean, low, high of normalized_auc
     cut: dict[int, int] = field(default_factory=dict)  # seed -> its last eval frame, for seeds beyond frame[-1]
+    late: dict[int, int] = field(default_factory=dict)  # seed -> its first eval frame, for seeds starting late
 
     def normalized_at(self, frame: int) -> np.ndarray:
         """Each seed's score at ``frame`` (its latest eval at or before it) in [0, 1]: success, or
@@ -478,10 +485,17 @@ class GroupSummary:
 def common_final_frames(summaries: Sequence[GroupSummary]) -> dict[str, int]:
     """Per task, the last frame all its methods' curves reached: where the cross-method aggregates
     read that task's final scores, so that no method is scored at a larger budget than another on
-    the same task (tasks keep their own budgets). A warning names the curves that went further."""
+    the same task (tasks keep their own budgets). A warning names the curves that went further;
+    ValueError if a curve starts after that frame (nothing of it could be read there)."""
     frames: dict[str, int] = {}
     for s in summaries:
         frames[s.task] = min(frames.get(s.task, int(s.frame[-1])), int(s.frame[-1]))
+    apart = sorted(f"{s.task} / {s.method} (first eval at frame {int(s.frame[0])})"
+                   for s in summaries if s.frame[0] > frames[s.task])
+    if apart:
+        raise ValueError(f"these curves start after the last frame all methods reached on their task, so the "
+                         f"methods cannot be compared there: {', '.join(apart)}; run them with evals from the "
+                         "start (eval_every_frames > 0), or leave them out of the paths")
     ahead = sorted(f"{s.task} / {s.method} (frame {int(s.frame[-1])} > {frames[s.task]})"
                    for s in summaries if s.frame[-1] > frames[s.task])
     if ahead:
@@ -504,12 +518,20 @@ def summarize(groups: dict[tuple[str, str], list[RunCurve]], reps: int = BOOTSTR
             warnings.warn(f"{task} / {method}: the curve ends at frame {int(frame[-1])}, the last frame all "
                           f"{len(runs)} seeds reached; seed(s) {sorted(cut)} went on to frame(s) "
                           f"{[cut[s] for s in sorted(cut)]}", CurveWarning, stacklevel=2)
+        earliest = min(int(r.frame[0]) for r in runs)
+        late = {r.seed: int(r.frame[0]) for r in runs if r.frame[0] > earliest}
+        if late:
+            warnings.warn(f"{task} / {method}: the curve and its AUC start at frame {int(frame[0])}, the first frame "
+                          f"all {len(runs)} seeds evaluated at, not {earliest}: seed(s) {sorted(late)} were first "
+                          f"evaluated at frame(s) {[late[s] for s in sorted(late)]} (e.g. run with "
+                          "eval_every_frames=0); leave those run dirs out of the paths to plot the whole curve",
+                          CurveWarning, stacklevel=2)
         out.append(GroupSummary(
             task=task, suite=runs[0].suite, method=method, seeds=[r.seed for r in runs],
             unfinished=[r.seed for r in runs if not r.finished], frame=frame, scores=scores,
             mean=mean, low=low, high=high,
             final=(float(mean[-1]), float(low[-1]), float(high[-1])),
-            auc=tuple(float(v[0]) for v in auc), cut=cut))
+            auc=tuple(float(v[0]) for v in auc), cut=cut, late=late))
     return out
 
 
@@ -522,19 +544,40 @@ class MethodAggregate:
     runs: int
     frames: dict[str, int]  # task -> where its final scores are read (common_final_frames of the compared methods)
     metrics: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # name -> point, low, high
+    left_out: list[str] = field(default_factory=list)  # "task / method" curves outside the shared tasks (all methods)
+
+
+def shared_tasks(summaries: Sequence[GroupSummary]) -> tuple[list[GroupSummary], list[str]]:
+    """The curves of the tasks every method has, and the "task / method" curves left out (with a
+    CurveWarning naming them). Cross-method aggregates over different task sets would rank a method
+    run only on easy tasks above one run on all of them. ValueError if no task is shared."""
+    methods = sorted({s.method for s in summaries})
+    shared = set.intersection(*({s.task for s in summaries if s.method == m} for m in methods)) if methods else set()
+    kept = [s for s in summaries if s.task in shared]
+    left_out = sorted(f"{s.task} / {s.method}" for s in summaries if s.task not in shared)
+    if not shared and summaries:
+        raise ValueError(f"no task was run by every method ({', '.join(methods)}), so they cannot be compared "
+                         "across tasks; plot each method's runs separately, or run the missing tasks")
+    if left_out:
+        warnings.warn(f"the aggregates across tasks use only the {len(shared)} task(s) every method has "
+                      f"({', '.join(sorted(shared))}); left out: {', '.join(left_out)}", CurveWarning, stacklevel=2)
+    return kept, left_out
 
 
 def aggregate_methods(summaries: Sequence[GroupSummary], reps: int = BOOTSTRAP_REPS,
                       confidence: float = CONFIDENCE, seed: int = 0) -> list[MethodAggregate]:
-    """IQM, mean, median and optimality gap over all tasks of each method (final scores in [0, 1],
-    each task's read at ``common_final_frames``; ``AGGREGATES`` says which weigh tasks and which weigh runs)."""
+    """IQM, mean, median and optimality gap over the tasks every method has (``shared_tasks``) of each
+    method (final scores in [0, 1], each task's read at ``common_final_frames``; ``AGGREGATES`` says
+    which weigh tasks and which weigh runs)."""
     rng = np.random.default_rng(seed)
+    summaries, left_out = shared_tasks(summaries)
     frames = common_final_frames(summaries)
     out = []
     for method in sorted({s.method for s in summaries}):
         mine = [s for s in summaries if s.method == method]
         per_task = [s.normalized_at(frames[s.task]) for s in mine]
-        agg = MethodAggregate(method, [s.task for s in mine], sum(len(x) for x in per_task), frames)
+        agg = MethodAggregate(method, [s.task for s in mine], sum(len(x) for x in per_task), frames,
+                              left_out=left_out)
         for name, fn in AGGREGATES.items():
             point, low, high = stratified_bootstrap(per_task, fn, reps, confidence, rng)
             agg.metrics[name] = (float(point), float(low), float(high))
@@ -547,13 +590,24 @@ def aggregate_curve(summaries: Sequence[GroupSummary], statistic: TaskStatistic 
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One method's normalized score over frames across its tasks (by default the mean over tasks of
     each task's seed mean), on the tasks' ``common_grid``: returns frame [F], point, low, high [F].
-    iVideoGPT's "aggregated success" is this Mean. It ends where the shortest task's curve ends (a
-    warning names the tasks cut)."""
-    frame = common_grid([s.frame for s in summaries])
+    iVideoGPT's "aggregated success" is this Mean. It starts where the latest-starting task's curve
+    starts and ends where the shortest ends (warnings name the tasks cut). ValueError if the tasks'
+    curves share no frame range."""
+    try:
+        frame = common_grid([s.frame for s in summaries])
+    except ValueError as e:
+        raise ValueError(f"{summaries[0].method}: no curve over tasks: {e} "
+                         f"({', '.join(f'{s.task} {int(s.frame[0])}-{int(s.frame[-1])}' for s in summaries)})"
+                         ) from None
     cut = sorted(f"{s.task} (frame {int(s.frame[-1])})" for s in summaries if s.frame[-1] > frame[-1])
     if cut:
         warnings.warn(f"{summaries[0].method}: the curve over tasks ends at frame {int(frame[-1])}, the last frame "
                       f"all its tasks reached; cut: {', '.join(cut)}", CurveWarning, stacklevel=2)
+    earliest = min(int(s.frame[0]) for s in summaries)
+    late = sorted(f"{s.task} (frame {int(s.frame[0])})" for s in summaries if s.frame[0] > earliest)
+    if late:
+        warnings.warn(f"{summaries[0].method}: the curve over tasks starts at frame {int(frame[0])}, the first frame "
+                      f"all its tasks' curves have; these start late: {', '.join(late)}", CurveWarning, stacklevel=2)
     per_task = [latest_at(s.frame, s.scores, frame) / normalizer(s.suite) for s in summaries]  # [S_t, F]
     point, low, high = stratified_bootstrap(per_task, statistic, reps, confidence, np.random.default_rng(seed))
     return frame, point, low, high
@@ -577,10 +631,13 @@ def markdown_table(summaries: Sequence[GroupSummary], aggregates: Sequence[Metho
     if aggregates:
         names = list(AGGREGATES)
         at = ", ".join(f"{task} {frame}" for task, frame in sorted(aggregates[0].frames.items()))
-        lines += ["", f"Aggregates over tasks of the normalized score at the last frame all methods reached on "
-                      f"each task ({at}; {pct} stratified-bootstrap CIs; "
+        left_out = (f" Left out, as not every method has the task: {', '.join(aggregates[0].left_out)}."
+                    if aggregates[0].left_out else "")
+        lines += ["", f"Aggregates over the {len(aggregates[0].frames)} task(s) every method has, of the normalized "
+                      f"score at the last frame all methods reached on each task ({at}; {pct} stratified-bootstrap "
+                      "CIs; "
                       "success rate, or DMC return / 1000; Mean, Median and Optimality gap weigh each task "
-                      "the same, IQM pools all runs):", "",
+                      f"the same, IQM pools all runs).{left_out}", "",
                   "| method | tasks | runs | " + " | ".join(names) + " |",
                   "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
         for a in aggregates:
