@@ -62,8 +62,8 @@ class MBPO:
         self.update_every = dict(wm_cfg["update_every_frames"])
         unknown = set(self.update_every) - set(world_model.parts)
         if unknown:
-            raise ValueError(f"world_model.update_every_frames names {sorted(unknown)}, but this world model "
-                             f"trains the parts {list(world_model.parts)}")
+            raise WorldModelConfigError(f"world_model.update_every_frames names {sorted(unknown)}, but this world "
+                                        f"model trains the parts {list(world_model.parts)}; list only those.")
         self.wm_batch_size = int(wm_cfg["batch_size"])
         self.segment_length = int(wm_cfg["segment_length"])
         # Refused now, not after the first world-model updates.

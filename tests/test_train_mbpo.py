@@ -464,3 +464,10 @@ def test_a_second_trainer_in_a_run_dir_that_is_training_is_refused(tmp_path):
     first.train()  # ends with close(), which releases the run dir
     assert not run_dir_in_use(run)
     make_trainer(run, *no_mbpo, "num_train_frames=60", "resume=true").train()
+
+
+def test_an_update_schedule_for_a_part_the_world_model_lacks_is_one_clear_error(tmp_path):
+    from worldmodel.interface import WorldModelConfigError
+
+    with pytest.raises(WorldModelConfigError, match=r"names \['diffusion'\], but this world model trains the parts"):
+        make_trainer(tmp_path / "run", "world_model=ivideogpt", "+world_model.update_every_frames.diffusion=40")
