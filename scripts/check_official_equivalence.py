@@ -9,6 +9,15 @@ with status 1 if any exceeds ``--tolerance`` (token ids must match exactly):
 
     python scripts/check_official_equivalence.py --official-repo ~/src/iVideoGPT
 
+``--write-fixture DIR`` instead writes the committed test fixture (tests/fixtures/ivideogpt_official,
+read by tests/test_import_ivideogpt.py, so that the default test run compares against the official
+code without a checkout): such a model's official config.json files and official tensor names and
+shapes (its weight values are given by ``fixture_weights``), fixed frames and actions, and the official
+outputs for them, with the official commit and this command in fixture.json:
+
+    python scripts/check_official_equivalence.py --official-repo ~/src/iVideoGPT \
+        --write-fixture tests/fixtures/ivideogpt_official
+
 The weights the official code starts at zero (position embeddings, action and reward heads) or
 near zero (codebooks) are drawn at random, so that every part shapes the outputs.
 
@@ -19,7 +28,10 @@ and imagination samples only future codes. See worldmodel/ivideogpt/model.py.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import subprocess
 import sys
 import tempfile
 import types
@@ -49,6 +61,14 @@ DECODER_OUT_SCALE = 0.1  # shrinks the random decoders' output convolutions (see
 LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4,
          "num_hidden_layers": 2, "vocab_size": 64 + 32 + 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-6,
          "tie_word_embeddings": False}
+# The committed test fixture (--write-fixture): the models above with smaller codebooks (still of different
+# sizes, which catches swaps) and one segment. Even the narrowest official structure holds ~0.5M weights (the
+# official cross-attention norms have 32 groups), too many to commit: the fixture stores each official
+# tensor's name, shape, mean and spread, and its values come from fixture_weights, exactly on any platform.
+FIXTURE_TOKENIZER = {**TOKENIZER, "num_vq_embeddings": 16, "num_dyn_embeddings": 8}
+FIXTURE_LLAMA = {**LLAMA, "vocab_size": 16 + 8 + 2}
+FIXTURE_BATCH = 1
+_PRIME = 2 ** 31 - 1
 
 
 def import_official_classes(repo: Path) -> tuple[type, type]:
@@ -69,10 +89,11 @@ def import_official_classes(repo: Path) -> tuple[type, type]:
 
 
 @torch.no_grad()
-def official_models(tokenizer_cls: type, head_cls: type, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+def official_models(tokenizer_cls: type, head_cls: type, seed: int, tokenizer_config: dict = TOKENIZER,
+                    llama_config: dict = LLAMA) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    tokenizer = tokenizer_cls(**TOKENIZER).eval()
+    tokenizer = tokenizer_cls(**tokenizer_config).eval()
     for name, p in tokenizer.named_parameters():
         if name.endswith("pos_emb"):
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
@@ -84,7 +105,7 @@ def official_models(tokenizer_cls: type, head_cls: type, seed: int) -> tuple[tor
     for decoder in (tokenizer.decoder, tokenizer.cond_decoder):
         decoder.conv_out.weight.mul_(DECODER_OUT_SCALE)
         decoder.conv_out.bias.fill_(0.5)
-    head = head_cls(LlamaForCausalLM(LlamaConfig(**LLAMA)), action_dim=ACTION_DIM,
+    head = head_cls(LlamaForCausalLM(LlamaConfig(**llama_config)), action_dim=ACTION_DIM,
                     prelude_tokens_num=(CONTEXT_TOKENS + 1) * CONTEXT - 1, tokens_num_per_dyna=FUTURE_TOKENS,
                     context=CONTEXT, segment_length=CONTEXT + FUTURE, model_type="llama",
                     reward_prediction=True).eval()
@@ -101,6 +122,95 @@ def write_official_checkpoint(tokenizer: torch.nn.Module, head: torch.nn.Module,
     (root / "transformer").mkdir(parents=True, exist_ok=True)
     head.llm.config.save_pretrained(root / "transformer")
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, root / "transformer" / "model.safetensors")
+
+
+def official_commit(repo: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def portable_uniform(n: int, stream: int) -> torch.Tensor:
+    """n numbers in [-1, 1) from an integer hash of (stream, index): int64 arithmetic, so the same on
+    every platform and torch version (unlike a seeded generator)."""
+    x = (torch.arange(n, dtype=torch.int64) + stream * 1_000_003) % _PRIME
+    for a, c in ((48271, 12345), (69621, 54321), (16807, 99991)):  # products stay below 2**63
+        x = (x * a + c) % _PRIME
+        x = (x * x + c) % _PRIME
+    return (x.double() / _PRIME * 2 - 1).float()
+
+
+def fixture_weights(spec: list[list]) -> dict[str, torch.Tensor]:
+    """The fixture's official state dict from its [name, shape, mean, std] list (fixture.json "weights")."""
+    return {name: (portable_uniform(math.prod(shape), k) * (std * math.sqrt(3)) + mean).reshape(shape)
+            for k, (name, shape, mean, std) in enumerate(spec)}
+
+
+def weights_spec(prefix: str, module: torch.nn.Module) -> list[list]:
+    """[name, shape, mean, std] of each tensor: the statistics of the official initialisation (rounded),
+    with a spread of 0.05 where it is constant (norms, zero biases), so that every tensor shapes the outputs."""
+    spec = []
+    for name, v in module.state_dict().items():
+        std = float(f"{v.double().std():.3g}") if v.numel() > 1 else 0.0
+        spec.append([prefix + name, list(v.shape), float(f"{v.double().mean():.3g}"), std if std > 0 else 0.05])
+    return spec
+
+
+@torch.no_grad()
+def write_fixture(tokenizer_cls: type, head_cls: type, out: Path, seed: int, commit: str) -> None:
+    """The test fixture in ``out``: the official configs (tokenizer/, transformer/ config.json), the
+    official weights' names, shapes and statistics (fixture.json; values from fixture_weights), inputs and
+    the official outputs for them (outputs.safetensors), and what made them (fixture.json)."""
+    import diffusers
+    import transformers
+
+    tokenizer, head = official_models(tokenizer_cls, head_cls, seed, FIXTURE_TOKENIZER, FIXTURE_LLAMA)
+    spec = weights_spec("tokenizer/", tokenizer) + weights_spec("transformer/", head)
+    if any(not v.is_floating_point() for m in (tokenizer, head) for v in m.state_dict().values()):
+        raise SystemExit("the official state dicts hold non-float tensors: fixture_weights cannot make them")
+    weights = fixture_weights(spec)
+    for prefix, module in (("tokenizer/", tokenizer), ("transformer/", head)):
+        module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(FIXTURE_BATCH * (CONTEXT + FUTURE), 3, 8, 8, generator=g)  # blobs: codes vary over the frame
+    frames = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear").mul(255).round().to(
+        torch.uint8).view(FIXTURE_BATCH, CONTEXT + FUTURE, 3, SIZE, SIZE)
+    action = torch.rand(FIXTURE_BATCH, CONTEXT + FUTURE, ACTION_DIM, generator=g) * 2 - 1  # action[t] at frame t
+    ids, labels = tokenizer.tokenize(frames.float() / 255, CONTEXT)  # [B, L]
+    decoded = tokenizer.detokenize(ids, CONTEXT).mul(2).sub(1)  # [B, T, 3, H, W], not clamped
+    if decoded.abs().max() > 1:  # ours clamps: a pixel outside would hide a difference
+        raise SystemExit("decoded pixels outside [-1, 1]: pick another --seed")
+    output, reward = head(input_ids=ids, labels=labels, action=action)
+    with tempfile.TemporaryDirectory() as tmp:  # the configs exactly as the official code saves them
+        write_official_checkpoint(tokenizer, head, Path(tmp))
+        for part in ("tokenizer", "transformer"):
+            (out / part).mkdir(parents=True, exist_ok=True)
+            (out / part / "config.json").write_text((Path(tmp) / part / "config.json").read_text())
+    save_file({"frames": frames, "action": action.contiguous(), "token_ids": ids.contiguous(),
+               "decoded": decoded.contiguous(), "logits": output.logits.contiguous(),
+               "reward": reward.squeeze(-1).contiguous()}, out / "outputs.safetensors", metadata={"format": "pt"})
+    meta = {
+        "what": "a tiny official iVideoGPT (CompressiveVQModel; HeadModelWithAction around LlamaForCausalLM) with "
+                "random weights and its outputs. tokenizer/ and transformer/ hold the official config.json files; "
+                "weights lists each official tensor as [checkpoint file folder/official name, shape, mean, std], "
+                "its values given by fixture_weights in scripts/check_official_equivalence.py (mean + std * sqrt(3) "
+                "* uniform in [-1, 1) from an integer hash of (list index, element index)). outputs.safetensors "
+                "holds the inputs, frames (uint8 [B, T, 3, H, W]; the official input is frames / 255) and action "
+                "([B, T, A], action[t] taken at frame t), and the official outputs in fp32: token_ids "
+                "(CompressiveVQModel.tokenize), decoded (detokenize, mapped to [-1, 1]), logits and reward "
+                "(HeadModelWithAction.forward).",
+        "official_repository": "https://github.com/thuml/iVideoGPT", "official_commit": commit,
+        "command": "python scripts/check_official_equivalence.py --official-repo <checkout of thuml/iVideoGPT at "
+                   f"official_commit> --write-fixture tests/fixtures/ivideogpt_official --seed {seed}",
+        "seed": seed, "context_frames": CONTEXT, "future_frames": FUTURE, "action_dim": ACTION_DIM,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "diffusers": diffusers.__version__},
+    }
+    text = json.dumps(meta, indent=1)[:-2]  # one line per tensor
+    text += ',\n "weights": [\n  ' + ",\n  ".join(json.dumps(entry) for entry in spec) + "\n ]\n}\n"
+    (out / "fixture.json").write_text(text)
 
 
 @torch.no_grad()
@@ -145,8 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--official-repo", type=Path, required=True, help="a checkout of thuml/iVideoGPT")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed fp32 difference")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-fixture", type=Path, metavar="DIR",
+                        help="write the test fixture (tests/fixtures/ivideogpt_official) there instead of comparing")
+    parser.add_argument("--official-commit", help="recorded in the fixture (default: the checkout's git HEAD)")
     args = parser.parse_args(argv)
-    tokenizer_cls, head_cls = import_official_classes(args.official_repo.expanduser().resolve())
+    repo = args.official_repo.expanduser().resolve()
+    tokenizer_cls, head_cls = import_official_classes(repo)
+    if args.write_fixture is not None:
+        commit = args.official_commit or official_commit(repo)
+        write_fixture(tokenizer_cls, head_cls, args.write_fixture, args.seed, commit)
+        print(f"wrote {args.write_fixture}")
+        return 0
     tokenizer, head = official_models(tokenizer_cls, head_cls, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         write_official_checkpoint(tokenizer, head, Path(tmp))

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers.models.autoencoders.vae import Decoder, Encoder
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from worldmodel.interface import WorldModelConfigError
@@ -34,6 +35,7 @@ from worldmodel.ivideogpt.official import (TOKENIZER_WEIGHTS, TRANSFORMER_WEIGHT
 from worldmodel.registry import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
+OFFICIAL_FIXTURE = REPO / "tests" / "fixtures" / "ivideogpt_official"
 ACTION_DIM = 4
 CONTEXT = 2
 FUTURE = 3
@@ -556,6 +558,39 @@ def test_outputs_equal_the_official_code_given_the_same_weights():
     result = _run_equivalence_check(Path(os.environ["IVIDEOGPT_OFFICIAL_REPO"]))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUMMARY matches the official code" in result.stdout
+
+
+def test_outputs_equal_the_stored_outputs_of_the_official_code(tmp_path):
+    """The official code's token ids, decoded frames, logits and rewards for a tiny checkpoint, stored by
+    ``scripts/check_official_equivalence.py --write-fixture`` (see its fixture.json): the checkpoint is
+    written in the official layout (official config.json files and tensor names) and imported with
+    import_official, so a layout error that only official checkpoints show (say, the order within a
+    future-token patch) fails here without a checkout of thuml/iVideoGPT."""
+    meta = json.loads((OFFICIAL_FIXTURE / "fixture.json").read_text())
+    weights = _load_script("check_official_equivalence").fixture_weights(meta["weights"])
+    for part, names in (("tokenizer", TOKENIZER_WEIGHTS), ("transformer", TRANSFORMER_WEIGHTS)):
+        (tmp_path / part).mkdir()
+        shutil.copy(OFFICIAL_FIXTURE / part / "config.json", tmp_path / part / "config.json")
+        save_file({k[len(part) + 1:]: v for k, v in weights.items() if k.startswith(part + "/")},
+                  tmp_path / part / names[0])
+    model, report = import_official(tmp_path, action_dim=meta["action_dim"], max_future_frames=meta["future_frames"])
+    assert report.loaded == len(weights) and not report.initialised and not report.dropped
+
+    official = load_file(OFFICIAL_FIXTURE / "outputs.safetensors")
+    t0, frames, action = meta["context_frames"], official["frames"], official["action"]
+    assert official["decoded"].abs().max() <= 1  # ours clamps: a pixel outside would hide a difference
+    ours = outputs(model, frames, action[:, t0 - 1:-1])  # the official takes action[t] at frame t for t >= t0 - 1
+    with torch.no_grad():
+        ids = model.layout.sequence(*model.tokenize(frames_to_unit(frames)))
+    hint = " (if fixture_weights changed, regenerate the fixture: see its fixture.json)"
+    assert torch.equal(ids, official["token_ids"]), f"{int((ids != official['token_ids']).sum())} ids differ" + hint
+    for name, got, want in (("context frames", ours["context_frames"], official["decoded"][:, :t0]),
+                            ("future frames", ours["future_frames"], official["decoded"][:, t0:]),
+                            ("logits", ours["logits"], official["logits"]),
+                            ("reward", ours["reward"], official["reward"])):
+        assert got.shape == want.shape, name
+        gap = (got - want).abs().max().item()
+        assert gap <= 1e-5, f"{name} differ from the official code's by {gap:.3g}" + hint
 
 
 def test_download_command_in_the_docstring_is_huggingface_hubs_cli():

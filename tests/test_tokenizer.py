@@ -323,6 +323,34 @@ def test_reconstruction_loss_falls_on_metaworld(metaworld_frames):
     assert end < 0.5 * start, (start, end)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_vq_loss_is_beta_times_commitment_plus_codebook_term(training):
+    """loss = beta * mse(z, sg[e]) + mse(e, sg[z]) (diffusers' VectorQuantizer, legacy=False): z gets the
+    straight-through gradient plus beta times the commitment gradient, and only the chosen codes move."""
+    beta = 0.25  # != 1, so that moving beta onto the codebook term shows
+    vq = VectorQuantizer(num_codes=5, dim=2, beta=beta).train(training)
+    codebook = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [-5.0, 5.0]])
+    with torch.no_grad():
+        vq.embedding.weight.copy_(codebook)
+    z = torch.tensor([[0.1, 0.2], [0.9, -0.1], [0.2, 0.7], [1.2, 0.3]], requires_grad=True)
+    z_q, loss, codes, _ = vq(z)
+    assert codes.tolist() == [0, 1, 2, 1]  # codes 3 and 4 unused, code 1 twice
+    e = codebook[codes]
+    torch.testing.assert_close(z_q, e)
+    sq = (z.detach() - e).pow(2).mean()  # both terms have this value
+    torch.testing.assert_close(loss, (1 + beta) * sq, rtol=1e-6, atol=0)
+
+    upstream = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0], [2.0, 1.0]])
+    (z_q * upstream).sum().add(loss).backward()
+    n = z.numel()
+    # straight-through: the upstream gradient passes to z unchanged; commitment: beta * 2 (z - e) / n
+    torch.testing.assert_close(z.grad, upstream + beta * 2 * (z.detach() - e) / n, rtol=1e-6, atol=1e-7)
+    # codebook term: 2 (e - z) / n summed into each chosen row; the unused rows get exactly nothing
+    want = torch.zeros_like(codebook).index_add_(0, codes, 2 * (e - z.detach()) / n)
+    torch.testing.assert_close(vq.embedding.weight.grad, want, rtol=1e-6, atol=1e-7)
+    assert vq.embedding.weight.grad[3:].eq(0).all()
+
+
 def test_dead_codes_are_revived():
     x = random_frames(2, T0 + 2)
     alive = 4
