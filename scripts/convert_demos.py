@@ -6,7 +6,8 @@
 LIBERO: frames resized to the task's image size (flipped upright unless task.flip_rows); the
 file must hold task.task_index's task (checked with LIBERO installed, or against libero_task=...);
 ManiSkill: each trajectory replayed in our env from its recorded states (needs the maniskill
-extra). Episodes go to demonstrations/<suite>/<task>/ unless out=... Config: cfgs/convert_demos.yaml.
+extra). Episodes go to the task's demonstration folder (mbrl.demos.demo_dir, as demo=true reads
+them) unless out=... Config: cfgs/convert_demos.yaml.
 """
 from __future__ import annotations
 

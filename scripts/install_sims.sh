@@ -121,13 +121,18 @@ install_lavapipe() {
     # lvp_icd.json is written last (after libdir.txt), so its presence means a finished install.
     if [[ -f "$icd" && -f "$libdir_file" ]]; then log "lavapipe already in $dest"; return 0; fi
     rm -f "$icd"
+    if [[ -n "${VK_ICD_FILENAMES:-}" && -f "${VK_ICD_FILENAMES%%:*}" ]]; then
+        log "using the Vulkan driver that VK_ICD_FILENAMES names ($VK_ICD_FILENAMES)"; return 0
+    fi
     local apt_dir="$SIMS/apt"
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs" "$dest"
     # The machine's own Debian mirror, with the backports suite.
     local mirror
     mirror="$(grep -hoE '^URIs: *\S+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}' || true)"
     [[ -z "$mirror" ]] && mirror="$(grep -hoE '^deb +\S+/debian/? ' /etc/apt/sources.list 2>/dev/null | head -n1 | awk '{print $2}' || true)"
-    [[ -z "$mirror" ]] && die "cannot find the Debian mirror in /etc/apt sources"
+    [[ -z "$mirror" ]] && die "cannot find a Debian mirror in /etc/apt sources: ManiSkill's software Vulkan \
+driver (lavapipe) is fetched from Debian 12's $BACKPORTS_SUITE; on another system install Mesa's lavapipe \
+(e.g. Ubuntu: apt-get install mesa-vulkan-drivers) and point VK_ICD_FILENAMES at its lvp_icd json"
     echo "deb $mirror $BACKPORTS_SUITE main" >"$apt_dir/sources.list"
     local apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
         -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o "Debug::NoLocking=1")
@@ -175,8 +180,13 @@ install_maniskill() {
     install_egl
     has_dist mani-skill 3.0.1 || pip_install "$MANISKILL_PIN"
     install_lavapipe
-    VK_ICD_FILENAMES="$SIMS/vulkan/lvp_icd.json" LD_LIBRARY_PATH="$(cat "$SIMS/vulkan/libdir.txt"):${LD_LIBRARY_PATH:-}" \
-        "$PY" -c "import mani_skill, sapien; print('mani_skill ok', mani_skill.__version__)"
+    local check="import mani_skill, sapien; print('mani_skill ok', mani_skill.__version__)"
+    if [[ -f "$SIMS/vulkan/lvp_icd.json" ]]; then
+        VK_ICD_FILENAMES="$SIMS/vulkan/lvp_icd.json" LD_LIBRARY_PATH="$(cat "$SIMS/vulkan/libdir.txt"):${LD_LIBRARY_PATH:-}" \
+            "$PY" -c "$check"
+    else  # the user's own driver (VK_ICD_FILENAMES)
+        "$PY" -c "$check"
+    fi
 }
 
 install_libero() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One-step set-up on a fresh Debian/Ubuntu machine (idempotent; fast when already done):
-#   a virtual environment in .venv (Python 3.11), torch pinned (CPU build; an unpinned torch pulls
-#   a CUDA build of several GB), this package, and the simulators with headless rendering
+# One-step set-up on a fresh Debian 12 machine (idempotent; fast when already done):
+#   a virtual environment in .venv (Python 3.11), torch pinned (CPU build, from PyTorch's CPU index
+#   unless pip's own sources have it; PyPI's Linux torch is a CUDA build of several GB), this package, and the simulators with headless rendering
 #   (scripts/install_sims.sh). Every other dependency is pinned by constraints.txt.
 #
 #   bash scripts/setup.sh                  # Meta-World + DeepMind Control (the default)
@@ -37,6 +37,7 @@ done
 [ ${#SIMS[@]} -gt 0 ] || SIMS=(metaworld dmc)
 TORCH_SPEC_GIVEN="${TORCH_SPEC:+1}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
 [ -f constraints.txt ] || die "constraints.txt is missing from $(pwd)"
 
 # ---------------------------------------------------------------- Python 3.11 and .venv
@@ -70,9 +71,21 @@ pip_install() { "$VENV_PY" -m pip install -q "$@"; }
 # ---------------------------------------------------------------- torch (first, pinned), then the package
 torch_version() { "$VENV_PY" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null; }
 TORCH_VERSION="$(torch_version || true)"
+# The build pip would pick for TORCH_SPEC from its configured sources (a local wheel, a mirror, PyPI).
+torch_candidate() {
+  "$VENV_PY" -m pip install --dry-run --no-deps -q --report - "$TORCH_SPEC" 2>/dev/null \
+    | "$VENV_PY" -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])'
+}
 if [ -z "$TORCH_VERSION" ]; then
+  TORCH_INDEX=()
+  # PyPI's Linux torch is the CUDA build (several GB): for the default pin, unless pip's own sources
+  # already offer a +cpu build (e.g. a local wheel), add PyTorch's CPU index, whose +cpu build pip then prefers.
+  if [ -z "$TORCH_SPEC_GIVEN" ] && [[ "$(uname -s)" == Linux && "$(torch_candidate || true)" != *+cpu ]]; then
+    echo "[setup] pip's sources offer no CPU build of $TORCH_SPEC: adding $TORCH_CPU_INDEX"
+    TORCH_INDEX=(--extra-index-url "$TORCH_CPU_INDEX")
+  fi
   echo "[setup] installing $TORCH_SPEC"
-  pip_install -c constraints.txt "$TORCH_SPEC"
+  pip_install -c constraints.txt ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"} "$TORCH_SPEC"
 elif [ -n "$TORCH_SPEC_GIVEN" ] && ! "$VENV_PY" - "$TORCH_SPEC" "$TORCH_VERSION" <<'EOF'
 import sys
 from pip._vendor.packaging.requirements import Requirement

@@ -631,3 +631,13 @@ def test_benchmark_does_not_launch_while_its_runs_are_training(tmp_path, capsys)
     finally:
         held.close()
     assert not (tmp_path / grid.name / "benchmark.yaml").exists()  # nothing launched or written
+
+
+def test_validation_cadence_does_not_split_curves_or_refuse_a_resume():
+    """Validation draws from its own random stream, so like eval cadence it is schedule-only."""
+    from mbrl.analysis.curves import learning_settings
+
+    base = {"agent": {"lr": 1e-4}, "mbpo": {"validate_every_episodes": 10, "validate_batch": 4, "real_ratio": 0.5}}
+    other = {"agent": {"lr": 1e-4}, "mbpo": {"validate_every_episodes": 2, "validate_batch": 8, "real_ratio": 0.5}}
+    assert learning_settings(base) == learning_settings(other)
+    assert learning_settings(base) != learning_settings({**other, "mbpo": {**other["mbpo"], "real_ratio": 0.25}})

@@ -394,6 +394,19 @@ def test_official_loop_imagines_what_the_cached_path_imagines():
     assert torch.equal(imagine(model, ctx, acts, seed=0)[0], official_rollout(model, ctx, acts)[0])
 
 
+def test_official_loop_keeps_the_context_features_of_its_full_decode(monkeypatch):
+    """As the official's first detokenize, the full decode of the context keeps the decoder's
+    context features for the future frames: they are not computed a second time."""
+    model = randomise_heads(tiny_model()).eval()
+    ctx, acts = context(2), torch.rand(2, 2, ACT) * 2 - 1
+    expected, _ = imagine(model, ctx, acts, seed=4)
+    calls = []
+    features = model.tokenizer.decoder.features
+    monkeypatch.setattr(model.tokenizer.decoder, "features", lambda *a: calls.append(1) or features(*a))
+    frames, _ = official_rollout(model, ctx, acts, torch.Generator().manual_seed(4))
+    assert calls == [] and torch.equal(frames, expected)
+
+
 def test_imagination_bench_runs_all_three_paths():
     """``scripts/bench_worldmodel.py`` at a tiny setting: every path runs and gives the cached
     path's frames, the counted work is larger on the paths that re-run the sequence, and the
@@ -408,6 +421,21 @@ def test_imagination_bench_runs_all_three_paths():
     assert 0 < work["kv-cache"] < work["re-prefill"] < work["official loop"], work
     summary = run.stdout.strip().splitlines()[-1]
     assert summary.startswith("SUMMARY kv-cache") and "the official loop" in summary and "re-prefill" in summary
+
+
+def test_bench_flop_count_includes_attention():
+    """On the CPU, ``scaled_dot_product_attention`` runs a flash kernel that ``FlopCounterMode``
+    counts as 0: the bench counts it as the same attention written with matmuls."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_worldmodel.py"
+    spec = importlib.util.spec_from_file_location("bench_worldmodel", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)
+    sdpa = bench.counted_flops(torch.nn.functional.scaled_dot_product_attention, q, k, v, is_causal=True)
+    explicit = bench.counted_flops(lambda: torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1) @ v)
+    assert sdpa == explicit == 2 * (2 * 2 * 4 * 7 * 7 * 8)
 
 
 def test_cpu_bf16_decoding_setting(monkeypatch):
@@ -521,6 +549,7 @@ def test_rollout_and_step_refuse_bad_input_before_any_work():
     ({"action_dim": 4.0}, "action_dim must be an integer >= 0"),
     ({"image_size": "32"}, "image_size must be an integer >= 1"),
     ({"image_size": 32.0}, "image_size must be an integer >= 1"),
+    ({"image_size": 84}, "latent map that patch_size .* does not tile: this tokenizer needs a multiple of"),
 ])
 def test_settings_of_the_wrong_kind_are_refused_when_the_model_is_built(kwargs, match):
     with pytest.raises(WorldModelConfigError, match=match):

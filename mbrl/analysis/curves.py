@@ -69,7 +69,9 @@ HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"  # holds the preset that was picke
 # already: runs that differ only in these share a curve. Every other key must match.
 SCHEDULE_ONLY_KEYS = ("seed", "num_train_frames", "eval_every_frames", "save_every_frames", "resume",
                       "device", "cpu_threads", "keep_freed_memory", "log", "replay.memmap", "task.name",
-                      "task.task_index")
+                      "task.task_index",
+                      # validation draws from its own random stream (mbrl/mbpo.py MBPO.validate)
+                      "mbpo.validate_every_episodes", "mbpo.validate_batch")
 
 
 class RunDirError(ValueError):

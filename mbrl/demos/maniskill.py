@@ -71,7 +71,8 @@ def numpy_conflict(numpy_version: str, mplib_version: str | None) -> str | None:
         return None
     return (f"ManiSkill's motion planner (mplib {mplib_version or '0.1'}) crashes with numpy>=2 and this venv has "
             f"numpy {numpy_version}: collect in a separate Python 3.11 venv with numpy<2 (pip install -e "
-            "'.[maniskill]' torch==2.13.0 'numpy<2' 'opencv-python<4.12'; opencv-python>=4.12, which sapien and "
+            "'.[maniskill]' torch==2.13.0 'numpy<2' 'opencv-python<4.12' --extra-index-url "
+            "https://download.pytorch.org/whl/cpu; opencv-python>=4.12, which sapien and "
             "LIBERO pull in, needs numpy>=2), or convert downloaded ManiSkill trajectories: "
             "scripts/convert_demos.py format=maniskill")
 

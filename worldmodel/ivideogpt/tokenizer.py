@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodel.interface import WorldModelConfigError
 from worldmodel.ivideogpt.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, hinge_d_loss
 from worldmodel.ivideogpt.quantizer import VectorQuantizer
 from worldmodel.ivideogpt.tokenizer_blocks import ConditionalDecoder, ConditionalEncoder, Decoder, Encoder
@@ -112,11 +113,14 @@ class CompressiveTokenizer(nn.Module):
         self.latent_channels: int = c["latent_channels"]
         latent = self.image_size // 2 ** (n_levels - 1)
         if latent * 2 ** (n_levels - 1) != self.image_size or latent % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} with {n_levels} levels gives a {latent}x{latent} "
-                             f"latent map that patch_size {self.patch_size} does not tile.")
+            step = 2 ** (n_levels - 1) * self.patch_size
+            raise WorldModelConfigError(
+                f"image_size {self.image_size} with {n_levels} levels gives a {latent}x{latent} latent map that "
+                f"patch_size {self.patch_size} does not tile: this tokenizer needs a multiple of {step} (e.g. "
+                "task.image_size=64; DMC tasks default to DrQ-v2's 84).")
         if any(ch % c["norm_num_groups"] for ch in chans + [self.latent_channels]):
-            raise ValueError(f"every channel count {chans} must be divisible by norm_num_groups "
-                             f"{c['norm_num_groups']}.")
+            raise WorldModelConfigError(f"every channel count {chans} must be divisible by norm_num_groups "
+                                        f"{c['norm_num_groups']}.")
         self.latent_size = latent
         self.context_token_shape: tuple[int, int] = (latent, latent)
         self.future_token_shape: tuple[int, int] = (latent // self.patch_size, latent // self.patch_size)
