@@ -151,10 +151,12 @@ def test_sigkill_and_rerun_resumes_exactly(tmp_path, action_free_run, finetune_r
 
 
 def test_resume_settings_refuse_learning_changes_once_a_stage_has_progress(tmp_path):
+    import json
+
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from worldmodel.training.run_settings import SETTINGS_NAME, check_resume_settings
+    from worldmodel.training.run_settings import SETTINGS_NAME, check_resume_settings, command_line_keys
 
     with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
         def config(*overrides: str) -> dict:
@@ -180,6 +182,24 @@ def test_resume_settings_refuse_learning_changes_once_a_stage_has_progress(tmp_p
         with pytest.raises(WorldModelConfigError, match="num_processes=1 .this launch: 2."):
             check_resume_settings(tmp_path, base, 2, write=True)
         check_resume_settings(tmp_path, base, 1, write=True)  # the refusals kept the run's own settings
+        # a key only this launch has: a change when its command line sets it (+key=...), else a
+        # default the code added since the run started
+        added = ["+world_model.model.tokenizer.dead_code_steps=2"]
+        with pytest.raises(WorldModelConfigError, match=re.escape("dead_code_steps=(absent) (this launch: 2)")):
+            check_resume_settings(tmp_path, config(*added), 1, write=True,
+                                  set_keys=command_line_keys(added, ["world_model_preset@world_model"]))
+        with pytest.raises(WorldModelConfigError, match="dead_code_steps"):  # command line unknown: a change
+            check_resume_settings(tmp_path, config(*added), 1, write=True)
+        check_resume_settings(tmp_path, config(*added), 1, write=False, set_keys=set())
+        # a key only the run has (a +key it started with, dropped now): a change
+        saved = json.loads((tmp_path / SETTINGS_NAME).read_text())
+        (tmp_path / SETTINGS_NAME).write_text(json.dumps({**saved, "optim.foo": "1"}))
+        with pytest.raises(WorldModelConfigError, match=re.escape("optim.foo=1 (this launch: (absent))")):
+            check_resume_settings(tmp_path, base, 1, write=False, set_keys=set())
+        (tmp_path / SETTINGS_NAME).write_text(json.dumps(saved))
+        assert command_line_keys(["+a.b=1", "++c=2", "d.e=[1,2]", "~f", "memory=window", "hydra.run.dir=x",
+                                  "world_model_preset@world_model=cpu_ivideogpt", "data=oxe_small"],
+                                 groups=["memory", "data"]) == {"a.b", "c", "d.e", "f"}
         # the transformer's steps may change until its stage starts; then they are the run's
         check_resume_settings(tmp_path, config("steps.transformer=5"), 1, write=True)
         (tmp_path / "stages" / "0-tokenizer").mkdir(parents=True)
@@ -416,7 +436,10 @@ def test_freeze_patterns():
 def test_a_crash_in_the_tokenizer_stage_resumes_exactly_with_dead_codes_revived(tmp_path):
     """The codebooks' usage counters are not weights, but they decide which codes are
     re-initialised: checkpoints keep them (``training_statistics``). The run crashes after its last
-    step, before the stage is saved: it resumes from its step-3 checkpoint."""
+    step, before the stage is saved: it resumes from its step-3 checkpoint. Two micro-batches per
+    step (the data position is steps x grad_accum), and a checkpoint between two logged rows (the
+    metric sums since the last row are in the checkpoint: the rows match the uninterrupted run's).
+    Its launches log to one wandb run (offline)."""
     driver = tmp_path / "crash_after_checkpoint.py"
     driver.write_text(
         "import runpy, sys\n"
@@ -426,21 +449,35 @@ def test_a_crash_in_the_tokenizer_stage_resumes_exactly_with_dead_codes_revived(
         "trainer.Pretrainer._finish_stage = crash_before_the_stage_is_saved\n"
         f"sys.argv[0] = {SCRIPT!r}\n"
         f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n")
-    args = ["stages=[tokenizer]", "steps.tokenizer=6", "checkpoint.every=3", "eval.every=100",
-            "+world_model.model.tokenizer.dead_code_steps=2"]
+    args = ["stages=[tokenizer]", "steps.tokenizer=6", "checkpoint.every=3", "eval.every=100", "grad_accum=2",
+            "log.every=2", "+world_model.model.tokenizer.dead_code_steps=2"]
     reference = tmp_path / "whole"
     pretrain(reference, *args)
     out = tmp_path / "crashed"
-    env = {**_env(), "PYTHONPATH": str(REPO)}
-    crashed = subprocess.run([sys.executable, str(driver), f"out={out}", *TINY, *args], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    env = {**_env(), "PYTHONPATH": str(REPO), "WANDB_SILENT": "true"}
+    crashed = subprocess.run([sys.executable, str(driver), f"out={out}", *TINY, *args, "log.wandb=offline"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert crashed.returncode == 3, crashed.stderr[-3000:]
-    rerun = pretrain(out, *args)
+    # a key dropped or added with +key=... mid-stage is a change of what is learned: refused
+    changed = subprocess.run([sys.executable, SCRIPT, f"out={out}", *TINY, *args[:-1],
+                              "+world_model.model.tokenizer.commit_beta=0.5"], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert changed.returncode == 1 and "Traceback" not in changed.stderr, changed.stderr[-3000:]
+    assert "commit_beta=(absent) (this launch: 0.5)" in changed.stderr
+    assert "dead_code_steps=2 (this launch: (absent))" in changed.stderr
+    rerun = pretrain(out, *args, "log.wandb=offline")
     assert "resuming stage tokenizer at step 3" in rerun.stdout
-    log = (reference / "logs" / "tokenizer_train.csv").read_text()
-    header, *rows = log.splitlines()
+    run_id = (out / "wandb_run_id").read_text()
+    assert sorted(d.name.rsplit("-", 1)[1] for d in (out / "wandb").glob("offline-run-*")) == [run_id, run_id]
+    header, *rows = (reference / "logs" / "tokenizer_train.csv").read_text().splitlines()
     column = header.split(",").index("ctx_dead_codes_reset")
-    assert any(float(r.split(",")[column]) > 0 for r in rows[3:])  # codes are revived after the crash point
+    assert any(float(r.split(",")[column]) > 0 for r in rows[1:])  # codes are revived after the crash point
+    timing = ("steps_per_s", "frames_per_s", "tokens_per_s")
+    logged = [{k: v for k, v in r.items() if k not in timing} for r in _csv_rows(reference / "logs" /
+                                                                                 "tokenizer_train.csv")]
+    assert [r["step"] for r in logged] == ["2", "4", "6"]
+    assert logged == [{k: v for k, v in r.items() if k not in timing}
+                      for r in _csv_rows(out / "logs" / "tokenizer_train.csv")]
     ref, got = (load_file(str(d / "model" / "model.safetensors")) for d in (reference, out))
     for key in ref:
         assert torch.equal(ref[key], got[key]), f"{key} differs from the uninterrupted run"
@@ -452,8 +489,42 @@ def test_a_crash_in_the_tokenizer_stage_resumes_exactly_with_dead_codes_revived(
         events = EventAccumulator(str(next(run.joinpath("tensorboard").rglob("events.out.tfevents*")).parent))
         events.Reload()
         return [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("tokenizer/train/loss")]
-    assert [step for step, _ in shown(out)] == list(range(1, 7))
+    assert [step for step, _ in shown(out)] == [2, 4, 6]
     assert shown(out) == shown(reference)
+
+
+def test_train_state_keeps_the_metric_sums_and_resumes_checkpoints_without_them():
+    from worldmodel.training.trainer import TrainState
+
+    state = TrainState()
+    state.step, state.sums, state.count = 3, {"loss": torch.tensor(1.25)}, 2
+    saved = state.state_dict()
+    resumed = TrainState()
+    resumed.load_state_dict(saved)
+    assert resumed.step == 3 and resumed.count == 2 and torch.equal(resumed.sums["loss"], torch.tensor(1.25))
+    old = {k: v for k, v in saved.items() if k not in ("metric_sums", "metric_count")}  # an older checkpoint
+    resumed.load_state_dict(old)
+    assert resumed.step == 3 and resumed.sums == {} and resumed.count == 0
+
+
+def test_settings_that_cannot_run_are_refused_before_any_setup(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from worldmodel.training import Pretrainer
+
+    with initialize_config_dir(config_dir=str(REPO / "cfgs"), version_base=None):
+        def config(*overrides: str) -> dict:
+            return OmegaConf.to_container(compose("pretrain", overrides=[
+                "world_model_preset@world_model=cpu_ivideogpt", f"out={tmp_path / 'out'}", *overrides]), resolve=True)
+        refused = {"mixed_precision=bf32": "mixed_precision=bf32: give one of auto, no, fp16, bf16",
+                   "grad_accum=0": "grad_accum=0: .* integer >= 1", "grad_accum=1.5": "grad_accum=1.5",
+                   "optim.schedule=cosin": "optim.schedule=cosin: give one of linear, cosine,",
+                   "optim.schedule=reduce_lr_on_plateau": "optim.schedule=reduce_lr_on_plateau"}
+        for override, message in refused.items():
+            with pytest.raises(WorldModelConfigError, match=message):
+                Pretrainer(config(override))
+    assert not (tmp_path / "out").exists()  # nothing was set up
 
 
 def test_auto_precision_is_bf16_on_a_gpu_unless_the_launch_config_asks_for_another():

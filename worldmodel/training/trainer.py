@@ -14,6 +14,7 @@ Output directory ``out``::
                                  ``checkpoint.keep`` are kept and removed once the stage is done
     logs/<stage>_train.csv, logs/<stage>_eval.csv, tensorboard/, wandb/, videos/*.mp4
     run_settings.json            the learning settings a re-run must keep (``run_settings.py``)
+    wandb_run_id                 the wandb run every launch of this output logs to (resumed, not a new run)
     pretrain_done.json           written last; a re-run of a finished run says so and returns
 
 Re-running the same command resumes: finished stages are skipped (their weights are loaded), and
@@ -44,10 +45,18 @@ from worldmodel.registry import load_pretrained, model_directory, pretrained_mod
 from worldmodel.training.csv_log import CsvLog
 from worldmodel.training.data import build_datasets, eval_batches, fvd_extra_batches, position_loader
 from worldmodel.training.evaluation import EvalTools, evaluate
-from worldmodel.training.run_settings import check_resume_settings, flatten
+from worldmodel.training.run_settings import check_resume_settings, command_line_keys, flatten
 from worldmodel.training.stages import Stage, build_stage, freeze, stage_names
 
 DONE_NAME = "pretrain_done.json"
+WANDB_ID_NAME = "wandb_run_id"
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+# transformers.SchedulerType names that this loop can drive: a schedule over (warm-up, total)
+# steps that steps without a metric (reduce_lr_on_plateau and greedy step on a validation metric,
+# warmup_stable_decay needs its own decay steps).
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr")
+MIN_LR_SCHEDULES = ("cosine_with_min_lr", "cosine_warmup_with_min_lr")  # take optim.min_lr_ratio
 STAGE_DONE_NAME = "stage.json"
 VIDEO_FPS = 8
 
@@ -106,6 +115,49 @@ def mixed_precision(setting: str, launch: str | None, bf16_gpu: bool) -> str:
     return "bf16" if bf16_gpu else "no"
 
 
+def check_settings(cfg: Mapping[str, Any]) -> None:
+    """Refuse settings the run would only trip over later (accelerate's constructor, the first
+    step, the stage's LR schedule) with a one-line reason, before any data or model is set up."""
+    if int(cfg["log"]["every"]) < 1:
+        raise WorldModelConfigError(f"log.every={cfg['log']['every']}: train metrics are averaged and logged every "
+                                    "N optimiser steps; give N >= 1.")
+    if cfg["mixed_precision"] not in PRECISIONS:
+        raise WorldModelConfigError(f"mixed_precision={cfg['mixed_precision']}: give one of {', '.join(PRECISIONS)}.")
+    accum = cfg["grad_accum"]
+    if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+        raise WorldModelConfigError(f"grad_accum={accum}: the micro-batches per optimiser step; give an integer "
+                                    ">= 1.")
+    if cfg["optim"]["schedule"] not in SCHEDULES:
+        raise WorldModelConfigError(f"optim.schedule={cfg['optim']['schedule']}: give one of {', '.join(SCHEDULES)} "
+                                    "(transformers' LR schedules over the stage's steps).")
+
+
+def launch_set_keys() -> set[str] | None:
+    """The config keys this launch's Hydra command line sets (``run_settings.command_line_keys``),
+    or None when no Hydra app is running (a ``Pretrainer`` built in code)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:  # pragma: no cover - hydra ships with the project
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return command_line_keys(hydra_cfg.overrides.task, hydra_cfg.runtime.choices)
+
+
+def wandb_run_id(out: Path) -> str:
+    """The id of ``out``'s wandb run: made and saved (atomically) at the first launch, read at
+    every later one, so a relaunch resumes that run instead of starting another."""
+    path = Path(out) / WANDB_ID_NAME
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = os.urandom(8).hex()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(run_id)
+    os.replace(tmp, path)
+    return run_id
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's state dict (names, dtypes and bytes), to compare ranks."""
     h = hashlib.sha256()
@@ -118,17 +170,24 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 class TrainState:
     """Counters, the LR schedule of the current stage and the model's ``training_statistics``;
-    saved in every checkpoint by accelerate (``register_for_checkpointing``)."""
+    saved in every checkpoint by accelerate (``register_for_checkpointing``). ``sums`` / ``count``:
+    the train metrics summed over the micro-batches since the last logged row, so that the first
+    row after a resume averages the same steps as an uninterrupted run's (a checkpoint falls
+    between two rows when ``checkpoint.every`` is no multiple of ``log.every``)."""
 
     def __init__(self) -> None:
         self.stage, self.step, self.skipped = 0, 0, 0
         self.scheduler: Any = None
         self.model: WorldModel | None = None
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "step": self.step, "skipped": self.skipped,
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "statistics": self.model.training_statistics() if self.model is not None else {}}
+                "statistics": self.model.training_statistics() if self.model is not None else {},
+                "metric_sums": {k: torch.as_tensor(v).detach().cpu() for k, v in self.sums.items()},
+                "metric_count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["stage"] != self.stage:
@@ -138,6 +197,8 @@ class TrainState:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.model is not None:
             self.model.load_training_statistics(state.get("statistics", {}))
+        # checkpoints written before the sums were kept: the first row averages the steps since the resume
+        self.sums, self.count = dict(state.get("metric_sums", {})), int(state.get("metric_count", 0))
 
 
 @contextlib.contextmanager
@@ -165,13 +226,11 @@ class Pretrainer:
         from accelerate.utils import ProjectConfiguration
 
         self.cfg = cfg = _plain(cfg)
+        check_settings(cfg)
         self.out = Path(cfg["out"]).absolute()
         if cfg["keep_freed_memory"]:
             keep_freed_host_memory()
         log = cfg["log"]
-        if int(log["every"]) < 1:
-            raise WorldModelConfigError(f"log.every={log['every']}: train metrics are averaged and logged every "
-                                        "N optimiser steps; give N >= 1.")
         trackers = (["tensorboard"] if log["tensorboard"] else []) + (["wandb"] if log["wandb"] != "disabled" else [])
         # native bf16 only (Ampere and later): emulated bf16 on older GPUs is slower than fp32
         bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -245,7 +304,7 @@ class Pretrainer:
             self.print(f"{self.out} already finished ({json.loads(done_file.read_text())}); nothing to do. Use "
                        "another out= to train again, or init_from=<out> to fine-tune these weights.")
             return self.out / "model"
-        check_resume_settings(self.out, cfg, acc.num_processes, write=acc.is_main_process)
+        check_resume_settings(self.out, cfg, acc.num_processes, write=acc.is_main_process, set_keys=launch_set_keys())
         set_seed(cfg["seed"])  # the same initial weights on every rank
         segment_length = cfg["segment_length"] or cfg["world_model"]["segment_length"]
         ev, dl = cfg["eval"], cfg["data_loader"]
@@ -273,9 +332,12 @@ class Pretrainer:
         self.stage_order = stages
         if acc.is_main_process and acc.log_with:
             mode = cfg["log"]["wandb"]
-            # TensorBoard hides the rows an earlier launch logged after the step this one resumes at
+            # TensorBoard hides the rows an earlier launch logged after the step this one resumes at;
+            # wandb goes on with the output's one run (id saved at the first launch)
+            wandb = ({"dir": str(self.out), "mode": mode, "id": wandb_run_id(self.out), "resume": "allow"}
+                     if mode != "disabled" else {})
             acc.init_trackers(cfg["log"]["project"], config=flatten(cfg),
-                              init_kwargs={"wandb": {"dir": str(self.out), "mode": mode},
+                              init_kwargs={"wandb": wandb,
                                            "tensorboard": {"purge_step": self._resumed_tracker_step() + 1}})
         model.to(acc.device)
         self.eval_data = (eval_batches(self.val_data, cfg["seed"], ev["batches"], ev["batch_size"] or self._batch())
@@ -371,7 +433,7 @@ class Pretrainer:
         if not params:
             raise WorldModelConfigError(f"stage '{stage.name}' has nothing to train: every parameter is frozen.")
         opt = adamw(params, self.model, lr=lr, betas=o["betas"], eps=o["eps"], weight_decay=o["weight_decay"])
-        kwargs = {"min_lr_rate": o["min_lr_ratio"]} if o["schedule"] == "cosine_with_min_lr" else {}
+        kwargs = {"min_lr_rate": o["min_lr_ratio"]} if o["schedule"] in MIN_LR_SCHEDULES else {}
         sched = get_scheduler(o["schedule"], opt, num_warmup_steps=min(o["warmup_steps"], steps),
                               num_training_steps=steps, scheduler_specific_kwargs=kwargs)
         return opt, sched
@@ -400,6 +462,7 @@ class Pretrainer:
         opt, sched = self._optimizer(stage, steps)
         acc.free_memory()
         state.stage, state.step, state.skipped, state.scheduler = idx, 0, 0, sched
+        state.sums, state.count = {}, 0
         self.tracker_offset = self._tracker_offset(idx)
         stage_p, opt_p = acc.prepare(stage, opt)
         ckpts = self._checkpoints(idx, name)
@@ -421,8 +484,8 @@ class Pretrainer:
         log_every, eval_every, ckpt_every = cfg["log"]["every"], cfg["eval"]["every"], cfg["checkpoint"]["every"]
         bar = tqdm(total=steps, initial=state.step, desc=name, unit="step", dynamic_ncols=True,
                    disable=not (acc.is_main_process and cfg["log"]["progress_bar"]))
-        sums: dict[str, torch.Tensor] = {}
-        count, t_last, step_last = 0, time.perf_counter(), state.step
+        sums = state.sums  # carried over from the checkpoint on a resume (TrainState)
+        t_last, step_last = time.perf_counter(), state.step
         stage_p.train()
         while state.step < steps:
             for _ in range(accum):
@@ -449,7 +512,7 @@ class Pretrainer:
                         opt_p.zero_grad(set_to_none=True)
                 for k, v in {"loss": loss.detach().float(), **metrics}.items():
                     sums[k] = sums.get(k, 0.0) + v.float()
-                count += 1
+                state.count += 1
             metrics_norm = norm.detach().float() if torch.is_tensor(norm) else torch.tensor(float(norm))
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + metrics_norm * accum
             state.step += 1
@@ -458,7 +521,7 @@ class Pretrainer:
             if state.step % log_every == 0 or end:
                 keys = sorted(sums)
                 # Metrics may live on the CPU (a python-float grad norm) or the GPU: gather on the device.
-                means = acc.reduce(torch.stack([(sums[k] / count).to(acc.device) for k in keys]), "mean")
+                means = acc.reduce(torch.stack([(sums[k] / state.count).to(acc.device) for k in keys]), "mean")
                 now = time.perf_counter()
                 rate = (state.step - step_last) / max(now - t_last, 1e-9)
                 row = {"step": state.step, **{k: float(v) for k, v in zip(keys, means)},
@@ -471,7 +534,8 @@ class Pretrainer:
                     acc.log({f"{name}/train/{k}": v for k, v in row.items() if k != "step"},
                             step=self.tracker_offset + state.step)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", fps=f"{row['frames_per_s']:.0f}")
-                sums, count, t_last, step_last = {}, 0, now, state.step
+                sums = state.sums = {}
+                state.count, t_last, step_last = 0, now, state.step
             if self.eval_data and (state.step % eval_every == 0 or end):
                 self._evaluate(name, eval_log)
                 stage_p.train()
