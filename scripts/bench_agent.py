@@ -11,6 +11,7 @@ one-line summary.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from mbrl.agent import DrQV2Agent  # noqa: E402
 from mbrl.replay import RealReplayBuffer, TransitionBatch  # noqa: E402
+from mbrl.utils import script_device  # noqa: E402
 from worldmodel.episodes import Episode  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
 
@@ -32,6 +34,17 @@ ACTION_DIM = 4  # Meta-World
 EPISODE_STEPS = 100  # iVideoGPT's Meta-World episodes (agent steps)
 BENCH_STEP = 10_000  # the agent step updates are timed at (past exploration)
 SEGMENT_BATCH, SEGMENT_LENGTH = 16, 12  # iVideoGPT world-model batches
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def sync(device: torch.device) -> None:
@@ -88,9 +101,9 @@ def bench_replay(cfg, size: int, device: torch.device, episodes: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 84])
-    parser.add_argument("--updates", type=int, default=None,
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU) | cpu | cuda")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[64, 84])
+    parser.add_argument("--updates", type=positive_int, default=None,
                         help="timed updates per size (default 200 on CUDA, 5 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=50, help="episodes in the replay bench")
@@ -100,7 +113,7 @@ def main() -> None:
                         help="leave glibc's malloc thresholds as they are (keep_freed_memory=false in training)")
     args = parser.parse_args()
     malloc = malloc_setting(keep_freed=not args.default_malloc)
-    device = torch.device(args.device)
+    device = script_device(args.device)
     cuda = device.type == "cuda"
     updates = args.updates or (200 if cuda else 5)
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 1)
@@ -123,6 +136,8 @@ def main() -> None:
         print(f"{size:>4}px {ups:>10.2f} {1000 / ups:>10.1f} {sample:>10.1f} {to_device:>12.1f} "
               f"{segments:>11.1f}")
         summary.append(f"{size}px {ups:.1f} upd/s, sample {sample:.0f} batch/s")
+    # ru_maxrss: KiB on Linux
+    print(f"peak resident memory (MiB): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
     print(f"bench_agent ({name}, batch {cfg.batch_size}): " + "; ".join(summary))
 
 

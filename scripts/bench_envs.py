@@ -38,6 +38,17 @@ TASKS = {  # suite -> task config (action_repeat 1: one render per simulator ste
 COMMON = dict(image_size=SIZE, frame_stack=3, action_repeat=1, episode_length=10**6, success_bonus=0.0)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def frames_per_second(step: Callable[[], None], steps: int) -> float:
     for _ in range(WARMUP):
         step()
@@ -55,6 +66,8 @@ def raw_env(suite: str) -> tuple[Callable[[], None], Callable[[], None]]:
         env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE["plate-slide-v3-goal-observable"](seed=0, render_mode="rgb_array")
         env.mujoco_renderer.camera_name, env.mujoco_renderer.camera_id = "corner", env.model.camera("corner").id
         env.mujoco_renderer.width = env.mujoco_renderer.height = SIZE
+        # Meta-World refuses to step past max_path_length (500); lifted, as the wrapped env does
+        env.max_path_length = 10**9
         env.reset()
 
         def step():
@@ -108,7 +121,7 @@ def measure(make: Callable[[], tuple[Callable[[], None], Callable[[], None]]], s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
+    parser.add_argument("--steps", type=positive_int, default=100, help="timed steps per measurement")
     parser.add_argument("--suites", nargs="+", default=list(TASKS), choices=list(TASKS))
     args = parser.parse_args()
     rows = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -86,6 +87,8 @@ def main() -> None:
     print(f"{'method':<12}{'total':>9}" + "".join(f"{s:>14}" for s in SECTIONS))
     for name, r in results.items():
         print(f"{name:<12}{r['s_per_1k_frames']:>9.1f}" + "".join(f"{r[s]:>14.1f}" for s in SECTIONS))
+    # ru_maxrss: KiB on Linux; both runs, in this process
+    print(f"peak resident memory (MiB): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
     ratio = results[args.world_model]["s_per_1k_frames"] / results["none"]["s_per_1k_frames"]
     print(f"summary: MBPO+{args.world_model} takes {ratio:.2f}x the wall clock of DrQ-v2 per 1,000 frames "
           f"(preset={args.preset}; reference implementation: 3.7x)")

@@ -33,6 +33,17 @@ CONFIG_DIR = str(REPO_ROOT / "cfgs")
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "3090": 71e12}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def peak_flops() -> float | None:
     if not torch.cuda.is_available():
         return None
@@ -89,8 +100,9 @@ def run_case(world_model: str, stage: str, preset: str, steps: int, warmup: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="measured optimiser steps per case")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured first steps")
+    parser.add_argument("--steps", type=positive_int, default=10, help="measured optimiser steps per case")
+    parser.add_argument("--warmup", type=positive_int, default=2,
+                        help="unmeasured first steps (at least 1: the timing starts at the row logged after them)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2 CPU, 8 GPU)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep_freed_memory=false: leave glibc's malloc thresholds as they are")

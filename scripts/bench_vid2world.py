@@ -21,20 +21,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbrl.utils import script_device  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
+from worldmodel.vid2world.configs import SIZES  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", default="tiny", help="backbone preset (tiny | base)")
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--size", default="tiny", choices=list(SIZES), help="backbone preset (tiny | base)")
+    p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--action-dim", type=int, default=4)
-    p.add_argument("--batch", type=int, default=8, help="rollouts imagined in parallel")
-    p.add_argument("--horizon", type=int, default=10, help="imagined steps per rollout")
-    p.add_argument("--context", type=int, default=2, help="real context frames")
-    p.add_argument("--steps", type=int, nargs="+", default=[4, 10], help="DDIM steps per frame")
+    p.add_argument("--batch", type=positive_int, default=8, help="rollouts imagined in parallel")
+    p.add_argument("--horizon", type=positive_int, default=10, help="imagined steps per rollout")
+    p.add_argument("--context", type=positive_int, default=2, help="real context frames")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[4, 10], help="DDIM steps per frame")
     p.add_argument("--guidance", type=float, default=2.5, help="guidance scale (1: one branch)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats after a warm-up; the median is reported")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed repeats after a warm-up; the median is reported")
     p.add_argument("--no-cache-baseline", action="store_true", help="skip the uncached comparison")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--default-malloc", action="store_true",

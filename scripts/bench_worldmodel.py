@@ -35,21 +35,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbrl.utils import script_device  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
+from worldmodel.ivideogpt import official_loop  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 from worldmodel.ivideogpt.official_loop import official_rollout  # noqa: E402
+from worldmodel.ivideogpt.tokenizer_configs import PRESETS as TOKENIZER_PRESETS  # noqa: E402
+from worldmodel.ivideogpt.transformer_configs import TRANSFORMER_PRESETS  # noqa: E402
 
 PATHS = ("kv-cache", "re-prefill", "official loop")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--transformer", default="tiny", help="transformer size preset (tiny | small | medium)")
-    p.add_argument("--tokenizer", default="tiny", help="tokenizer size preset (tiny | paper64 | paper256)")
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--transformer", default="tiny", choices=list(TRANSFORMER_PRESETS),
+                   help="transformer size preset (tiny | small | medium)")
+    p.add_argument("--tokenizer", default="tiny", choices=list(TOKENIZER_PRESETS),
+                   help="tokenizer size preset (tiny | paper64 | paper256)")
+    p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--action-dim", type=int, default=4)
-    p.add_argument("--batch", type=int, default=8, help="rollouts imagined in parallel (MBPO gen_batch is 32)")
-    p.add_argument("--horizon", type=int, default=10, help="imagined steps per rollout (MBPO gen_horizon)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per path; the median is reported")
+    p.add_argument("--batch", type=positive_int, default=8,
+                   help="rollouts imagined in parallel (MBPO gen_batch is 32)")
+    p.add_argument("--horizon", type=positive_int, default=10, help="imagined steps per rollout (MBPO gen_horizon)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed repeats per path; the median is reported")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="sampling.compile: torch.compile the token step (CUDA)")
@@ -92,7 +110,8 @@ def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor,
                (model.transformer, "generate_frame", "transformer"),
                (model.transformer.llm, "generate", "transformer"), (model, "_decode_newest", "tokenizer")]
     patched += [(tok, name, "tokenizer") for name in ("encode_context", "encode_future", "decoder_kv",
-                                                      "decode_context", "decode_future")]
+                                                      "decode_future")]
+    patched += [(official_loop, "decode_context_keeping_features", "tokenizer")]
 
     def timed(fn, part):
         def call(*a, **kw):
@@ -104,6 +123,8 @@ def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor,
             return out
         return call
 
+    # a Python module's functions are its own attributes, set back afterwards (methods are deleted)
+    own = {(id(obj), name): vars(obj)[name] for obj, name, _ in patched if name in vars(obj)}
     for obj, name, part in patched if split else []:
         setattr(obj, name, timed(getattr(obj, name), part))
     try:
@@ -123,7 +144,10 @@ def time_rollout(model: IVideoGPT, context: torch.Tensor, actions: torch.Tensor,
         total = time.perf_counter() - start
     finally:
         for obj, name, _ in patched if split else []:
-            delattr(obj, name)  # back to the class's method
+            if (id(obj), name) in own:
+                setattr(obj, name, own[id(obj), name])
+            else:
+                delattr(obj, name)  # back to the class's method
     return total, spent["transformer"], spent["tokenizer"], frames
 
 
@@ -134,27 +158,36 @@ def build_model(args: argparse.Namespace) -> IVideoGPT:
                      sampling={"compile": args.compile, "cpu_bf16_decoding": bf16_decoding})
 
 
+def counted_flops(fn, *args, **kwargs) -> int:
+    """Floating-point operations of ``fn(*args, **kwargs)`` by ``FlopCounterMode``, with
+    ``scaled_dot_product_attention`` on its math backend: the counter knows the flash and
+    memory-efficient kernels' formulas but not the CPU's flash kernel
+    (``_scaled_dot_product_flash_attention_for_cpu``), which it would count as 0; the math backend
+    is the same attention as explicit matmuls, which it counts."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        fn(*args, **kwargs)
+    return counter.get_total_flops()
+
+
 def count_flops(args: argparse.Namespace) -> dict[str, float]:
     """Floating-point operations of one rollout per path at batch ``args.batch``.
 
-    Counted with ``FlopCounterMode`` (matmuls, convolutions and attention; elementwise ops are not
-    counted) on a fresh CPU model at batch 1, then scaled by the batch: every op's work grows
-    linearly with it. On the CPU because a replayed CUDA graph bypasses the dispatcher the counter
-    listens to. The count is the work the path asks for, not a kernel's: the CPU step reads only
-    the positions written so far, the GPU step masks its whole buffer (a few per cent more)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    Counted by ``counted_flops`` (matmuls, convolutions and attention, the transformer's and the
+    tokenizer's; elementwise ops are not counted) on a fresh CPU model at batch 1, then scaled by
+    the batch: every op's work grows linearly with it. On the CPU because a replayed CUDA graph
+    bypasses the dispatcher the counter listens to. The count is the work the path asks for, not a
+    kernel's: the CPU step reads only the positions written so far, the GPU step masks its whole
+    buffer (a few per cent more)."""
     cpu = argparse.Namespace(**{**vars(args), "batch": 1, "compile": False})
     torch.manual_seed(args.seed)
     model = build_model(cpu).eval()
     context = torch.randint(0, 256, (1, 2, 3, args.image_size, args.image_size), dtype=torch.uint8)
     actions = torch.rand(1, args.horizon, args.action_dim) * 2 - 1
-    flops = {}
-    for name in PATHS:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            time_rollout(model, context, actions, name, args.seed)
-        flops[name] = counter.get_total_flops() * args.batch
-    return flops
+    return {name: counted_flops(time_rollout, model, context, actions, name, args.seed) * args.batch
+            for name in PATHS}
 
 
 def token_step_bytes(model: IVideoGPT, context: torch.Tensor) -> tuple[int, int, int]:
@@ -183,6 +216,8 @@ def main() -> None:
     actions = torch.rand(B, k, args.action_dim, device=device) * 2 - 1
 
     results, peak_mib, runs = {}, {}, {name: [] for name in PATHS}
+    for name in PATHS:  # warm-up: first-use allocations (cuDNN's workspaces), graph capture on a GPU
+        time_rollout(model, context, actions, name, args.seed)
     if device.type == "cuda":  # peak memory of one rollout per path, without another path's kept buffers
         for name in PATHS:
             model.release_imagination_buffers()
@@ -190,8 +225,8 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
             time_rollout(model, context, actions, name, args.seed)
             peak_mib[name] = torch.cuda.max_memory_allocated(device) / 2**20
-    for name in PATHS:
-        time_rollout(model, context, actions, name, args.seed)  # warm-up (and graph capture on a GPU)
+        for name in PATHS:  # the buffers (and graphs) released above, built again before the timing
+            time_rollout(model, context, actions, name, args.seed)
     totals = {name: [] for name in PATHS}
     for _ in range(args.repeats):  # the paths take turns, so a slow spell of the machine hits all
         for name in PATHS:  # the total without the parts' synchronisations, then the parts

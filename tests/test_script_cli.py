@@ -57,6 +57,27 @@ def test_bench_mbpo_refuses_the_reference_preset_without_cuda(capsys):
     bench.check_preset_device("cpu", allow_cpu=False)
 
 
+@pytest.mark.parametrize("script, args, message", [
+    ("bench_worldmodel.py", ["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    ("bench_worldmodel.py", ["--transformer", "huge"], "argument --transformer: invalid choice: 'huge'"),
+    ("bench_vid2world.py", ["--steps", "4", "0"], "argument --steps: must be at least 1, got 0"),
+    ("bench_pretrain.py", ["--warmup", "0"], "argument --warmup: must be at least 1, got 0"),
+    ("bench_envs.py", ["--steps", "-3"], "argument --steps: must be at least 1, got -3"),
+])
+def test_bench_arguments_out_of_range_are_refused_by_argparse(script, args, message):
+    """A count of 0 (or a negative one) or an unknown size is refused before any work, in argparse's
+    usage and one error line: not a traceback from deep inside (a median of no repeats, a division by
+    zero steps, a Hydra setting the user never gave)."""
+    proc = run([sys.executable, str(SCRIPTS / script), *args])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+
+
+def test_bench_agent_refuses_a_device_name_that_is_no_device():
+    proc = run([sys.executable, str(SCRIPTS / "bench_agent.py"), "--device", "foo"])
+    assert_one_line_error(proc, "error: --device foo is not a device; use auto, cpu, cuda or cuda:N")
+
+
 def test_bench_envs_runs_from_another_folder(tmp_path):
     """Without the package installed: the script finds mbrl beside itself."""
     proc = run([sys.executable, str(SCRIPTS / "bench_envs.py"), "--help"], cwd=tmp_path)
