@@ -51,6 +51,14 @@ class CSVLog:
         with open(self.path, newline="") as f:
             return list(csv.DictReader(f))
 
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
     def write(self, row: Mapping[str, Any]) -> None:
         new = [k for k in row if k not in self.columns]
         if new or not self.path.exists():
@@ -71,6 +79,8 @@ class CSVLog:
             return []
         rows = self.read()
         complete = [r for r in rows if is_complete(r, self.required_columns())]
+        if complete and complete[-1] is rows[-1] and not self._ends_with_newline():
+            complete.pop()  # the last line lacks its terminator: cut off in a column that parses as a number
         if len(complete) < len(rows):
             warnings.warn(f"{self.path}: dropped {len(rows) - len(complete)} incomplete row(s) (cut off while "
                           "being written); a resumed run logs them again", RuntimeWarning, stacklevel=2)
@@ -98,6 +108,10 @@ class Logger:
             self.wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), mode=wandb_mode,
                                     config=dict(config or {}), resume="allow", id=run_id,
                                     name="/".join(self.run_dir.parts[-4:]), reinit=True)
+            # charts against env frames, as the CSVs and TensorBoard (wandb's own step counts log calls,
+            # and starts again at 0 in a resumed launch)
+            self.wandb.define_metric("frame")
+            self.wandb.define_metric("*", step_metric="frame")
 
     def csv_log(self, name: str) -> CSVLog:
         if name not in self.csv:

@@ -263,6 +263,7 @@ class Trainer:
         state = load_checkpoint(self.run_dir / CHECKPOINTS_DIR)
         episodes = self.run_dir / EPISODES_DIR
         if state is None and not (episodes.is_dir() and episode_paths(episodes)):
+            self.logger.resume_after(-1, LOGS)  # rows of a start that stored nothing (its frame-0 eval): it starts over
             return False
         self.checkpoint_frame = None if state is None else state["step"] * self.action_repeat
         if state is not None:

@@ -25,9 +25,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | list[np.ndarray], 
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # (imageio picks the format by suffix)
+    try:
+        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -31,6 +31,18 @@ def test_truncate_after_drops_later_and_cut_off_rows(tmp_path):
     assert [r["frame"] for r in log.truncate_after(4000)] == ["0", "2000", "4000"]
 
 
+def test_truncate_after_drops_a_last_line_cut_inside_a_number(tmp_path):
+    """Cut in its last column, a row still has every field and numbers that parse ("1.0" -> "1."),
+    but its line has no terminator: it goes too, and is logged again."""
+    path = tmp_path / "train.csv"
+    log = write_rows(path, [0])
+    log.write({**ROW, "frame": 2000, "buffer_size": 1000})
+    path.write_bytes(path.read_bytes()[:-4])  # "...,1000\r\n" -> "...,10"
+    with pytest.warns(RuntimeWarning, match="dropped 1 incomplete row"):
+        kept = CSVLog(path).truncate_after(2000)
+    assert [r["frame"] for r in kept] == ["0"]
+
+
 def test_truncate_after_keeps_rows_with_empty_optional_columns(tmp_path):
     """Columns added later (agent_* metrics) are empty in early rows: those rows are complete."""
     log = write_rows(tmp_path / "train.csv", [0])
@@ -69,3 +81,23 @@ def test_a_resumed_logger_replaces_the_rows_after_its_frame_in_csv_and_tensorboa
     events.Reload()
     shown = [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("validation/psnr")]
     assert shown == [(10, 10.0), (20, 120.0), (30, 130.0), (40, 140.0)]
+
+
+def test_write_video_is_atomic_and_leaves_no_temp_file_when_writing_fails(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from mbrl.video import write_video
+
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    path = write_video(tmp_path / "eval.mp4", frames, fps=4)
+    assert len(imageio.mimread(path)) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["eval.mp4"]
+
+    def disk_full(target, *args, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(imageio, "mimwrite", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_video(tmp_path / "eval.mp4", frames, fps=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.mp4"]  # the old video, no temp file

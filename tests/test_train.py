@@ -141,6 +141,23 @@ def test_a_run_stopped_before_its_final_eval_is_finished_not_skipped(tmp_path):
     assert "no checkpoint" in lost.stderr and "never saved" in lost.stderr
 
 
+def test_a_run_killed_before_its_first_episode_starts_over_without_duplicate_rows(tmp_path):
+    """Killed after its frame-0 eval row but before an episode or checkpoint was stored: resumed,
+    it starts over, and its logs are those of an uninterrupted run (one frame-0 row, not two)."""
+    import shutil
+
+    run = tmp_path / "run"
+    train(run, "num_train_frames=20")
+    shutil.rmtree(run / "episodes")
+    shutil.rmtree(run / "checkpoints")
+    (run / "train.csv").unlink()
+    lines = (run / "eval.csv").read_text().splitlines(keepends=True)
+    (run / "eval.csv").write_text("".join(lines[:2]))  # the header and the frame-0 row
+    train(run, "num_train_frames=20", "resume=true")
+    assert [int(r["frame"]) for r in rows(run / "eval.csv")] == [0, 20]
+    assert [int(r["frame"]) for r in rows(run / "train.csv")] == [20]
+
+
 def test_resume_true_finds_the_latest_run_with_a_checkpoint_or_episodes(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "mbrl"))
     from train_mbpo import resolve_resume
