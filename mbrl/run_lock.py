@@ -8,6 +8,7 @@ lock behind. (Where ``fcntl`` does not exist, on Windows, runs are not locked.)
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import IO
 
@@ -36,7 +37,13 @@ def lock_run_dir(run_dir: Path) -> IO[str] | None:
     except BlockingIOError:
         handle.close()
         raise RunInUseError(f"another process is training in {run_dir} (it holds {run_dir / LOCK_NAME}): wait for "
-                            "it to finish, or stop it, before resuming this run") from None
+                            "it to finish, or stop it, before launching into this run dir again") from None
+    except OSError as e:  # a filesystem without flock (e.g. NFS without lockd): train, unguarded
+        handle.close()
+        warnings.warn(f"cannot lock {run_dir / LOCK_NAME} ({e}): training without the one-process-per-run-dir "
+                      "guard; do not launch a second run into this dir while this one trains", RuntimeWarning,
+                      stacklevel=2)
+        return None
     return handle
 
 
@@ -44,10 +51,13 @@ def run_dir_in_use(run_dir: Path) -> bool:
     """Whether a live process holds ``run_dir``'s lock (for status reports; races are harmless there)."""
     if fcntl is None or not (run_dir / LOCK_NAME).is_file():
         return False
-    with open(run_dir / LOCK_NAME, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with open(run_dir / LOCK_NAME) as handle:  # read-only: a run tree the user may only read
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:  # unreadable, or no flock on this filesystem: not known to be in use
+        return False
     return False

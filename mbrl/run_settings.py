@@ -73,13 +73,19 @@ def check_new_run_dir(run_dir: str | Path, holds_run: bool) -> None:
     run's own Hydra files, which this launch's Hydra just rewrote, are put back first."""
     if not holds_run:
         return
-    hydra_dir = Path(run_dir) / HYDRA_DIR
-    if (hydra_dir / STARTED_WITH_DIR / "config.yaml").is_file():
-        _copy_files(hydra_dir / STARTED_WITH_DIR, hydra_dir)
+    restore_started_with(run_dir)
     raise ConfigValueError(
         f"{run_dir} already holds a run (episodes, a checkpoint or logs), and this launch has no resume=: "
         f"it would overwrite that run. Continue it with resume={run_dir}, or start a new run in another "
         "hydra.run.dir (or move that one away).")
+
+
+def restore_started_with(run_dir: str | Path) -> None:
+    """Put back the run's own Hydra files (from ``started_with/``), which a refused launch's Hydra
+    rewrote before the refusal (the curves read a run's settings from them)."""
+    hydra_dir = Path(run_dir) / HYDRA_DIR
+    if (hydra_dir / STARTED_WITH_DIR / "config.yaml").is_file():
+        _copy_files(hydra_dir / STARTED_WITH_DIR, hydra_dir)
 
 
 def check_relaunch(run_dir: str | Path, resume: bool) -> None:

@@ -27,8 +27,8 @@ from mbrl.envs import make_env
 from mbrl.logger import Logger
 from mbrl.mbpo import MBPO
 from mbrl.replay.real_buffer import RealReplayBuffer
-from mbrl.run_lock import lock_run_dir
-from mbrl.run_settings import check_new_run_dir, check_relaunch
+from mbrl.run_lock import RunInUseError, lock_run_dir
+from mbrl.run_settings import check_new_run_dir, check_relaunch, restore_started_with
 from mbrl.utils import ConfigValueError, SectionTimer, resolve_device, set_seed_everywhere
 from mbrl.video import chw_to_hwc, write_video
 from mbrl.world_models import build_world_model
@@ -71,7 +71,11 @@ def holds_run(run_dir: Path) -> bool:
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         check_loop_config(cfg)
-        self.run_lock = lock_run_dir(Path(run_dir))  # one process per run dir, before anything is read or written
+        try:  # one process per run dir, before anything is read or written
+            self.run_lock = lock_run_dir(Path(run_dir))
+        except RunInUseError:
+            restore_started_with(run_dir)  # the refused launch's Hydra rewrote the live run's settings
+            raise
         try:
             self.start(cfg, Path(run_dir))
         except BaseException:

@@ -459,8 +459,13 @@ def test_a_second_trainer_in_a_run_dir_that_is_training_is_refused(tmp_path):
     probe = f"from pathlib import Path; from mbrl.run_lock import run_dir_in_use; print(run_dir_in_use(Path('{run}')))"
     in_use = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert in_use.stdout.strip() == "True"
+    hydra = run / ".hydra"  # as Hydra leaves them: the refused launch rewrote config.yaml before the refusal
+    (hydra / "started_with").mkdir(parents=True)
+    (hydra / "started_with" / "config.yaml").write_text("agent:\n  lr: 0.0001\n")
+    (hydra / "config.yaml").write_text("agent:\n  lr: 0.5\n")
     with pytest.raises(RunInUseError, match="another process is training in"):
         make_trainer(run, *no_mbpo, "resume=true")
+    assert (hydra / "config.yaml").read_text() == "agent:\n  lr: 0.0001\n"  # the live run's settings back
     first.train()  # ends with close(), which releases the run dir
     assert not run_dir_in_use(run)
     make_trainer(run, *no_mbpo, "num_train_frames=60", "resume=true").train()
@@ -471,3 +476,16 @@ def test_an_update_schedule_for_a_part_the_world_model_lacks_is_one_clear_error(
 
     with pytest.raises(WorldModelConfigError, match=r"names \['diffusion'\], but this world model trains the parts"):
         make_trainer(tmp_path / "run", "world_model=ivideogpt", "+world_model.update_every_frames.diffusion=40")
+
+
+def test_a_filesystem_without_flock_trains_unguarded_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    from mbrl import run_lock
+
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match="cannot lock .* training without the one-process-per-run-dir guard"):
+        assert run_lock.lock_run_dir(tmp_path / "run") is None
+    assert not run_lock.run_dir_in_use(tmp_path / "run")  # (a status report: not known to be in use)

@@ -173,7 +173,10 @@ class TrainState:
     saved in every checkpoint by accelerate (``register_for_checkpointing``). ``sums`` / ``count``:
     the train metrics summed over the micro-batches since the last logged row, so that the first
     row after a resume averages the same steps as an uninterrupted run's (a checkpoint falls
-    between two rows when ``checkpoint.every`` is no multiple of ``log.every``)."""
+    between two rows when ``checkpoint.every`` is no multiple of ``log.every``). Accelerate saves
+    the main process's copy only, so with several processes every rank resumes with rank 0's
+    sums: that first row then differs slightly from an uninterrupted run's (logs only; training
+    is not affected)."""
 
     def __init__(self) -> None:
         self.stage, self.step, self.skipped = 0, 0, 0
