@@ -47,6 +47,19 @@ def script_device(name: str) -> torch.device:
         raise SystemExit(f"error: {e}") from None
 
 
+def positive_int(text: str) -> int:
+    """argparse type for a script's counts: a whole number of at least 1 (else argparse's usage error)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 @contextmanager
 def user_errors(program: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
     """Errors in the user's config or data: their message names the fix, so print it as one line

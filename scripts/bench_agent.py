@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from mbrl.agent import DrQV2Agent  # noqa: E402
 from mbrl.replay import RealReplayBuffer, TransitionBatch  # noqa: E402
-from mbrl.utils import script_device  # noqa: E402
+from mbrl.utils import positive_int, script_device  # noqa: E402
 from worldmodel.episodes import Episode  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
 
@@ -34,17 +34,6 @@ ACTION_DIM = 4  # Meta-World
 EPISODE_STEPS = 100  # iVideoGPT's Meta-World episodes (agent steps)
 BENCH_STEP = 10_000  # the agent step updates are timed at (past exploration)
 SEGMENT_BATCH, SEGMENT_LENGTH = 16, 12  # iVideoGPT world-model batches
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def sync(device: torch.device) -> None:

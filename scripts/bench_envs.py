@@ -24,6 +24,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 
 from mbrl.envs import MissingSimulatorError, make_env  # noqa: E402
+from mbrl.utils import positive_int  # noqa: E402
 
 SIZE = 64
 WARMUP = 5  # steps not timed (first renders compile shaders / JIT)
@@ -36,17 +37,6 @@ TASKS = {  # suite -> task config (action_repeat 1: one render per simulator ste
     "libero": dict(suite="libero", name="libero_spatial", task_index=0, camera="agentview", flip_rows=False),
 }
 COMMON = dict(image_size=SIZE, frame_stack=3, action_repeat=1, episode_length=10**6, success_bonus=0.0)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def frames_per_second(step: Callable[[], None], steps: int) -> float:

@@ -26,22 +26,12 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, or it has no effect
 import torch  # noqa: E402
 
+from mbrl.utils import positive_int  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
 
 CONFIG_DIR = str(REPO_ROOT / "cfgs")
 # Dense bf16 peak FLOP/s by GPU name fragment (vendor data sheets, SXM parts).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "3090": 71e12}
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def peak_flops() -> float | None:

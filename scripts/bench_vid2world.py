@@ -19,21 +19,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mbrl.utils import script_device  # noqa: E402
+from mbrl.utils import positive_int, script_device  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
 from worldmodel.vid2world.configs import SIZES  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,7 +42,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's malloc thresholds as they are (keep_freed_memory=false in training)")
     return p.parse_args()
-
 
 
 def time_rollout(model: Vid2World, context: torch.Tensor, actions: torch.Tensor) -> float:

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mbrl.utils import script_device  # noqa: E402
+from mbrl.utils import positive_int, script_device  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
 from worldmodel.ivideogpt import official_loop  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
@@ -42,17 +42,6 @@ from worldmodel.ivideogpt.tokenizer_configs import PRESETS as TOKENIZER_PRESETS 
 from worldmodel.ivideogpt.transformer_configs import TRANSFORMER_PRESETS  # noqa: E402
 
 PATHS = ("kv-cache", "re-prefill", "official loop")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,7 +74,6 @@ def parse_args() -> argparse.Namespace:
                    help="count each path's floating-point work (on the CPU at batch 1, scaled by --batch), print "
                         "the rate each path achieves and what a token step reads from memory")
     return p.parse_args()
-
 
 
 def sync(device: torch.device) -> None:
