@@ -37,6 +37,7 @@ from mbrl.analysis.curves import (AGGREGATES, BOOTSTRAP_REPS, CONFIDENCE, CurveW
                                   GroupSummary, MethodAggregate, aggregate_curve,
                                   aggregate_methods, group_runs, load_runs, markdown_table, metric_for_suite,
                                   performance_profile, summarize)
+from mbrl.utils import positive_int  # noqa: E402
 
 PANEL_SIZE = (4.0, 3.0)  # inches per task panel
 MAX_COLUMNS = 3  # task panels per row
@@ -236,17 +237,6 @@ def curve_notes(summaries: list[GroupSummary], caught: list[warnings.WarningMess
     if skipped:
         text += "\nSkipped runs (not in the curves or the table):\n\n" + "".join(f"- {p}\n" for p in skipped)
     return text
-
-
-def positive_int(text: str) -> int:
-    """argparse type of --reps: a whole number >= 1 (0 or fewer resamples give no interval)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
 
 
 def report(problems: list[str], caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:

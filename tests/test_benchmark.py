@@ -402,7 +402,8 @@ def test_plot_curves_bad_input_is_a_clear_error(tmp_path, capsys):
     assert plot_curves.main([str(tmp_path / "apart"), "--reps", "20"]) == 1
     err = capsys.readouterr().err
     assert "[plot] error: DrQ-v2 (ours): no curve over tasks: the curves share no frame range" in err
-    for reps, why in (("0", "0: must be at least 1"), ("-5", "-5: must be at least 1"), ("x", "'x' is not a whole")):
+    for reps, why in (("0", "must be at least 1, got 0"), ("-5", "must be at least 1, got -5"),
+                      ("x", "invalid int value: 'x'")):
         with pytest.raises(SystemExit) as exit_:
             plot_curves.main([str(tmp_path / "apart"), "--reps", reps])
         assert exit_.value.code == 2 and f"argument --reps: {why}" in capsys.readouterr().err
