@@ -105,15 +105,9 @@ def resolve_resume(args: list[str]) -> list[str]:
         cfg = compose("config", overrides=[a for a in rest if not a.startswith("hydra.")],
                       return_hydra_config=True)
     parent = RUNS_DIR / cfg.hydra.runtime.choices.task / cfg.world_model.name
-    from mbrl.checkpoint import CHECKPOINT_NAME
-    from mbrl.trainer import CHECKPOINTS_DIR, EPISODES_DIR
-    from worldmodel.episodes import episode_paths
+    from mbrl.trainer import has_progress
 
-    def resumable(run: Path) -> bool:  # a checkpoint, or episodes of a run stopped before its first one
-        return ((run / CHECKPOINTS_DIR / CHECKPOINT_NAME).exists()
-                or ((run / EPISODES_DIR).is_dir() and bool(episode_paths(run / EPISODES_DIR))))
-
-    runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if resumable(p))
+    runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if has_progress(p))
     if not runs:
         print(f"[train] resume=true: no earlier run with a checkpoint or episodes under {parent}; "
               "starting a new run", flush=True)

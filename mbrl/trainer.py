@@ -60,12 +60,15 @@ def check_loop_config(cfg: DictConfig) -> None:
         raise ConfigValueError("; ".join(problems) + ".")
 
 
+def has_progress(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds training progress to resume: a checkpoint or stored episodes."""
+    return ((run_dir / CHECKPOINTS_DIR / CHECKPOINT_NAME).exists()
+            or ((run_dir / EPISODES_DIR).is_dir() and bool(episode_paths(run_dir / EPISODES_DIR))))
+
+
 def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds (part of) a training run: stored episodes, a checkpoint or logs."""
-    if (run_dir / EPISODES_DIR).is_dir() and episode_paths(run_dir / EPISODES_DIR):
-        return True
-    files = [run_dir / CHECKPOINTS_DIR / CHECKPOINT_NAME] + [run_dir / f"{name}.csv" for name in LOGS]
-    return any(f.exists() for f in files)
+    """Whether ``run_dir`` holds (part of) a training run: progress, or logs (a frame-0 eval)."""
+    return has_progress(run_dir) or any((run_dir / f"{name}.csv").exists() for name in LOGS)
 
 
 class Trainer:
