@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from worldmodel.atomic_file import atomic_write
 from worldmodel.host_memory import keep_freed_host_memory
 from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldModelConfigError, load_weights_checked
 from worldmodel.optim import adamw
@@ -152,9 +153,7 @@ def wandb_run_id(out: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
     run_id = os.urandom(8).hex()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(run_id)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(run_id.encode()))
     return run_id
 
 
