@@ -8,6 +8,11 @@ a copy of Hydra's files is kept in ``.hydra/started_with/``. A relaunch with oth
 settings (or another seed, task or preset) is refused and the run's own files are put back; one
 that changes only where the run stops, how often it evaluates, saves or logs, or the device
 (``curves.SCHEDULE_ONLY_KEYS``) continues the same run, and the copy follows it.
+
+A key only one of the two launches has is a change when that launch's command line set it (saved in
+its ``overrides.yaml``): a ``+key=`` the run started with and this launch drops, or one this launch
+adds. Otherwise it is a key the code or the config files added or removed since the run started
+(with its default), and the run goes on: refusing it would leave such a run no way to finish.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from omegaconf import OmegaConf
 from mbrl.analysis.curves import learning_settings
 from mbrl.utils import ConfigValueError
 from worldmodel.atomic_file import atomic_write
+from worldmodel.training.run_settings import ABSENT, command_line_keys, set_by
 
 HYDRA_DIR = ".hydra"
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
@@ -49,19 +55,45 @@ def saved_settings(hydra_dir: Path) -> dict[str, str]:
     return run_settings(config, None if preset is None else str(preset))
 
 
-def settings_changes(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """{key: (before, after)} for every key both have with another value. A key only one side has
-    is a key the code added or removed since the run started, not a setting the launch changed."""
-    return {k: (before[k], after[k]) for k in sorted(set(before) & set(after)) if before[k] != after[k]}
+def launch_keys(hydra_dir: Path) -> set[str] | None:
+    """The config keys (or sections) the command line of the launch whose Hydra files are in
+    ``hydra_dir`` set (``command_line_keys``); None when its ``overrides.yaml`` is not there."""
+    overrides = hydra_dir / "overrides.yaml"
+    if not overrides.is_file():
+        return None
+    runtime = hydra_dir / "hydra.yaml"
+    choices = OmegaConf.select(OmegaConf.load(runtime), "hydra.runtime.choices") if runtime.is_file() else None
+    return command_line_keys([str(o) for o in OmegaConf.load(overrides)], list(choices or ()))
+
+
+def settings_changes(before: Mapping[str, str], after: Mapping[str, str], before_keys: set[str] | None = None,
+                     after_keys: set[str] | None = None) -> dict[str, tuple[str, str]]:
+    """{key: (before, after)} for every key both have with another value, and for a key only one
+    side has when that side's command line set it (``before_keys``/``after_keys``, from
+    ``launch_keys``; None: not known, so it does not count). Module docstring: why."""
+    changes = {}
+    for k in sorted(set(before) | set(after)):
+        if k in before and k in after:
+            if before[k] != after[k]:
+                changes[k] = (before[k], after[k])
+        elif k in before and before_keys is not None and set_by(k, before_keys):
+            changes[k] = (before[k], ABSENT)
+        elif k in after and after_keys is not None and set_by(k, after_keys):
+            changes[k] = (ABSENT, after[k])
+    return changes
 
 
 def describe_changes(run_dir: Path, changes: Mapping[str, tuple[str, str]]) -> str:
     """The refusal of a relaunch that would change a run's settings, with what to do instead."""
     listed = ", ".join(f"{k}={old} (this launch: {new})" for k, (old, new) in changes.items())
-    keep = " ".join(f"{k}={old}" for k, (old, _) in changes.items() if k != PRESET_KEY)
-    preset = f" preset={changes[PRESET_KEY][0]}" if PRESET_KEY in changes else ""
+    keep = [f"{k}={old}" if new != ABSENT else f"+{k}={old}"
+            for k, (old, new) in changes.items() if k != PRESET_KEY and old != ABSENT]
+    keep += [f"preset={changes[PRESET_KEY][0]}"] if PRESET_KEY in changes else []
+    dropped = [k for k, (old, _) in changes.items() if old == ABSENT]
+    how = " ".join(([f"with {' '.join(keep)}"] if keep else [])
+                   + ([f"without {', '.join(dropped)}"] if dropped else []))
     return (f"{run_dir} was trained with {listed}, from an override or a changed default. A run keeps its "
-            f"settings: relaunch it with {keep}{preset} (its .hydra/{STARTED_WITH_DIR}/overrides.yaml lists "
+            f"settings: relaunch it {how} (its .hydra/{STARTED_WITH_DIR}/overrides.yaml lists "
             "the overrides it started with), or start a new run (another hydra.run.dir, or without resume=; "
             "for scripts/benchmark.py, another name=)")
 
@@ -96,7 +128,8 @@ def check_relaunch(run_dir: str | Path, resume: bool) -> None:
     if not (hydra_dir / "config.yaml").is_file():
         return
     if resume and (started_with / "config.yaml").is_file():
-        changes = settings_changes(saved_settings(started_with), saved_settings(hydra_dir))
+        changes = settings_changes(saved_settings(started_with), saved_settings(hydra_dir),
+                                   launch_keys(started_with), launch_keys(hydra_dir))
         if changes:
             _copy_files(started_with, hydra_dir)  # the run's own settings, for the curves
             raise ConfigValueError(describe_changes(Path(run_dir), changes))

@@ -190,11 +190,12 @@ def last_eval_frame(run_dir: Path) -> int:
     return max(frames, default=-1)
 
 
-def check_same_settings(run_dir: Path, cfg: DictConfig, seed: int, preset: str) -> None:
+def check_same_settings(run_dir: Path, cfg: DictConfig, seed: int, preset: str, overrides: list[str]) -> None:
     """Refuse to relaunch a run dir that was trained with other settings (mbrl/run_settings.py):
-    before launching, rather than as one failed job of the sweep."""
-    from mbrl.run_settings import HYDRA_DIR, STARTED_WITH_DIR, describe_changes, run_settings, saved_settings
-    from mbrl.run_settings import settings_changes
+    before launching, rather than as one failed job of the sweep. ``overrides``: the user's, after ``--``."""
+    from mbrl.run_settings import HYDRA_DIR, STARTED_WITH_DIR, describe_changes, launch_keys, run_settings
+    from mbrl.run_settings import saved_settings, settings_changes
+    from worldmodel.training.run_settings import command_line_keys
 
     saved = run_dir / HYDRA_DIR / STARTED_WITH_DIR
     if not (saved / "config.yaml").is_file():  # a new run, or one started before the copy was kept
@@ -202,7 +203,9 @@ def check_same_settings(run_dir: Path, cfg: DictConfig, seed: int, preset: str) 
     config = OmegaConf.to_container(cfg, resolve=False)
     config["seed"] = seed
     try:
-        changes = settings_changes(saved_settings(saved), run_settings(config, preset))
+        groups = [d.name for d in (REPO_ROOT / "cfgs").iterdir() if d.is_dir()]  # group choices set no key
+        changes = settings_changes(saved_settings(saved), run_settings(config, preset), launch_keys(saved),
+                                   command_line_keys(overrides, groups))
     except Exception as e:  # noqa: BLE001 - an unreadable file is reported the same way
         raise BenchmarkError(f"{saved}: cannot read the run's settings ({e})") from None
     if changes:
@@ -216,7 +219,7 @@ def grid_cells(grid: DictConfig, sweep_dir: Path, overrides: list[str]) -> list[
             cfg = cell_config(task, method, overrides)
             for seed in grid.seeds:
                 run_dir = sweep_dir / task / method / f"seed{seed}"
-                check_same_settings(run_dir, cfg, int(seed), str(grid.preset))
+                check_same_settings(run_dir, cfg, int(seed), str(grid.preset), overrides)
                 cells.append(Cell(task, method, int(seed), run_dir, int(cfg.num_train_frames),
                                   last_eval_frame(run_dir)))
     return cells

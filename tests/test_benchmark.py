@@ -535,6 +535,8 @@ def test_grid_runs_skips_finished_and_resumes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "seed1 was trained with agent.lr=0.0001 (this launch: 0.5)" in err and "another name=" in err
     assert "relaunch it with agent.lr=0.0001 " in err
+    assert benchmark.main([*grid, "+agent.new_setting=2"]) == 1  # a key the run did not have, set by the user
+    assert "seed1 was trained with agent.new_setting=(absent) (this launch: 2)" in capsys.readouterr().err
     direct = subprocess.run([sys.executable, str(REPO / "mbrl" / "train_mbpo.py"), f"resume={runs / 'seed1'}",
                              *TINY, "num_train_frames=120", "agent.lr=0.5"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"})

@@ -489,3 +489,41 @@ def test_a_filesystem_without_flock_trains_unguarded_with_a_warning(tmp_path, mo
     with pytest.warns(RuntimeWarning, match="cannot lock .* training without the one-process-per-run-dir guard"):
         assert run_lock.lock_run_dir(tmp_path / "run") is None
     assert not run_lock.run_dir_in_use(tmp_path / "run")  # (a status report: not known to be in use)
+
+
+def write_hydra_files(hydra_dir: Path, config: str, overrides: list[str], choices: str = "preset: fast") -> None:
+    """The three files Hydra writes at a job's start (only what run_settings reads)."""
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "config.yaml").write_text(config)
+    (hydra_dir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (hydra_dir / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      {choices}\n")
+
+
+def test_a_relaunch_adding_or_dropping_a_key_it_sets_is_refused_and_code_added_keys_are_not(tmp_path):
+    """A key only one launch has: a change when that launch's command line set it (``+key=``),
+    a key the code added since the run started otherwise (mbrl/run_settings.py)."""
+    from mbrl.run_settings import check_relaunch
+    from mbrl.utils import ConfigValueError
+
+    run, base = tmp_path / "run", "seed: 1\ntask:\n  name: plate_slide\nagent:\n  lr: 0.0001\n"
+    hydra = run / ".hydra"
+    write_hydra_files(hydra, base + "  extra: 3\n", ["+agent.extra=3"])
+    check_relaunch(run, resume=False)  # the first start keeps its files
+    started = (hydra / "started_with" / "config.yaml").read_text()
+
+    write_hydra_files(hydra, base, ["resume=true"])  # the relaunch drops the run's +agent.extra=3
+    with pytest.raises(ConfigValueError, match=r"agent.extra=3 \(this launch: \(absent\)\).* relaunch it with "
+                                               r"\+agent.extra=3 \(its"):
+        check_relaunch(run, resume=True)
+    assert (hydra / "config.yaml").read_text() == started  # the run's own files are back
+
+    write_hydra_files(hydra, base + "  extra: 3\n  other: 0.5\n", ["+agent.extra=3", "+agent.other=0.5"])
+    with pytest.raises(ConfigValueError, match=r"agent.other=\(absent\) \(this launch: 0.5\).* relaunch it "
+                                               r"without agent.other \(its"):
+        check_relaunch(run, resume=True)
+
+    # A key the config files gained since (no command line sets it), in a group the launch chose: it goes on.
+    write_hydra_files(hydra, base + "  extra: 3\nmemory:\n  weights: 1\n", ["+agent.extra=3", "memory=vrag"],
+                      "memory: vrag\n      preset: fast")
+    check_relaunch(run, resume=True)
+    assert "weights" in (hydra / "started_with" / "config.yaml").read_text()

@@ -75,7 +75,8 @@ def command_line_keys(overrides: Iterable[str], groups: Collection[str] = ()) ->
     return keys
 
 
-def _set_by(key: str, set_keys: Collection[str]) -> bool:
+def set_by(key: str, set_keys: Collection[str]) -> bool:
+    """Whether ``key`` is one of ``set_keys`` (``command_line_keys``) or inside a section one names."""
     return any(key == k or key.startswith(k + ".") for k in set_keys)
 
 
@@ -87,7 +88,7 @@ def settings_changes(saved: Mapping[str, str], now: Mapping[str, str], stages: C
     for k in sorted(set(saved) | set(now)):
         if k.startswith("steps.") and k[len("steps."):] not in stages:
             continue
-        if k not in saved and set_keys is not None and not _set_by(k, set_keys):
+        if k not in saved and set_keys is not None and not set_by(k, set_keys):
             continue  # a default the code added since the run started
         old, new = saved.get(k, ABSENT), now.get(k, ABSENT)
         if old != new:
