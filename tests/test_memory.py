@@ -536,3 +536,25 @@ def test_yarn_extends_a_loaded_checkpoint_and_null_keeps_the_checkpoints(tmp_pat
     assert IVideoGPT.run_overrides(run_default) == {}
     again = IVideoGPT.from_pretrained(tmp_path / "extended", **IVideoGPT.run_overrides(run_default))
     assert again.transformer.hparams == extended.transformer.hparams
+
+
+def test_a_memory_that_cannot_choose_at_the_rollout_horizon_says_so_once():
+    """MBPO's rollouts (2 context + 10 imagined frames) are too short for the default VRAG and
+    history memories to choose anything: check_horizon (which MBPO calls at start) says so."""
+    import warnings
+
+    vrag = micro_model({"name": "vrag", "window": 2, "retrieved": 2, "key_size": 4})
+    assert vrag.context_frames == 2  # stored before a rollout's last step: 2 + horizon - 1
+    with pytest.warns(RuntimeWarning, match=r"vrag memory \(window 2, retrieved 2\) acts as a sliding window in "
+                                            r"rollouts of 3 steps .* \(4 frames stored .* from a horizon of 4 steps"):
+        vrag.check_horizon(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vrag.check_horizon(3)  # once per horizon
+        vrag.check_horizon(4)  # 5 stored frames, 4 in a context: retrieval chooses
+        micro_model({"name": "window", "window": 2}).check_horizon(1)
+        micro_model({"name": "history", "window": 2, "retrieved": 2}).check_horizon(3)  # t-4 = 0 skips frame 1
+    with pytest.warns(RuntimeWarning, match="history memory .* rollouts of 2 steps .* from a horizon of 3 steps"):
+        micro_model({"name": "history", "window": 2, "retrieved": 2}).check_horizon(2)
+    with pytest.warns(RuntimeWarning, match="with memory.max_frames=4 it never chooses"):
+        micro_model({"name": "vrag", "window": 2, "retrieved": 2, "key_size": 4, "max_frames": 4}).check_horizon(9)

@@ -195,6 +195,12 @@ class Memory(abc.ABC):
     def needs_keys(self) -> bool:
         return False
 
+    def selects_beyond_window(self, stored: int) -> bool:
+        """Whether the context chosen from a rollout's first ``stored`` frames (times 0..stored-1,
+        trimmed to ``capacity`` as a rollout trims them) can be anything but the most recent frames:
+        where it cannot, this memory acts as a sliding window (the window memory always does)."""
+        return False
+
     def recent(self, time: torch.Tensor) -> torch.Tensor:
         """Positions [B, w] of the most recent ``window`` stored frames (stores are time-sorted)."""
         B, n = time.shape

@@ -32,6 +32,11 @@ class HistoryMemory(Memory):
         """A full window and at least the nearest older frame (at t - offsets()[0])."""
         return self.offsets()[0] + 1 if self.retrieved else self.window + 1
 
+    def selects_beyond_window(self, stored: int) -> bool:
+        n = min(stored, self.capacity)
+        positions = self.select(torch.arange(stored - n, stored)[None])  # [1, m]
+        return bool((positions.diff(dim=1) != 1).any())  # a skipped frame: t-16 once 16 are stored (window 7)
+
     def select(self, time: torch.Tensor, key: torch.Tensor | None = None,
                query: torch.Tensor | None = None) -> torch.Tensor:
         recent = self.recent(time)

@@ -63,6 +63,9 @@ class VRAGMemory(Memory):
         dist = key_distance(key, query, self.weights(key), self.cfg.distance)  # [B, n]
         return dist.topk(k, dim=1, largest=False).indices.sort(dim=1).values
 
+    def selects_beyond_window(self, stored: int) -> bool:
+        return min(stored, self.capacity) > self.context_size  # else every stored frame is in the context
+
     def select(self, time: torch.Tensor, key: torch.Tensor | None = None,
                query: torch.Tensor | None = None) -> torch.Tensor:
         recent = self.recent(time)

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+import warnings
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -111,6 +112,7 @@ class Vid2World(WorldModel):
         self.backbone = VideoUNet(cfg.backbone_config())
         self.reward_head = RewardHead(cfg.image_size, cfg.action_dim, cfg.reward_channels, cfg.reward_hidden)
         self.memory = build_memory(cfg.memory, cfg.max_context_frames)
+        self._idle_memory_warned: set[int] = set()  # horizons check_horizon has warned about
         mem = self.memory.cfg
         self.state_keys = self.memory.needs_keys and mem.key == "state"
         self.key_dynamics = LinearKeyDynamics(cfg.action_dim, mem.key_dim) if self.state_keys else None
@@ -190,6 +192,24 @@ class Vid2World(WorldModel):
                 f"segments of {length} frames are too short for the {mem.cfg.name} memory (window {mem.window}, "
                 f"retrieved {mem.retrieved}): its training clips need at least {need} frames to hold the "
                 f"context it imagines with; set world_model.segment_length >= {need}.")
+
+    def check_horizon(self, horizon: int) -> None:
+        """Also warn (once per horizon) when rollouts of ``horizon`` steps never store enough frames
+        for a history or VRAG memory to choose anything: it then acts as a sliding window at the
+        cost of its longer training segments (MBPO's defaults: 2 context + 10 imagined frames)."""
+        super().check_horizon(horizon)
+        mem, stored = self.memory, self.context_frames + horizon - 1  # frames before the last step
+        if mem.cfg.name == "window" or mem.selects_beyond_window(stored) or horizon in self._idle_memory_warned:
+            return
+        self._idle_memory_warned.add(horizon)
+        needed = next((h for h in range(horizon + 1, horizon + mem.capacity + mem.context_size + 2)
+                       if mem.selects_beyond_window(self.context_frames + h - 1)), None)
+        when = (f"it chooses from a horizon of {needed} steps on" if needed else
+                f"with memory.max_frames={mem.capacity} it never chooses")
+        warnings.warn(f"the {mem.cfg.name} memory (window {mem.window}, retrieved {mem.retrieved}) acts as a sliding "
+                      f"window in rollouts of {horizon} steps from {self.context_frames} context frames ({stored} "
+                      f"frames stored before the last step): {when}. cfgs/memory/{mem.cfg.name}.yaml says when it "
+                      "pays off.", RuntimeWarning, stacklevel=2)
 
     @property
     def needs_frame_keys(self) -> bool:
