@@ -603,6 +603,14 @@ def test_maniskill_replay_in_our_env(tmp_path):
     np.testing.assert_allclose(ep.action, np.stack(actions))
     assert np.abs(ep.obs.astype(int) - np.stack(frames).astype(int)).mean() < 2.0
 
+    # elapsed_steps is optional in the json: a demo longer than the RL episode is still kept whole
+    (tmp_path / "traj.json").write_text(json.dumps({
+        "env_info": {"env_id": cfg.name, "env_kwargs": {}},
+        "episodes": [{"episode_id": 0, "episode_seed": 5, "control_mode": cfg.control_mode}]}))
+    short = OmegaConf.merge(cfg, {"episode_length": 2})
+    paths = convert_maniskill(h5, short, tmp_path / "out_short", success_only=False)
+    assert len(load_episode(paths[0], image_size=cfg.image_size)) == 4
+
 
 def test_convert_script_libero(tmp_path):
     from mbrl.demos.libero import libero_task_name

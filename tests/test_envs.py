@@ -530,6 +530,68 @@ def test_maniskill_plain_resets_ignore_the_global_torch_rng():
     assert not np.array_equal(starts[0][0][1]["state"], starts[0][1][1]["state"]), "no new scene per episode"
 
 
+@pytest.mark.maniskill
+def test_maniskill_success_gets_the_bonus_once_and_ends_the_episode_only_when_asked():
+    """ManiSkill's ``info["success"]`` (from its ``evaluate``) is forced on from the second step."""
+    import torch
+
+    from mbrl.demos.maniskill import maniskill_base_env
+    from mbrl.envs.maniskill_env import prepare_vulkan
+    prepare_vulkan()
+    pytest.importorskip("mani_skill", reason="ManiSkill not installed (bash scripts/install_sims.sh maniskill)")
+    for terminate in (False, True):
+        cfg = task_cfg("maniskill/pick_cube", "task.episode_length=3", "task.reward_mode=sparse",
+                       f"task.terminate_on_success={terminate}")
+        env = make_env(cfg, seed=SEED)
+        try:
+            base, forced = maniskill_base_env(env), {"on": False}
+            evaluate = base.evaluate
+
+            def forced_evaluate(*args, **kwargs):
+                out = evaluate(*args, **kwargs)
+                if forced["on"]:
+                    out["success"] = torch.ones_like(out["success"])
+                return out
+            base.evaluate = forced_evaluate
+            env.reset(seed=SEED)
+            _, reward, terminated, truncated, info = env.step(np.zeros(env.action_space.shape, np.float32))
+            assert (reward, terminated, info["success"]) == (0.0, False, False)
+            forced["on"] = True
+            _, reward, terminated, truncated, info = env.step(np.zeros(env.action_space.shape, np.float32))
+            # sparse reward: 1 on success, plus the bonus once per agent step (over the action repeat)
+            assert (reward, terminated, truncated, info["success"]) == (1.0 + cfg.success_bonus, terminate, False, True)
+        finally:
+            env.close()
+
+
+@pytest.mark.maniskill
+def test_maniskill_unknown_control_or_reward_mode_is_one_line_naming_the_setting():
+    from mbrl.envs.maniskill_env import prepare_vulkan
+    prepare_vulkan()
+    pytest.importorskip("mani_skill", reason="ManiSkill not installed (bash scripts/install_sims.sh maniskill)")
+    for setting in ("task.control_mode=pd_ee_delta_posx", "task.reward_mode=foo"):
+        with pytest.raises(ValueError, match=r"refused task.control_mode=.* or task.reward_mode="):
+            make_env(task_cfg("maniskill/pick_cube", setting), seed=SEED)
+
+
+@pytest.mark.libero
+def test_libero_success_is_read_from_the_task_and_gets_the_bonus():
+    from mbrl.envs.libero_env import prepare_libero
+    prepare_libero()
+    pytest.importorskip("libero.libero", reason="LIBERO not installed (bash scripts/install_sims.sh libero)")
+    cfg = task_cfg("libero/libero_spatial", "task.episode_length=3", "task.image_size=64")
+    env = make_env(cfg, seed=SEED)
+    try:
+        env.reset(seed=SEED)
+        _, reward, terminated, _, info = env.step(np.zeros(env.action_space.shape, np.float32))
+        assert (reward, terminated, info["success"]) == (0.0, False, False)
+        env.unwrapped.backend.env.env._check_success = lambda: True  # the goal predicates hold
+        _, reward, terminated, _, info = env.step(np.zeros(env.action_space.shape, np.float32))
+        assert (reward, terminated, info["success"]) == (1.0 + cfg.success_bonus, False, True)  # sparse 1 + bonus
+    finally:
+        env.close()
+
+
 @pytest.mark.libero
 def test_libero_spatial_task():
     from mbrl.envs.libero_env import prepare_libero

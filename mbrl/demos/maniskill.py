@@ -162,6 +162,19 @@ def state_at(states: Any, t: int) -> Any:
     return states[t]
 
 
+def action_counts(h5_path: Path, episodes: list[dict]) -> list[int]:
+    """The number of recorded actions of each listed episode that the file holds (the json's
+    ``elapsed_steps`` is optional); what is missing or unreadable ``read_trajectories`` names."""
+    import h5py
+
+    try:
+        with h5py.File(h5_path, "r") as f:
+            groups = [f.get(f"traj_{ep['episode_id']}") for ep in episodes]
+            return [int(g["actions"].shape[0]) for g in groups if g is not None and "actions" in g]
+    except OSError:
+        return []
+
+
 def read_trajectories(h5_path: str | Path, max_episodes: int | None = None) -> Iterator[Trajectory]:
     """The episodes of a trajectory file pair, in the json's order, checked for consistency."""
     import h5py
@@ -292,7 +305,7 @@ def convert_maniskill(h5_path: str | Path, task_cfg: Mapping[str, Any], out_dir:
     cfg = OmegaConf.create(OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg)
                            else dict(task_cfg))
     if not cap_length:  # the replay env must not truncate a long demonstration
-        longest = max([int(ep.get("elapsed_steps", 0)) for ep in episodes] + [0])
+        longest = max([int(ep.get("elapsed_steps", 0)) for ep in episodes] + action_counts(h5_path, episodes) + [0])
         cfg.episode_length = max(int(cfg.episode_length), -(-longest // repeat) + 1)
     env = make_env(cfg, seed=0)
     written = []

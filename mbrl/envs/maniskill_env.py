@@ -62,6 +62,9 @@ class ManiSkillBackend:
                                 sim_backend=SIM_BACKEND, render_backend=RENDER_BACKEND,
                                 sensor_configs=dict(width=image_size, height=image_size),
                                 max_episode_steps=max_sim_steps + 1, enhanced_determinism=True)
+        except (AssertionError, NotImplementedError) as e:  # ManiSkill's checks of the two modes
+            raise ValueError(f"ManiSkill {name} refused task.control_mode={control_mode} or "
+                             f"task.reward_mode={reward_mode}: {e}") from None
         except RuntimeError as e:
             if "physical device" in str(e) or "Vulkan" in str(e):
                 raise RuntimeError(
