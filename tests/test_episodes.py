@@ -205,3 +205,55 @@ def test_failed_write_leaves_no_temp_file_and_keeps_the_old_one(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         save_episode(tmp_path / "other.npz", make_episode())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ep.npz"]
+
+
+def set_compression_method(path: Path, member: str, method: int) -> None:
+    """Overwrite ``member``'s compression method in the zip central directory (what zipfile
+    trusts), as a flipped byte there would: an unknown method is NotImplementedError in zipfile."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = struct.unpack_from("<H", raw, at + 28)[0]
+        if raw[at + 46:at + 46 + name_len] == member.encode():
+            struct.pack_into("<H", raw, at + 10, method)
+            path.write_bytes(bytes(raw))
+            return
+        at = raw.find(b"PK\x01\x02", at + 1)
+    raise AssertionError(f"{member} not in {path}")
+
+
+def rewrite_header(path: Path, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new`` in an uncompressed member's array header, keeping every offset:
+    ``new`` eats the header's space padding."""
+    raw = path.read_bytes()
+    padded = old + b" " * (len(new) - len(old))
+    assert raw.count(padded) == 1
+    path.write_bytes(raw.replace(padded, new))
+
+
+UNKNOWN_ZIP_METHOD = 99  # no zip compression method has this number
+# obs.npy must span more than zipfile's first read (4096 bytes): else its CRC check fails first
+LONG_STEPS = 20
+SHAPE_END = f"{SIZE}, {SIZE}), }}".encode()  # the end of obs.npy's shape in its array header
+CORRUPTIONS = {  # what each raised out of load_episode before it was treated as a corrupt file
+    "unknown compression method": (True, lambda p: set_compression_method(p, "obs.npy", UNKNOWN_ZIP_METHOD)),
+    "header numpy cannot tokenize": (False, lambda p: rewrite_header(p, SHAPE_END, SHAPE_END.replace(b")", b"a"))),
+    # 7.7e15 bytes: more than any 64-bit address space maps, so numpy's allocation fails everywhere
+    "header claiming petabytes": (False, lambda p: rewrite_header(
+        p, f"({LONG_STEPS + 1}, 3, ".encode() + SHAPE_END, b"(9999999999999, 3, " + SHAPE_END)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_rarer_corruptions_are_format_errors_and_skipped(tmp_path, case, caplog):
+    compress, corrupt = CORRUPTIONS[case]
+    for i in range(3):
+        save_episode(tmp_path / f"ep_{i}.npz", make_episode(LONG_STEPS, seed=i), compress=compress)
+    bad = tmp_path / "ep_1.npz"
+    corrupt(bad)
+    with pytest.raises(EpisodeFormatError) as err:
+        load_episode(bad)
+    assert err.value.path == str(bad)
+    with caplog.at_level(logging.WARNING, logger="worldmodel.episodes"):
+        loaded = [p.name for p, _ in iter_episodes(tmp_path, skip_bad=True)]
+    assert loaded == ["ep_0.npz", "ep_2.npz"] and "ep_1.npz" in caplog.text

@@ -619,6 +619,9 @@ class _StubI3D(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
                 return_features: bool = False) -> torch.Tensor:
+        # the real I3D takes videos in [-1, 1] (rescale=False): a video of [0, 1] or [-1, 0] is wrong
+        assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0, "I3D input outside [-1, 1]"
+        assert float(x.max() - x.min()) > 1.5, "I3D input spans less than most of [-1, 1]"
         flat = x.flatten(1)
         return torch.stack([flat.mean(1), flat.std(1), flat.amax(1), torch.full_like(flat[:, 0], float(x.shape[2]))], 1)
 
@@ -742,3 +745,130 @@ def test_fvd_in_a_pretraining_run_and_too_short_clips_refused_at_start(tmp_path,
     proc = subprocess.run(short, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode != 0 and "FVD needs clips of at least 9 frames" in proc.stderr
     assert not (tmp_path / "short" / "stages").exists()  # refused before any training
+
+
+def test_the_fallback_held_out_file_never_takes_the_only_episode_of_a_nested_folder(tmp_path):
+    from worldmodel.training.data import build_datasets, file_hash, held_out_files
+
+    root = tmp_path / "corpus"  # names chosen so that inner/ep0's hash is the smallest of the mix
+    _write_counting_episodes(root, episodes=3, steps=6)
+    _write_counting_episodes(root / "inner", episodes=1, steps=6)
+    only_inner = root / "inner" / "ep0.npz"
+    hashes = {p: file_hash(root, p) for p in root.rglob("*.npz")}
+    val_fraction = 0.05
+    assert min(hashes, key=hashes.get) == only_inner and min(hashes.values()) > val_fraction  # the hash holds out none
+    cfg = {"root": str(root), "image_size": 8, "datasets": {"all": {"path": "."}, "inner": {"path": "inner"}}}
+    train, held = build_datasets(cfg, segment_length=4, val_fraction=val_fraction)
+    rest = min((p for p in hashes if p != only_inner), key=hashes.get)
+    assert [str(e.path) for e in held.entries[0]] == [str(rest)]  # the smallest hash of the others
+    assert str(only_inner) in {str(e.path) for e in train.entries[1]}
+    # every file is the only one of a folder (other/ep0 of other, inner/ep0 of inner): a clear error
+    _write_counting_episodes(root / "other", episodes=1, steps=6)
+    for p in root.glob("ep*.npz"):
+        p.unlink()
+    with pytest.raises(ValueError, match="only episode of a folder.*eval.val_folders"):
+        held_out_files([str(root), str(root / "inner"), str(root / "other")], val_fraction)
+
+
+class _OneArgI3D(torch.nn.Module):
+    """A TorchScript module without I3D's call (no rescale / resize / return_features)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :4]
+
+
+class _PooledI3D(torch.nn.Module):
+    """I3D's call, but one number per video instead of features [N, D]."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        return x.flatten(1).mean(1)
+
+
+def test_an_unusable_i3d_file_is_refused_when_fvd_is_set_up(tmp_path, stub_i3d):
+    from worldmodel.interface import WorldModelConfigError
+    from worldmodel.training.metrics import FVD
+
+    one_arg, pooled, weights = tmp_path / "one_arg.pt", tmp_path / "pooled.pt", tmp_path / "state_dict.pt"
+    torch.jit.script(_OneArgI3D()).save(str(one_arg))
+    torch.jit.script(_PooledI3D()).save(str(pooled))
+    torch.save(torch.nn.Linear(3, 4).state_dict(), weights)  # weights, not a TorchScript module
+    for path in (one_arg, pooled, weights):
+        with pytest.raises(WorldModelConfigError) as err:
+            FVD(path)
+        message = str(err.value)
+        assert message.startswith(f"eval.fvd_i3d={path} is not a usable I3D: it must be a TorchScript I3D")
+        assert "\n" not in message and "eval.fvd_i3d=null" in message
+    assert FVD(stub_i3d).features(torch.zeros(3, 9, 3, 8, 8, dtype=torch.uint8) + 255 * (
+        torch.arange(8) % 2).to(torch.uint8)).shape == (3, 4)  # the stub I3D is accepted
+
+
+def test_ssim_matches_an_independent_reference():
+    """Wang et al. (2004) SSIM computed here with scipy: Gaussian 11x11 window of sigma 1.5, K1 = 0.01,
+    K2 = 0.03, valid correlation, the map's mean per channel, then over channels."""
+    from scipy.signal import correlate2d
+
+    from worldmodel.training.metrics import ssim
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    pred = np.clip(real.astype(int) + rng.integers(-150, 151, real.shape), 0, 255).astype(np.uint8)
+    g = np.exp(-(np.arange(11) - 5.0) ** 2 / (2 * 1.5 ** 2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    per_channel = []
+    for x, y in zip(real / 255.0, pred / 255.0):
+        blur = lambda t: correlate2d(t, window, mode="valid")  # noqa: E731
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+        per_channel.append((((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean())
+    expected = float(np.mean(per_channel))
+    assert 0.1 < expected < 0.9  # a pair where the structure term matters
+    assert float(ssim(torch.from_numpy(real)[None], torch.from_numpy(pred)[None])) == pytest.approx(expected, rel=1e-4)
+
+
+class _AddActionModel:
+    """Not a world model (a test double for ``evaluate``): each imagined frame is the last frame
+    (flat frames) plus the step's first action entry, and its reward is that entry halved, so every
+    open-loop score is a known function of which real frames and actions ``evaluate`` uses."""
+    device = torch.device("cpu")
+    context_frames = 2
+
+    def sampling_mode(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def diffusion_objective(self, batch):
+        return torch.zeros(()), {}
+
+    def reset(self, context_obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return context_obs[:, -1]
+
+    def step(self, state: torch.Tensor, action: torch.Tensor):
+        frame = (state.int() + action[:, 0, None, None, None].int()).to(torch.uint8)
+        return frame, action[:, 0] / 2, frame
+
+
+def test_open_loop_scores_compare_each_imagined_frame_with_its_real_frame():
+    from worldmodel.interface import SegmentBatch
+    from worldmodel.training.evaluation import EvalTools, evaluate
+    from worldmodel.training.metrics import psnr, ssim
+
+    B, T, size, T0 = 2, 6, 16, _AddActionModel.context_frames  # SSIM needs frames of 11+ pixels
+    level = 20 * torch.arange(T)[None, :] + 5 * torch.arange(B)[:, None]  # [B, T]: every real frame differs
+    obs = level[:, :, None, None, None].expand(B, T, 3, size, size).to(torch.uint8)
+    step = 1 + torch.arange(T - 1)[None, :] + torch.arange(B)[:, None]  # [B, T-1]: every action differs
+    action = torch.stack([step, -step], -1).float()
+    reward = torch.ones(B, T - 1)
+    batches = [SegmentBatch(obs, action, reward)]
+    metrics, _ = evaluate(_AddActionModel(), "diffusion", batches, EvalTools(video_samples=1))
+    # imagined frame j = real frame T0-1 + actions T0-1 .. T0-1+j (action t takes frame t to t+1)
+    pred_level = level[:, T0 - 1, None] + torch.cumsum(step[:, T0 - 1:], 1)  # [B, T-T0]
+    pred = pred_level[:, :, None, None, None].expand(B, T - T0, 3, size, size).to(torch.uint8)
+    real = obs[:, T0:]
+    assert metrics["open_loop_psnr"] == pytest.approx(float(psnr(real, pred).mean()), rel=1e-6)
+    assert metrics["open_loop_ssim"] == pytest.approx(float(ssim(real, pred).mean()), rel=1e-6)
+    assert metrics["open_loop_last_psnr"] == pytest.approx(float(psnr(obs[:, -1], pred[:, -1]).mean()), rel=1e-6)
+    expected_mse = float(((step[:, T0 - 1:] / 2 - 1) ** 2).mean())
+    assert metrics["open_loop_reward_mse"] == pytest.approx(expected_mse, rel=1e-6)

@@ -212,3 +212,53 @@ def test_a_split_reads_only_the_headers_of_its_own_files(tmp_path):
     assert [str(e.path) for e in data.entries[0]] == [kept]
     with pytest.raises(EpisodeFormatError):
         SplitSegmentDataset([folder], segment_length=2, skip_bad=False, only={kept, str(tmp_path / "a" / "ep_999.npz")})
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_rarer_corruptions_skipped_with_skip_bad(tmp_path, compress):
+    """An unknown zip compression method (zipfile: NotImplementedError) and an array header numpy
+    cannot tokenize (tokenize.TokenError) are corrupt files like any other: skipped, not raised."""
+    from test_episodes import LONG_STEPS, UNKNOWN_ZIP_METHOD, rewrite_header, set_compression_method
+
+    folder = tmp_path / "a"
+    for episode_id in (1, 2):
+        save_episode(folder / f"ep_{episode_id:03d}.npz", encoded_episode(episode_id, LONG_STEPS),
+                     compress=compress)
+    bad = folder / "ep_002.npz"
+    if compress:
+        set_compression_method(bad, "obs.npy", UNKNOWN_ZIP_METHOD)
+    else:
+        end = f"{SIZE}, {SIZE}), }}".encode()
+        rewrite_header(bad, end, end.replace(b")", b"a"))
+    with pytest.raises(EpisodeFormatError, match="ep_002.*unreadable"):
+        SegmentDataset([str(folder)], segment_length=3)
+    data = SegmentDataset([str(folder)], segment_length=3, skip_bad=True)
+    rng = np.random.default_rng(0)
+    assert {int(data.sample(rng)[0][0, 0, 0, 0]) for _ in range(20)} == {1}
+
+
+def test_fixed_batches_are_the_same_at_every_read_when_a_file_fails_only_on_load(tmp_path, caplog):
+    """A deflate error deep in obs.npy shows only when the episode is loaded; finding it must not
+    change which segment a key gives, or the fixed held-out batches (and the cached FVD features
+    of their real videos) would differ between the first read and the next."""
+    from test_episodes import break_deflate_stream
+
+    from worldmodel.training.data import FixedBatches
+
+    folder = tmp_path / "a"
+    for episode_id in (1, 2, 3, 4):
+        episode = encoded_episode(episode_id, 100)
+        episode.obs[:, 2] = np.arange(SIZE)[None, :, None] * 16  # enough data for a long stream
+        save_episode(folder / f"ep_{episode_id:03d}.npz", episode)
+    break_deflate_stream(folder / "ep_002.npz", "obs.npy", keep=10_000)
+    data = SegmentDataset([str(folder)], segment_length=3, skip_bad=True)
+    assert len(data.entries[0]) == 4  # the headers are fine: only loading finds it
+    batches = FixedBatches(data, seed=0, start=0, count=4, batch_size=8)
+    with caplog.at_level("WARNING", logger="worldmodel.data"):
+        first = [batches[j].obs for j in range(len(batches))]
+    assert "ep_002.npz" in caplog.text  # found (and reported) during the first read
+    second = [batches[j].obs for j in range(len(batches))]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert 2 not in {int(v) for b in first for v in b[:, 0, 0, 0, 0]}
+    fresh = FixedBatches(SegmentDataset([str(folder)], segment_length=3, skip_bad=True), 0, 0, 4, 8)
+    assert all(torch.equal(a, fresh[j].obs) for j, a in enumerate(first))  # and in a fresh worker

@@ -45,7 +45,8 @@ from worldmodel.interface import SegmentBatch
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_EPISODES = 64
-# Loads that fail in a row before giving up (all candidate files bad): a clear error, no hang.
+# Draws in a row of unreadable episodes before giving up (a folder almost all bad): a clear
+# error, no hang.
 MAX_BAD_DRAWS = 1000
 
 
@@ -163,6 +164,8 @@ class SegmentDataset(IterableDataset):
         self.folder_probs = np.array(folder_weights) / sum(folder_weights)
         self.folder_cdf = np.cumsum(self.folder_probs)
         self.episode_cdfs = [np.cumsum(c) / max(1, c.sum()) for c in self.num_segments]
+        # (folder, episode) found unreadable on load (skip_bad), per worker: redrawn without reloading
+        self.bad_episodes: set[tuple[int, int]] = set()
         self._check_dims()
 
     # ----- indexing -----
@@ -220,32 +223,37 @@ class SegmentDataset(IterableDataset):
 
     def sample(self, rng: np.random.Generator, cache: OrderedDict | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """One segment: (obs uint8 [T,3,H,W], action [T-1,k*A], reward [T-1], folder index)."""
+        """One segment: (obs uint8 [T,3,H,W], action [T-1,k*A], reward [T-1], folder index).
+
+        An unreadable episode (``skip_bad``) is redrawn from the same folder with the same ``rng``,
+        over the distributions as built: so the segment an ``rng`` state gives depends on which files
+        are bad, never on which of them this worker happened to find before (a keyed batch stays a
+        pure function of its key), and a folder's weight is kept."""
         cache = OrderedDict() if cache is None else cache
+        f = _draw(rng, self.folder_cdf)
         for _ in range(MAX_BAD_DRAWS):
-            f = _draw(rng, self.folder_cdf)
             i = _draw(rng, self.episode_cdfs[f])
-            entry = self.entries[f][i]
+            if (f, i) in self.bad_episodes:
+                continue
             try:
-                episode = self._load(cache, entry)
+                episode = self._load(cache, self.entries[f][i])
             except EpisodeFormatError as e:
                 if not self.skip_bad:
                     raise
                 log.warning("skipping %s", e)
-                self._drop(f, i)
+                self._mark_bad(f, i)
                 continue
             start = int(rng.integers(self.num_segments[f][i]))
             return (*self.cut(episode, start, self.frame_steps[f]), f)
-        raise RuntimeError(f"{MAX_BAD_DRAWS} episode loads in a row failed; check the folders "
-                           f"{self.folders}.")
+        raise RuntimeError(f"{MAX_BAD_DRAWS} episode draws in a row from {self.folders[f]} hit unreadable "
+                           "files; check that folder.")
 
-    def _drop(self, f: int, i: int) -> None:
-        """Never draw a bad episode again (in this worker)."""
-        self.num_segments[f][i] = 0
-        total = self.num_segments[f].sum()
-        if total == 0:
+    def _mark_bad(self, f: int, i: int) -> None:
+        """Never load a bad episode again (in this worker); fail once a folder has no readable one."""
+        self.bad_episodes.add((f, i))
+        readable = [j for j in np.flatnonzero(self.num_segments[f]) if (f, int(j)) not in self.bad_episodes]
+        if not readable:
             raise RuntimeError(f"no readable episode is left in {self.folders[f]}.")
-        self.episode_cdfs[f] = np.cumsum(self.num_segments[f]) / total
 
     def cut(self, episode: Episode, start: int, k: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -39,8 +40,11 @@ class EpisodeFormatError(ValueError):
     """An episode file is missing, corrupt or does not fit the run."""
 
     # What reading a damaged ``.npz`` can raise: a broken zip structure, a corrupt deflate
-    # stream (zlib.error), a cut-off file, a bad array header, a member that is not there.
-    UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+    # stream (zlib.error), a cut-off file, a bad array header, a member that is not there, a
+    # mangled compression-method field (zipfile: NotImplementedError, "compression method is not
+    # supported"), an array header numpy's parser cannot tokenize (tokenize.TokenError).
+    UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
+                  NotImplementedError, tokenize.TokenError)
 
     def __init__(self, path: str | os.PathLike, fault: str):
         self.path, self.fault = str(path), fault
@@ -163,6 +167,9 @@ def load_episode(path: str | os.PathLike, image_size: int | None = None,
         raise
     except EpisodeFormatError.UNREADABLE as e:
         raise EpisodeFormatError(path, f"unreadable or truncated file ({type(e).__name__}: {e})") from None
+    except MemoryError as e:  # numpy allocates what an array header claims before reading the data
+        raise EpisodeFormatError(path, f"its arrays do not fit in memory ({e}): a corrupt array header, or "
+                                 "an episode too large for this machine (split it)") from None
     meta = _decode_meta(path, arrays["meta"]) if "meta" in arrays else {}
     episode = Episode(obs=arrays["obs"], action=arrays["action"], reward=arrays["reward"],
                       success=arrays["success"], terminal=arrays.get("terminal"), meta=meta)

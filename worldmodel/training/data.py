@@ -4,7 +4,8 @@ Held-out split: an episode file is held out when a hash of its name (folder name
 the folder; the outermost mix folder's for nested folders) falls below ``val_fraction``, so the
 split is the same on every machine, for every rank and across restarts, and adding files to a
 folder never moves old ones between splits. A folder always keeps at least one training episode;
-if the hash holds out nothing at all, the file with the smallest hash is held out. A folder whose
+if the hash holds out nothing at all, the file with the smallest hash is held out (among those whose
+every folder, nested ones included, keeps another). A folder whose
 held-out files are all shorter than a segment is left out of evaluation (with a warning).
 Alternatively ``val_folders`` names folders of their own (``val_folder_steps``): relative paths
 are under the mix root, like the mix's own folders, and each folder is sampled at the frame step
@@ -84,10 +85,19 @@ def held_out_files(folders: list[str], val_fraction: float) -> tuple[set[str], s
         if paths and set(paths) <= val:
             val.discard(max(paths, key=hashes.__getitem__))
     if not val and val_fraction > 0:
-        candidates = [p for paths in members.values() if len(paths) > 1 for p in paths]
-        if not candidates:
+        if all(len(paths) <= 1 for paths in members.values()):
             raise ValueError("every folder of the mix holds a single episode: nothing can be held out for "
                              "evaluation. Set eval.val_folders, or eval.every=0 to train without evaluation.")
+        # a file can be held out only if every folder holding it (nested folders: several) keeps another
+        fewest: dict[str, int] = {}  # per file: the fewest files of a folder holding it
+        for paths in members.values():
+            for p in paths:
+                fewest[p] = min(fewest.get(p, len(paths)), len(paths))
+        candidates = [p for p, n in fewest.items() if n > 1]
+        if not candidates:
+            raise ValueError("no episode can be held out for evaluation without taking the only episode of a "
+                             "folder of the mix (nested folders). Set eval.val_folders, or eval.every=0 to train "
+                             "without evaluation.")
         val.add(min(candidates, key=hashes.__getitem__))
     return set(hashes) - val, val
 

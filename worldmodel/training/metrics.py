@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from worldmodel.interface import WorldModelConfigError
+
 PIXEL_MAX = 255.0
 SSIM_WINDOW = 11  # Gaussian window of Wang et al. (2004)
 SSIM_SIGMA = 1.5
@@ -35,6 +37,9 @@ FVD_DETECTOR_KWARGS = dict(rescale=False, resize=True, return_features=True)
 FVD_MIN_FRAMES = 9
 FVD_RECOMMENDED_VIDEOS = 256  # fewest videos per set in the FVD literature for 400-dim I3D features
 FVD_CHUNK = 16  # videos per I3D call (I3D runs at 224x224: bounds its activation memory)
+# The trial video FVD runs the detector on when it is set up [N, T, 3, H, W]: 2 videos (a batch, as
+# the evaluation's), the fewest frames I3D takes, small frames (I3D resizes them to 224x224 itself).
+FVD_PROBE_SHAPE = (2, FVD_MIN_FRAMES, 3, 32, 32)
 FRECHET_EPS = 1e-6  # added to the covariance diagonals when their product is singular (as in pytorch-fid)
 
 
@@ -114,7 +119,28 @@ class FVD:
         if chunk < 1:
             raise ValueError(f"FVD chunk must be >= 1 video (got {chunk}).")
         self.device, self.chunk = torch.device(device), chunk
-        self.detector = torch.jit.load(str(i3d_path), map_location=self.device).eval()
+        self.detector = self._load_and_probe(str(i3d_path))
+
+    def _load_and_probe(self, i3d_path: str) -> torch.jit.ScriptModule:
+        """Load the detector and run it once on a trial video, the way ``features`` calls it: a wrong
+        file (a state_dict, a model with another call or output) then fails here, in one line naming
+        the setting, not with a TorchScript error at the first open-loop evaluation hours later."""
+        wanted = (f"eval.fvd_i3d={i3d_path} is not a usable I3D: it must be a TorchScript I3D "
+                  "(i3d_torchscript.pt, as used by StyleGAN-V) called as detector(videos [N, 3, T, H, W] in "
+                  f"[-1, 1], {', '.join(f'{k}={v}' for k, v in FVD_DETECTOR_KWARGS.items())}) and returning "
+                  "features [N, D]; or set eval.fvd_i3d=null to evaluate without FVD")
+        try:
+            self.detector = torch.jit.load(i3d_path, map_location=self.device).eval()
+            n = FVD_PROBE_SHAPE[0]
+            probe = torch.linspace(0, PIXEL_MAX, int(np.prod(FVD_PROBE_SHAPE))).round().to(torch.uint8)
+            features = self.features(probe.reshape(FVD_PROBE_SHAPE))
+        except Exception as e:  # torch.jit.load and TorchScript calls raise RuntimeError and others
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise WorldModelConfigError(f"{wanted} ({type(e).__name__}: {first_line})") from None
+        if features.ndim != 2 or len(features) != n or not np.isfinite(features).all():
+            raise WorldModelConfigError(f"{wanted} (it returned {features.dtype} {features.shape} for {n} "
+                                        "videos, not finite features [N, D])")
+        return self.detector
 
     @staticmethod
     def check_frames(frames: int) -> None:
