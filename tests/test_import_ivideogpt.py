@@ -598,3 +598,112 @@ def test_download_command_in_the_docstring_is_huggingface_hubs_cli():
     doc = (REPO / "scripts" / "import_ivideogpt.py").read_text().split('"""')[1]
     assert "hf download thuml/ivideogpt-oxe-64-act-free --local-dir pretrained/oxe-64-act-free" in doc
     assert "huggingface-cli" not in doc
+
+
+# ----- a GAN run, untrusted and malformed files, durable saves -----
+def test_an_official_checkpoint_loads_into_a_gan_run_with_a_fresh_discriminator(official, caplog):
+    """The official checkpoints hold no discriminator: tokenizer.gan=True trains one from scratch,
+    as for a native checkpoint saved without one."""
+    root, tok, _ = official
+    with caplog.at_level("WARNING"):
+        model = load_pretrained(root, run_config={"max_future_frames": FUTURE, "tokenizer": {"size": "tiny",
+                                                                                            "gan": True}},
+                                action_dim=ACTION_DIM)
+    assert model.tokenizer.discriminator is not None and "discriminator" in model.optimizers
+    assert "the GAN discriminator starts fresh (tokenizer.gan=True)" in caplog.text
+    assert torch.equal(model.state_dict()["tokenizer.quant_conv.weight"], tok["quant_conv.weight"])
+
+
+def test_official_import_freezes_the_codebooks(official):
+    """The transformer was trained on the checkpoint's codes: training.codebooks=auto keeps both."""
+    root, _, _ = official
+    model = IVideoGPT.from_pretrained(root, action_dim=ACTION_DIM, max_future_frames=FUTURE)
+    for quantizer in (model.tokenizer.quantize, model.tokenizer.dynamics_quantize):
+        assert not quantizer.embedding.weight.requires_grad and not quantizer.dead_code_reset
+    trained = IVideoGPT.from_pretrained(root, action_dim=ACTION_DIM, training={"codebooks": "train"})
+    assert trained.tokenizer.quantize.embedding.weight.requires_grad  # control
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, creating the marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_bin_file_that_would_run_code_is_refused_without_running_it(official, tmp_path):
+    root, _, tf = official
+    marker = tmp_path / "payload_ran"
+    folder = os.path.join(root, "transformer")
+    os.remove(os.path.join(folder, "model.safetensors"))
+    torch.save({**tf, "payload": _RunsCodeWhenUnpickled(str(marker))}, os.path.join(folder, "pytorch_model.bin"))
+    with pytest.raises(OfficialCheckpointError, match=r"pytorch_model\.bin is not a readable weights file"):
+        import_official(root, action_dim=ACTION_DIM)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("breakage,match", [
+    ("bare_tensor", r"pytorch_model\.bin holds a Tensor, not a state dict of named tensors"),
+    ("list_weight_map", r"model\.safetensors\.index\.json: 'weight_map' must map tensor names to shard file "
+                        r"names; got a list"),
+])
+def test_weights_files_of_the_wrong_structure_get_clear_errors(official, breakage, match):
+    root, _, _ = official
+    folder = os.path.join(root, "transformer")
+    os.remove(os.path.join(folder, "model.safetensors"))
+    if breakage == "bare_tensor":
+        torch.save(torch.zeros(3), os.path.join(folder, "pytorch_model.bin"))
+    else:
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            json.dump({"weight_map": ["model-00001-of-00001.safetensors"]}, f)
+    with pytest.raises(OfficialCheckpointError, match=match):
+        import_official(root, action_dim=ACTION_DIM)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"\xff\xfe{}", "is not valid UTF-8 JSON"),
+    (b"3", "holds a JSON int, not an object"),
+    (b'{"model_type": ["x"]}', r"'model_type' must be a string naming one of the world models \['ivideogpt'"),
+])
+def test_a_malformed_native_config_gets_one_clear_error_naming_it(tmp_path, content, match):
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(WorldModelConfigError, match=match) as e:
+        load_pretrained(tmp_path)
+    assert str(tmp_path / "config.json") in str(e.value)
+    with pytest.raises(WorldModelConfigError, match=match):
+        IVideoGPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fsynced files through /proc")
+def test_save_pretrained_syncs_both_files_before_renaming_them_in(official, tmp_path, monkeypatch):
+    """Else a power loss could leave a renamed-in config.json beside empty weights."""
+    root, _, _ = official
+    model, _ = import_official(root, action_dim=ACTION_DIM)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", os.fspath(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "ck"
+    model.save_pretrained(out)  # a new folder: written in a temp folder, renamed in whole
+    renamed = events.index(("replace", next(p for kind, p in events if kind == "replace")))
+    synced = {os.path.basename(p) for kind, p in events[:renamed] if kind == "fsync"}
+    assert {"config.json", "model.safetensors"} <= synced, events
+    assert ("fsync", str(tmp_path)) in events[renamed:], events  # the rename itself
+    events.clear()
+    model.save_pretrained(out)  # an existing folder: each file renamed in from a temp name
+    for name in ("model.safetensors", "config.json"):
+        temp = str(out / (name + ".tmp"))
+        assert events.index(("fsync", temp)) < events.index(("replace", temp)), events
+    assert events[-1] == ("fsync", str(out)), events

@@ -139,3 +139,12 @@ def test_setup_refuses_an_existing_venv_of_another_python(tmp_path):
     proc = run(["bash", str(script)], cwd=tmp_path)
     assert proc.returncode == 1 and ".venv was built with Python 3.12.1" in proc.stderr, proc.stderr
     assert "rm -rf .venv" in proc.stderr and (tmp_path / ".venv" / "bin" / "python").exists()
+
+
+def test_pretrain_refuses_world_model_none_in_one_line(tmp_path):
+    """world_model=none (model-free MBPO) is selectable, but there is nothing to pretrain: say so and
+    name the choices, not a KeyError from the run's setup."""
+    proc = run([sys.executable, str(SCRIPTS / "pretrain.py"), "world_model=none", "preset=cpu",
+                "data=metaworld_demos", f"out={tmp_path / 'out'}"])
+    assert_one_line_error(proc, "[pretrain] error: world_model=none: pretraining needs a world model; choose "
+                                "world_model=ivideogpt or world_model=vid2world.")

@@ -2,6 +2,7 @@
 half of one."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -21,3 +22,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except BaseException:  # a full disk, an unpicklable object, Ctrl-C: no half-written temp file left
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file to disk, so that a rename of it after a power loss never points at an
+    empty or partly written file (write errors the disk reports late surface here as ``OSError``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make the renames into ``directory`` durable (best effort: not every platform can open a directory)."""
+    with contextlib.suppress(OSError):
+        fsync_file(directory)

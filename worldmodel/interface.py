@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from worldmodel.atomic_file import fsync_directory, fsync_file
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -308,13 +310,18 @@ class WorldModel(nn.Module, abc.ABC):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
 
         def write(folder: str, suffix: str) -> None:
+            """Both files, each on disk (fsynced) before the caller renames it in: else a power loss
+            could leave a renamed-in config.json beside empty weights."""
             path = os.path.join(folder, WEIGHTS_NAME + suffix)
             try:
                 save_file(state, path)
             except SafetensorError as e:  # safetensors' I/O errors (disk full, ...) are no OSError
                 raise OSError(f"cannot write {path}: {e}") from e
+            fsync_file(path)
             with open(os.path.join(folder, CONFIG_NAME + suffix), "w") as f:
                 json.dump(config, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
 
         if not os.path.exists(directory):
             parent, name = os.path.split(os.path.abspath(directory))
@@ -323,7 +330,9 @@ class WorldModel(nn.Module, abc.ABC):
             os.mkdir(tmp)
             try:
                 write(tmp, "")
+                fsync_directory(tmp)
                 os.replace(tmp, directory)
+                fsync_directory(parent)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
             return
@@ -334,8 +343,10 @@ class WorldModel(nn.Module, abc.ABC):
             write(directory, ".tmp")
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, CONFIG_NAME))
+            fsync_directory(directory)  # the old config is gone on disk before new weights are there
             os.replace(temps[0], os.path.join(directory, WEIGHTS_NAME))
             os.replace(temps[1], os.path.join(directory, CONFIG_NAME))
+            fsync_directory(directory)
         finally:
             for tmp in temps:
                 with contextlib.suppress(FileNotFoundError):
@@ -364,12 +375,21 @@ def read_config(directory: str | os.PathLike) -> dict:
             f"{directory} is not a world-model checkpoint: {CONFIG_NAME} is missing "
             "(expected the output of save_pretrained or scripts/pretrain.py).")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise WorldModelConfigError(f"{path} is not valid JSON ({e}).") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WorldModelConfigError(f"{path} is not valid UTF-8 JSON ({e}): the checkpoint is damaged "
+                                    "(save it again).") from None
+    if not isinstance(config, dict):
+        raise WorldModelConfigError(f"{path} holds a JSON {type(config).__name__}, not an object: it is no "
+                                    "world-model config (save the checkpoint again).")
     if "model_type" not in config:
         raise WorldModelConfigError(f"{path} has no 'model_type' entry.")
+    if not isinstance(config["model_type"], str):
+        from worldmodel.registry import WORLD_MODELS  # the registry imports this module
+
+        raise WorldModelConfigError(f"{path}: 'model_type' must be a string naming one of the world models "
+                                    f"{sorted(WORLD_MODELS)}; got {config['model_type']!r}.")
     return config
 
 

@@ -287,13 +287,20 @@ def transformer_preset_name(config: dict[str, Any]) -> str | None:
 
 # ----- weights -----
 def _load_file(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file. A ``.bin`` is unpickled with ``weights_only``: a pickle
+    that would run code or build other objects is refused, not executed."""
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt files raise many types
         raise OfficialCheckpointError(f"{path} is not a readable weights file ({e}).") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise OfficialCheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors: "
+                                      "it is no saved model (download the checkpoint again).")
+    return state
 
 
 def load_official_weights(folder: str, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -305,6 +312,9 @@ def load_official_weights(folder: str, names: tuple[str, ...]) -> dict[str, torc
         index = path + INDEX_SUFFIX
         if os.path.isfile(index):
             weight_map = _read_json(index, "sharded weights index").get("weight_map", {})
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise OfficialCheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names; "
+                                              f"got a {type(weight_map).__name__} (download the checkpoint again).")
             state: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
                 state.update(_load_file(os.path.join(folder, shard)))
@@ -368,11 +378,12 @@ def import_official(directory: str | os.PathLike, action_dim: int | None = None,
 
     ``action_dim``: our model's action dimension (None: the checkpoint's, 0 for action-free).
     An action-free checkpoint gets a zero action projection; one whose action head has another
-    dimension gets a fresh zero one (reported). ``image_size`` / ``context_frames``: checked
+    dimension gets a fresh zero one (reported); with ``tokenizer.gan`` the GAN discriminator, which
+    official checkpoints lack, starts fresh (reported). ``image_size`` / ``context_frames``: checked
     against the checkpoint (None: the checkpoint's). ``overrides``: any other ``IVideoGPT``
     config entries (``max_future_frames``, ``sampling``, ``training``; ``tokenizer`` /
     ``transformer`` dicts are merged over the translated ones, e.g. attention_dropout)."""
-    from worldmodel.ivideogpt.model import IVideoGPT  # noqa: F811 (model.py imports this module lazily)
+    from worldmodel.ivideogpt.model import DISCRIMINATOR, IVideoGPT  # noqa: F811 (model.py imports this lazily)
 
     d = os.fspath(directory)
     report = ImportReport(source=d)
@@ -430,7 +441,10 @@ def import_official(directory: str | os.PathLike, action_dim: int | None = None,
     missing = [k for k in own if k not in mapped]
     unexpected = sorted(k for k in mapped if k not in own)
     fresh = [k for k in missing if k.startswith(("transformer.action_linear.", "transformer.reward_linear."))]
-    rest = [k for k in missing if k not in fresh]
+    # The official checkpoints hold no GAN discriminator: a run with tokenizer.gan=True trains one
+    # from its random start, as from_pretrained does for a native checkpoint saved without one.
+    fresh_discriminator = [k for k in missing if k.startswith(DISCRIMINATOR)]
+    rest = [k for k in missing if k not in fresh and k not in fresh_discriminator]
     if rest or unexpected:
         raise OfficialCheckpointError(
             f"{d} does not match the architecture its configs describe: {len(rest)} missing tensors "
@@ -445,4 +459,6 @@ def import_official(directory: str | os.PathLike, action_dim: int | None = None,
     model.load_state_dict(state, strict=True)
     report.loaded = len(mapped)
     report.initialised = sorted({k.rsplit(".", 1)[0] for k in fresh})
+    if fresh_discriminator:
+        report.notes.append(f"the GAN discriminator starts fresh (tokenizer.gan={model.tokenizer.config['gan']}).")
     return model, report

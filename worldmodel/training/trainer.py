@@ -42,7 +42,8 @@ from worldmodel.atomic_file import atomic_write
 from worldmodel.host_memory import keep_freed_host_memory
 from worldmodel.interface import CONFIG_NAME, WEIGHTS_NAME, WorldModel, WorldModelConfigError, load_weights_checked
 from worldmodel.optim import adamw
-from worldmodel.registry import load_pretrained, model_directory, pretrained_model_type, world_model_class
+from worldmodel.registry import (WORLD_MODELS, load_pretrained, model_directory, pretrained_model_type,
+                                 world_model_class)
 from worldmodel.training.csv_log import CsvLog
 from worldmodel.training.data import build_datasets, eval_batches, fvd_extra_batches, position_loader
 from worldmodel.training.evaluation import EvalTools, evaluate
@@ -119,6 +120,10 @@ def mixed_precision(setting: str, launch: str | None, bf16_gpu: bool) -> str:
 def check_settings(cfg: Mapping[str, Any]) -> None:
     """Refuse settings the run would only trip over later (accelerate's constructor, the first
     step, the stage's LR schedule) with a one-line reason, before any data or model is set up."""
+    name = cfg["world_model"]["name"]
+    if name not in WORLD_MODELS:  # world_model=none (model-free MBPO) has nothing to pretrain
+        raise WorldModelConfigError(f"world_model={name}: pretraining needs a world model; choose "
+                                    f"{' or '.join(f'world_model={m}' for m in sorted(WORLD_MODELS))}.")
     if int(cfg["log"]["every"]) < 1:
         raise WorldModelConfigError(f"log.every={cfg['log']['every']}: train metrics are averaged and logged every "
                                     "N optimiser steps; give N >= 1.")
