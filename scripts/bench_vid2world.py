@@ -10,6 +10,7 @@ window at every denoising step (``--no-cache-baseline`` skips it). The last line
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -21,19 +22,38 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbrl.utils import positive_int, script_device  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
-from worldmodel.vid2world.configs import SIZES  # noqa: E402
+from worldmodel.interface import WorldModelConfigError  # noqa: E402
+from worldmodel.vid2world.configs import SIZES, Vid2WorldConfig  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
 
 
-def parse_args() -> argparse.Namespace:
+def non_negative_int(text: str) -> int:
+    """argparse type for --action-dim: a whole number >= 0 (0: an action-free model)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def model_config(args: argparse.Namespace, steps: int) -> Vid2WorldConfig:
+    """The validated config of the benchmarked model sampling with ``steps`` DDIM steps."""
+    return Vid2WorldConfig(image_size=args.image_size, action_dim=args.action_dim, size=args.size,
+                           guidance_scale=args.guidance, sampling_steps=steps)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="tiny", choices=list(SIZES), help="backbone preset (tiny | base)")
     p.add_argument("--image-size", type=positive_int, default=64)
-    p.add_argument("--action-dim", type=int, default=4)
+    p.add_argument("--action-dim", type=non_negative_int, default=4, help="0: an action-free model")
     p.add_argument("--batch", type=positive_int, default=8, help="rollouts imagined in parallel")
     p.add_argument("--horizon", type=positive_int, default=10, help="imagined steps per rollout")
     p.add_argument("--context", type=positive_int, default=2, help="real context frames")
-    p.add_argument("--steps", type=positive_int, nargs="+", default=[4, 10], help="DDIM steps per frame")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[4, 10],
+                   help="DDIM steps per frame; each must divide the 1000 training timesteps")
     p.add_argument("--guidance", type=float, default=2.5, help="guidance scale (1: one branch)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="timed repeats after a warm-up; the median is reported")
@@ -41,7 +61,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's malloc thresholds as they are (keep_freed_memory=false in training)")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    for steps in args.steps:  # the model's own rules (a usage error here, not a traceback mid-run)
+        try:
+            model_config(args, steps)
+        except WorldModelConfigError as e:
+            p.error(f"the benchmarked model refuses these options: {e}")
+    return args
 
 
 def time_rollout(model: Vid2World, context: torch.Tensor, actions: torch.Tensor) -> float:
@@ -61,8 +87,7 @@ def main() -> None:
     device = script_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    model = Vid2World(image_size=args.image_size, action_dim=args.action_dim, size=args.size,
-                      guidance_scale=args.guidance).to(device).eval()
+    model = Vid2World(model_config(args, args.steps[0])).to(device).eval()
     g = torch.Generator().manual_seed(0)
     context = torch.randint(0, 256, (args.batch, args.context, 3, args.image_size, args.image_size),
                             generator=g, dtype=torch.uint8).to(device)
@@ -75,7 +100,7 @@ def main() -> None:
     print(f"{'steps':>5} | {'cached s':>9} | {'cached trans/s':>14} | {'uncached s':>10} | {'uncached trans/s':>16}")
     rates = {}
     for steps in args.steps:
-        model.config.sampling_steps = steps
+        model.config = dataclasses.replace(model.config, sampling_steps=steps)  # validated again
         modes = [True] + ([] if args.no_cache_baseline else [False])  # use_cache: False recomputes the
         times: dict[bool, list[float]] = {mode: [] for mode in modes}  # whole window at every denoising step
         for repeat in range(args.repeats + 1):  # a full-horizon warm-up of each mode, then the modes take turns

@@ -520,3 +520,194 @@ def test_imagination_is_reproducible_in_train_mode_with_dropout():
         model.reset(context.numpy())
     with pytest.raises(WorldModelConfigError, match="generator must be a torch.Generator"):
         model.reset(context, generator=0)
+
+
+# ----- checks that pin sampling and training details -----
+def test_step_guides_with_the_configured_guidance_scale():
+    """Every denoising step of ``step`` guides with config.guidance_scale (a fixed 1.0 would
+    silently turn classifier-free guidance off)."""
+    model = micro_model(sampling_steps=2, guidance_scale=3.0).eval()
+    scales, guided = [], model.guided_velocity
+
+    def spy(x, time_emb, action_emb, history, scale):
+        scales.append(scale)
+        return guided(x, time_emb, action_emb, history, scale)
+
+    model.guided_velocity = spy
+    state = model.reset(random_batch().obs, generator=torch.Generator().manual_seed(0))
+    model.step(state, torch.zeros(2, ACTION_DIM))
+    assert scales == [3.0, 3.0]
+
+
+def test_sampling_starts_from_pure_noise_for_any_step_count():
+    """DDIM's trailing spacing: the first denoising step is at t = num_train_timesteps - 1 (leading
+    spacing would start 4 steps at t = 750, from a frame that is not pure noise)."""
+    model = micro_model().eval()
+    seen, step = [], model.sampler.step
+    model.sampler.step = lambda v, t, x, **kw: (seen.append(int(t)), step(v, t, x, **kw))[1]
+    B = 2
+    drop = torch.ones(B, 2, dtype=torch.bool)
+    with torch.no_grad():
+        history = model.encode_history(torch.zeros(B, 2, 3, 16, 16), torch.zeros(B, 2, ACTION_DIM), drop)
+        for steps in (1, 4, 10):
+            seen.clear()
+            model.sample_next(history, torch.zeros(B, ACTION_DIM), steps=steps)
+            assert len(seen) == steps and seen[0] == model.config.num_train_timesteps - 1, (steps, seen)
+
+
+def test_imagined_frames_keep_their_action_for_later_steps():
+    """An imagined frame is stored with its (known) action: the next step conditions on it, so a
+    different recorded action, same frames and seed, gives a different next frame."""
+    import dataclasses
+
+    model = micro_model(sampling_steps=2, guidance_scale=2.0).eval()
+    state = model.reset(random_batch().obs, generator=torch.Generator().manual_seed(0))
+    _, _, state = model.step(state, torch.full((2, ACTION_DIM), 0.5))
+    assert state.action_known[:, -1].all() and not state.action_known[:, :-1].any()
+    frames = []
+    for first in (0.5, -0.5):
+        prev = state.prev_action.clone()
+        prev[:, -1] = first
+        changed = dataclasses.replace(state, prev_action=prev, generator=torch.Generator().manual_seed(1))
+        frames.append(model.step(changed, torch.zeros(2, ACTION_DIM))[0])
+    assert not torch.equal(frames[0], frames[1])
+
+
+def spy_scheduler(model: Vid2World, name: str) -> list:
+    """Record the timesteps of every call of the training scheduler's method ``name``."""
+    calls, method = [], getattr(model.noise_scheduler, name)
+
+    def spy(x, eps, t):
+        calls.append(t.clone())
+        return method(x, eps, t)
+
+    setattr(model.noise_scheduler, name, spy)
+    return calls
+
+
+def test_each_frame_is_noised_at_the_level_its_embedding_names():
+    """History-mixed prefixes: the noise added (and the v target) per frame are at exactly the
+    level the denoiser is told, not at the uniform draw that the prefix level replaced."""
+    torch.manual_seed(0)
+    B, T, level = 16, 4, 10
+    model = micro_model(history_mix_prob=1.0, history_noise_level=level)
+    told, noised, target = spy_embed(model), spy_scheduler(model, "add_noise"), spy_scheduler(model, "get_velocity")
+    no_action = torch.zeros(B, T, dtype=torch.bool)
+    no_action[:, 0] = True
+    with torch.no_grad():
+        model.clip_diffusion_loss(torch.rand(B, T, 3, 16, 16) * 2 - 1, torch.randn(B, T, ACTION_DIM), no_action)
+    (t, _), = told
+    assert (t[:, 0] <= level).all()  # the prefix levels are in play
+    assert torch.equal(noised[0].view(B, T), t) and torch.equal(target[0].view(B, T), t)
+
+
+def test_min_snr_weight_is_the_v_prediction_form():
+    """The loss weights each frame's v-MSE by min(SNR, gamma) / (SNR + 1) (min-SNR for v-prediction;
+    min(SNR, gamma) / SNR is the epsilon-prediction form)."""
+    torch.manual_seed(0)
+    gamma, B, T = 5.0, 8, 2
+    model = micro_model(min_snr_gamma=gamma, history_mix_prob=0.0)
+    targets, get_velocity = [], model.noise_scheduler.get_velocity
+    model.noise_scheduler.get_velocity = lambda x, eps, t: (targets.append((t, get_velocity(x, eps, t))),
+                                                            targets[-1][1])[1]
+    model.backbone.forward = lambda x, emb, cache=None: torch.zeros_like(x)  # mse = mean(target^2)
+    with torch.no_grad():
+        loss, _ = model.clip_diffusion_loss(torch.rand(B, T, 3, 16, 16) * 2 - 1, torch.zeros(B, T, ACTION_DIM),
+                                            torch.ones(B, T, dtype=torch.bool))
+    (t, target), = targets
+    alpha_bar = model.noise_scheduler.alphas_cumprod[t].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    assert (snr > gamma).any() and (snr < gamma).any(), snr  # both sides of the clamp
+    weight = snr.clamp(max=gamma) / (snr + 1)
+    want = (weight * target.double().pow(2).mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("method", ["masked", "extrapolative", "shift"])
+def test_causalized_backbone_does_not_see_later_frames(method):
+    """A causalised non-causal U-Net (temporal convolutions and attention alike): changing later
+    frames leaves earlier frames' outputs unchanged."""
+    net = VideoUNet(BackboneConfig(image_size=16, action_dim=ACTION_DIM, causal=False, **MICRO)).eval()
+    causal = causalize_module(net, method)
+    B, T, t = 2, 4, 1
+    x = torch.randn(B, T, 3, 16, 16)
+    emb = net.embed(torch.randint(0, 1000, (B, T)), torch.randn(B, T, ACTION_DIM), torch.zeros(B, T, dtype=torch.bool))
+    x2 = x.clone()
+    x2[:, t + 1:] += 1.0
+    with torch.no_grad():
+        y, y2 = causal(x, emb), causal(x2, emb)
+    assert causal.causal and not net.causal
+    torch.testing.assert_close(y[:, :t + 1], y2[:, :t + 1], rtol=0, atol=1e-5)
+
+
+# ----- bad settings and inputs: one clear error -----
+@pytest.mark.parametrize("grad_clip", [0.0, None, 2.0])
+def test_grad_clip_zero_or_none_is_off_and_negative_is_refused(grad_clip):
+    """0 / None turn clipping off (``WorldModel.optimizer_step``); a negative max norm would make
+    clip_grad_norm_ flip every gradient, so it is refused."""
+    assert micro_model(grad_clip=grad_clip).config.grad_clip == grad_clip
+    with pytest.raises(WorldModelConfigError, match="grad_clip must be a number >= 0"):
+        micro_model(grad_clip=-grad_clip if grad_clip else -1.0)
+
+
+def test_backbone_in_channels_other_than_rgb_is_refused():
+    """Frames, sampler noise and the reward head are RGB; in_channels=4 would fail deep in a conv."""
+    model = Vid2World(image_size=16, action_dim=ACTION_DIM, backbone={**MICRO, "in_channels": 3})
+    assert model.backbone.conv_in.in_channels == 3  # an old config that names the default still loads
+    with pytest.raises(WorldModelConfigError, match=r"backbone.in_channels=4.*remove model.backbone.in_channels"):
+        Vid2World(image_size=16, action_dim=ACTION_DIM, backbone={**MICRO, "in_channels": 4})
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, b: m.update(SegmentBatch(b.obs, b.action, None), parts=("diffusion",)),
+     r"batch.reward must be a float tensor \[B, T-1\] = \(2, 2\), got NoneType"),
+    (lambda m, b: m.update(SegmentBatch(b.obs, b.action, b.reward.tolist())), "batch.reward must be.*got list"),
+    (lambda m, b: m.reset(b.obs[:0]), r"context_obs holds no rollouts \(batch size B = 0\)"),
+    (lambda m, b: m.update(SegmentBatch(b.obs[:0], b.action[:0], b.reward[:0])), r"batch.obs holds no rollouts"),
+    (lambda m, b: micro_model(image_size=0), "image_size must be a whole number of pixels >= 1"),
+    (lambda m, b: micro_model(image_size=2), "reward head needs image_size"),
+    (lambda m, b: Vid2World(image_size=16, action_dim=-1, backbone=MICRO), "action_dim must be a whole number >= 0"),
+])
+def test_bad_inputs_give_one_clear_error(call, message):
+    with pytest.raises(WorldModelConfigError, match=message):
+        call(micro_model(), random_batch())
+
+
+def load_bench_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench_vid2world.py")
+    spec = importlib.util.spec_from_file_location("bench_vid2world", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "4", "3"], "sampling_steps=3 must divide"),
+    (["--steps", "2000"], "sampling_steps=2000 must divide"),
+    (["--action-dim", "-1"], "--action-dim: must be at least 0"),
+])
+def test_bench_script_refuses_settings_the_model_refuses(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_bench_script().parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_script_times_each_step_count_it_names(monkeypatch, capsys):
+    """Each row's rollouts sample with that row's DDIM step count (set through the validated config)."""
+    script = load_bench_script()
+    used, time_rollout = [], script.time_rollout
+
+    def spy(model: Vid2World, context: torch.Tensor, actions: torch.Tensor) -> float:
+        seconds = time_rollout(model, context, actions)
+        used.append((model.config.sampling_steps, len(model.sampler.timesteps)))
+        return seconds
+
+    monkeypatch.setattr(script, "time_rollout", spy)
+    monkeypatch.setattr("sys.argv", ["bench", "--image-size", "16", "--batch", "1", "--horizon", "1", "--repeats", "1",
+                                     "--steps", "1", "2", "--no-cache-baseline", "--device", "cpu",
+                                     "--default-malloc", "--action-dim", "0"])
+    script.main()
+    assert used == [(1, 1), (1, 1), (2, 2), (2, 2)]  # a warm-up and one timed repeat per row
+    assert "summary: Vid2World tiny on cpu, B=1 k=1: imagined transitions/s 1 steps" in capsys.readouterr().out

@@ -10,10 +10,12 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 from worldmodel.interface import WorldModelConfigError
 from worldmodel.memory.base import MemoryConfig
+from worldmodel.vid2world.reward import encoder_levels
 
 TRANSFER_METHODS = ("masked", "extrapolative", "shift")
 # Noise schedules both diffusers schedulers the model builds support (DDPMScheduler for training,
@@ -21,6 +23,12 @@ TRANSFER_METHODS = ("masked", "extrapolative", "shift")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # Backbone keys the top-level config sets (a backbone override of them would be ignored).
 TOP_LEVEL_BACKBONE_KEYS = ("image_size", "action_dim", "causal")
+FRAME_CHANNELS = 3  # RGB: what Vid2World's frames, sampler and reward head hold
+
+
+def _whole(value: Any) -> bool:
+    """An integer setting (numpy integers too), not a bool or a float."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -104,9 +112,22 @@ class Vid2WorldConfig:
     lr: float = 1e-4
     reward_lr: float = 3e-4
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0  # max gradient norm per part; 0 or None: no clipping
 
     def __post_init__(self) -> None:
+        # checked first: a bad size or action width would otherwise fail deep inside torch
+        if not _whole(self.image_size) or self.image_size < 1:
+            raise WorldModelConfigError(f"image_size must be a whole number of pixels >= 1 (e.g. 64), got "
+                                        f"{self.image_size!r}: set task.image_size.")
+        if not _whole(self.action_dim) or self.action_dim < 0:
+            raise WorldModelConfigError(f"action_dim must be a whole number >= 0 (0: an action-free video model), "
+                                        f"got {self.action_dim!r}: it is the env's action width.")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, Real)
+                                           or not self.grad_clip >= 0):
+            # clip_grad_norm_ with a negative max_norm flips every gradient's sign
+            raise WorldModelConfigError(f"grad_clip must be a number >= 0 (0 or null: no clipping), got "
+                                        f"{self.grad_clip!r}.")
+        encoder_levels(self.image_size)  # the reward head's size rule
         if self.size not in SIZES:
             raise WorldModelConfigError(f"unknown size '{self.size}'; choose one of {sorted(SIZES)}.")
         if self.causal_transfer not in TRANSFER_METHODS:
@@ -161,6 +182,12 @@ class Vid2WorldConfig:
             raise WorldModelConfigError(
                 f"backbone keys {top} are set by the top-level config, not the backbone block; set "
                 f"{', '.join(f'model.{k}' for k in top)} instead (and remove them from model.backbone).")
+        channels = self.backbone.get("in_channels", FRAME_CHANNELS)
+        if channels != FRAME_CHANNELS:
+            raise WorldModelConfigError(
+                f"backbone.in_channels={channels!r}: Vid2World denoises RGB frames ({FRAME_CHANNELS} channels, as "
+                f"envs render and the reward head reads them); remove model.backbone.in_channels or set it to "
+                f"{FRAME_CHANNELS}.")
         kwargs = {**SIZES[self.size], **self.backbone, "image_size": self.image_size,
                   "action_dim": self.action_dim, "causal": self.causal}
         return BackboneConfig(**kwargs)

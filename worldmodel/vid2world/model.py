@@ -42,7 +42,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError, check_step_action, read_config
 from worldmodel.memory import KeyedSegmentBatch, LinearKeyDynamics, build_memory, gaps, key_offset, pixel_key
 from worldmodel.vid2world.backbone import TemporalCache, VideoUNet
-from worldmodel.vid2world.configs import Vid2WorldConfig
+from worldmodel.vid2world.configs import FRAME_CHANNELS, Vid2WorldConfig
 from worldmodel.vid2world.reward import RewardHead, symexp, symlog
 
 PIXEL_SCALE = 127.5  # uint8 [0, 255] <-> float [-1, 1]
@@ -223,11 +223,13 @@ class Vid2World(WorldModel):
         shape = tuple(obs.shape)
         if obs.dtype != torch.uint8:
             raise WorldModelConfigError(f"{what} must be uint8 frames in [0, 255], got {obs.dtype}.")
-        if obs.dim() != dims or shape[-3] != 3 or shape[-2:] != (self.image_size, self.image_size):
+        if obs.dim() != dims or shape[-3] != FRAME_CHANNELS or shape[-2:] != (self.image_size, self.image_size):
             want = "[B, T, 3, H, W]" if dims == 5 else "[B, 3, H, W]"
             raise WorldModelConfigError(
                 f"{what} has shape {shape}; expected {want} with H = W = {self.image_size} (the "
                 "model's image_size): render the env at that size or rebuild the model.")
+        if shape[0] == 0:  # else the backbone's reshapes fail at the first step
+            raise WorldModelConfigError(f"{what} holds no rollouts (batch size B = 0); pass at least one.")
 
     def _with_action(self, batch: SegmentBatch) -> SegmentBatch:
         """The batch with ``action=None`` (action-free data, ``interface.SegmentBatch``) made an
@@ -255,6 +257,10 @@ class Vid2World(WorldModel):
             raise WorldModelConfigError(
                 f"batch.action has shape {tuple(batch.action.shape)}; expected [B, T-1, A] = "
                 f"{(B, T - 1, self.action_dim)} (action[t] leads from obs[t] to obs[t+1]).")
+        if not isinstance(batch.reward, torch.Tensor):
+            raise WorldModelConfigError(
+                f"batch.reward must be a float tensor [B, T-1] = {(B, T - 1)}, got {type(batch.reward).__name__} "
+                "(every segment needs its rewards; convert with torch.as_tensor).")
         if tuple(batch.reward.shape) != (B, T - 1):
             raise WorldModelConfigError(
                 f"batch.reward has shape {tuple(batch.reward.shape)}; expected [B, T-1] = {(B, T - 1)}.")
@@ -441,7 +447,7 @@ class Vid2World(WorldModel):
         self.sampler.set_timesteps(steps, device=self.device)
         time_emb = self.backbone.embed_time(self.sampler.timesteps)  # [n, E], all steps at once
         action_emb = self.backbone.embed_action(action, torch.zeros(B, dtype=torch.bool, device=self.device))
-        x = self._randn((B, 3, self.image_size, self.image_size), generator)
+        x = self._randn((B, FRAME_CHANNELS, self.image_size, self.image_size), generator)
         for i, t in enumerate(self.sampler.timesteps):
             v = self.guided_velocity(x, time_emb[i], action_emb, history, scale)
             x = self.sampler.step(v.float(), t, x).prev_sample

@@ -24,13 +24,19 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
+def encoder_levels(image_size: int) -> int:
+    """How many stride-2 convolutions take image_size down to FEATURE_SIZE; refuses other sizes
+    (``Vid2WorldConfig`` checks this when the model is configured)."""
+    if image_size < FEATURE_SIZE or FEATURE_SIZE * 2 ** int(math.log2(image_size // FEATURE_SIZE)) != image_size:
+        raise WorldModelConfigError(f"Vid2World's reward head needs image_size = {FEATURE_SIZE} * 2^k "
+                                    f"(e.g. 64), got {image_size}: set task.image_size to such a size.")
+    return int(math.log2(image_size // FEATURE_SIZE))
+
+
 class RewardHead(nn.Module):
     def __init__(self, image_size: int, action_dim: int, channels: int = 32, hidden: int = 256):
         super().__init__()
-        levels = int(math.log2(image_size // FEATURE_SIZE))
-        if FEATURE_SIZE * 2 ** levels != image_size:
-            raise WorldModelConfigError(f"Vid2World's reward head needs image_size = {FEATURE_SIZE} * 2^k "
-                                        f"(e.g. 64), got {image_size}: set task.image_size to such a size.")
+        levels = encoder_levels(image_size)
         layers, cur = [], 6  # two RGB frames stacked
         for i in range(levels):
             out = channels * 2 ** min(i, 2)
