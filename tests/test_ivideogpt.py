@@ -747,3 +747,42 @@ def test_imagined_reward_belongs_to_the_action_of_the_same_step():
     aligned = (ro.reward - 3.0 * ro.action[..., 0]).abs().mean()
     late = (ro.reward[:, 1:] - 3.0 * ro.action[:, :-1, 0]).abs().mean()
     assert aligned < 0.5 and aligned < 0.3 * late, (aligned, late)  # |reward| is up to 3
+
+
+def _drop_tensor(directory: Path, key: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    state = load_file(path)
+    del state[key]
+    save_file(state, path)
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_but_a_missing_head_starts_at_zero(tmp_path, caplog):
+    """Only the action / reward heads may be absent (an action- or reward-free checkpoint): any other
+    missing tensor means the weights are not the model's, and loading them would leave it random."""
+    model = randomise_heads(tiny_model())
+    model.save_pretrained(tmp_path / "ck")
+    _drop_tensor(tmp_path / "ck", "tokenizer.quantize.embedding.weight")
+    with pytest.raises(WorldModelConfigError,
+                       match=r"does not match the model: missing \['tokenizer\.quantize\.embedding\.weight'\]"):
+        IVideoGPT.from_pretrained(tmp_path / "ck")
+    model.save_pretrained(tmp_path / "no_reward")
+    _drop_tensor(tmp_path / "no_reward", "transformer.reward_linear.weight")
+    with caplog.at_level(logging.WARNING):
+        loaded = IVideoGPT.from_pretrained(tmp_path / "no_reward")
+    assert "transformer.reward_linear.weight" in caplog.text and "start at zero" in caplog.text
+    assert (loaded.transformer.reward_linear.weight == 0).all()
+    assert torch.equal(loaded.transformer.reward_linear.bias, model.transformer.reward_linear.bias)
+    assert torch.equal(loaded.transformer.action_linear.weight, model.transformer.action_linear.weight)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-7])
+def test_a_tiny_positive_temperature_samples_greedily(temperature):
+    """logits / 1e-45 overflows float32: the softmax was NaN and every code 0. Below
+    GREEDY_TEMPERATURE the sampler takes the argmax, as for temperature 0."""
+    logits = torch.randn(64, SMALL.future_vocab, generator=torch.Generator().manual_seed(0)) * 3
+    greedy = logits.argmax(-1)
+    assert greedy.ne(0).any()  # all-zero codes would not tell the bug from the fix
+    assert torch.equal(sample_future_codes(logits, temperature, 0, torch.Generator().manual_seed(0)), greedy)
+    assert torch.equal(sample_future_codes(logits, temperature, 10, torch.Generator().manual_seed(0)), greedy)

@@ -136,12 +136,58 @@ def test_steps_give_frames_rewards_and_reanchor_at_the_horizon(player):
     assert all(st.real_frame is None and st.psnr is None for st in steps)
 
 
+def test_reanchoring_resets_the_model_on_the_last_context_frames_only(player, monkeypatch):
+    """A re-anchor passes reset the last context_frames frames (WorldModel.reset takes T0), not
+    the whole trajectory, which grew memory and device copies with every re-anchor."""
+    model = player.host.model
+    T0, contexts = model.context_frames, []
+    real_reset = model.reset
+
+    def spy(context_obs, *args, **kwargs):
+        contexts.append(context_obs.cpu().clone())
+        return real_reset(context_obs, *args, **kwargs)
+
+    monkeypatch.setattr(model, "reset", spy)
+    sessions = player.sessions
+    sid = sessions.create()
+    sessions.call(sid, lambda s: s.start_from_episode(first_episode(player)))
+    for a in actions(2 * HORIZON + 1):
+        sessions.call(sid, lambda s, a=a: s.step(a))
+    frames = sessions.call(sid, lambda s: s.frames())  # o_0, then the imagined frames
+    assert len(contexts) == 3  # the start, then after HORIZON and 2 * HORIZON steps
+    assert torch.equal(contexts[0][0], sessions.call(sid, lambda s: s.context))
+    for i, n in enumerate((HORIZON, 2 * HORIZON), start=1):
+        assert contexts[i].shape == (1, T0, 3, IMG, IMG)
+        assert torch.equal(contexts[i][0], frames[n + 1 - T0:n + 1])
+
+
+def test_a_session_refuses_steps_past_max_steps(checkpoints, episodes, tmp_path):
+    p = Player.from_config(play_config(checkpoints[0], episodes, tmp_path, "max_steps=3"), TASK)
+    try:
+        sid = p.sessions.create()
+        p.sessions.call(sid, lambda s: s.start_from_episode(first_episode(p)))
+        for a in actions(3):
+            p.sessions.call(sid, lambda s, a=a: s.step(a))
+        with pytest.raises(Conflict, match="max_steps=3 steps.*undo or restart"):
+            p.sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
+        assert p.sessions.call(sid, lambda s: len(s.steps)) == 3
+        p.sessions.call(sid, lambda s: s.undo())  # room again
+        p.sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
+        with TestClient(create_app(p), base_url=BASE_URL) as c:
+            assert "max_steps=3" in post(c, f"/api/sessions/{sid}/step", {"action": [0] * ACT}, status=409)["error"]
+    finally:
+        p.close()
+
+
 def test_following_the_demo_has_the_recorded_frames_as_ground_truth(player):
     sessions = player.sessions
     sid = sessions.create()
     name = first_episode(player)
     sessions.call(sid, lambda s: s.start_from_episode(name, start=3))
     episode = load_episode(player.catalog.path(name))
+    T0 = player.host.model.context_frames  # the context frames end at obs[start], the frame the steps start from
+    context = sessions.call(sid, lambda s: s.context)
+    assert torch.equal(context, torch.from_numpy(episode.obs[3 - T0 + 1:3 + 1]))
     for t in range(3):
         st = sessions.call(sid, lambda s: s.step(s.demo_action()))
         assert torch.equal(st.real_frame, torch.from_numpy(episode.obs[3 + t + 1]))
@@ -246,6 +292,25 @@ def test_bad_actions_and_starts_are_refused_with_clear_errors(player, episodes):
     sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
 
 
+@pytest.mark.parametrize("key, value", [("action_repeat", 1), ("camera", "topview"), ("flip_rows", False)])
+def test_an_episode_recorded_at_other_env_settings_is_refused(client, player, episodes, key, value):
+    """As demo=true training refuses it (mbrl.demos.check_settings): its frames are not the task's."""
+    name = first_episode(player)
+    episode = load_episode(player.catalog.path(name))
+    episode.meta["env_settings"] = {**episode.meta["env_settings"], key: value}
+    odd = f"other_{key}.npz"
+    save_episode(episodes / odd, episode)
+    try:
+        sid = player.sessions.create()
+        with pytest.raises(PlayerError, match=f"task.{key}=.* but this run has task.{key}="):
+            player.sessions.call(sid, lambda s: s.start_from_episode(odd))
+        err = post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": odd}, status=400)["error"]
+        assert f"task.{key}" in err
+        player.sessions.call(sid, lambda s: s.start_from_episode(name))  # the task's own episodes still play
+    finally:
+        (episodes / odd).unlink()
+
+
 def test_bad_checkpoints_are_refused_and_the_model_stays(checkpoints, tmp_path):
     with pytest.raises(PlayerError, match="no such directory"):
         WorldModelHost(tmp_path / "missing", IMG)
@@ -302,6 +367,22 @@ def test_save_writes_valid_mp4_and_npz(player):
         sessions.call(sid, lambda s: (s.restart(), s.save(player.out_dir))[1])
 
 
+def test_an_unwritable_out_dir_is_refused_at_startup_and_on_save(player, checkpoints, episodes, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    for out_dir in (blocker, blocker / "sub"):
+        with pytest.raises(PlayerError, match=f"out_dir={out_dir}.*not a folder"):
+            Player.from_config(play_config(checkpoints[0], episodes, tmp_path, f"out_dir={out_dir}"), TASK)
+    # A folder that goes away (or becomes a file) after startup: a 4xx naming out_dir, not a 500.
+    player.out_dir = blocker
+    with TestClient(create_app(player), base_url=BASE_URL) as c:
+        sid = post(c, "/api/sessions")["session"]
+        post(c, f"/api/sessions/{sid}/start", {"source": "episode", "episode": first_episode(player)})
+        post(c, f"/api/sessions/{sid}/step", {"action": [0] * ACT})
+        err = post(c, f"/api/sessions/{sid}/save", status=400)["error"]
+        assert f"cannot save into out_dir={blocker}" in err and "NotADirectoryError" in err
+
+
 # ----------------------------------------------------------------- ground truth from the simulator
 def test_env_start_runs_the_real_env_beside_the_model(player):
     pytest.importorskip("metaworld", reason="env starts need Meta-World")
@@ -331,6 +412,47 @@ def test_env_start_runs_the_real_env_beside_the_model(player):
     for _ in range(EPISODE_LENGTH):
         last = sessions.call(sid, lambda s: s.step(torch.zeros(ACT)))
     assert last.real_frame is None and last.frame.shape == (3, IMG, IMG)
+
+
+# ----------------------------------------------------------------- keyboard layouts
+def key_values(suite: str, action_dim: int) -> dict[str, tuple[str, float]]:
+    """key -> (dimension name, the sign it sends) of the suite's layout."""
+    from mbrl.player.controls import action_layout
+
+    values = {}
+    for dim in action_layout(suite, action_dim):
+        values.update({k: (dim.name, sign) for k, sign in ((dim.plus_key, 1.0), (dim.minus_key, -1.0)) if k})
+    return values
+
+
+@pytest.mark.parametrize("suite, action_dim, close", [("metaworld", 4, 1.0), ("maniskill", 7, -1.0),
+                                                      ("libero", 7, 1.0)])
+def test_space_closes_and_shift_opens_each_suites_gripper(suite, action_dim, close):
+    """README: space / shift close / open the gripper, held until changed. The value that closes
+    differs per suite: Meta-World's effort and robosuite's (LIBERO) close at +1, ManiSkill's Panda
+    gripper target is open at +1 and closed at -1."""
+    from mbrl.player.controls import action_layout
+
+    layout = action_layout(suite, action_dim)
+    gripper = layout[-1]
+    assert gripper.name == "gripper" and gripper.sticky and [d.sticky for d in layout].count(True) == 1
+    keys = key_values(suite, action_dim)
+    assert keys[" "] == ("gripper", close) and keys["Shift"] == ("gripper", -close)
+    # Motions: -> / <- along +x / -x, up / down arrows +y / -y, w / s up / down.
+    x, y, z = (d.name for d in layout[:3])
+    assert (keys["ArrowRight"], keys["ArrowLeft"]) == ((x, 1.0), (x, -1.0))
+    assert (keys["ArrowUp"], keys["ArrowDown"], keys["w"], keys["s"]) == ((y, 1.0), (y, -1.0), (z, 1.0), (z, -1.0))
+    assert len(keys) == 2 * action_dim  # every dimension has its own two keys
+
+
+def test_an_unknown_suite_or_action_dim_gets_generic_keys():
+    from mbrl.player.controls import RESERVED_KEYS, action_layout
+
+    for suite, action_dim in (("dmc", 6), ("metaworld", 3)):
+        layout = action_layout(suite, action_dim)
+        assert [d.name for d in layout] == [f"a{i}" for i in range(action_dim)] and not any(d.sticky for d in layout)
+        keys = key_values(suite, action_dim)
+        assert len(keys) == 2 * action_dim and not set(keys) & set(RESERVED_KEYS)
 
 
 # ----------------------------------------------------------------- HTTP
@@ -370,6 +492,28 @@ def test_http_play_undo_save_and_download(client, player):
     assert res.status_code == 200 and res.content[:2] == b"PK"  # an npz is a zip
     post(client, f"/api/sessions/{sid}/close")
     assert client.get(f"/api/sessions/{sid}").status_code == 404
+
+
+def test_http_encodes_each_frame_once(client, player, monkeypatch):
+    """Undo, restart and reloads send the whole trajectory: its PNGs are encoded once, not per request."""
+    import mbrl.player.server as server
+
+    encoded = []
+    real_png = server.png_data_url
+    monkeypatch.setattr(server, "png_data_url", lambda frame: encoded.append(frame) or real_png(frame))
+    sid = post(client, "/api/sessions")["session"]
+    view = post(client, f"/api/sessions/{sid}/start", {"source": "episode", "episode": first_episode(player)})
+    T0 = len(view["context"])
+    post(client, f"/api/sessions/{sid}/step", {"action": view["demo_action"]})  # frame and real frame
+    for a in actions(HORIZON + 1):
+        post(client, f"/api/sessions/{sid}/step", {"action": a.tolist()})
+    n = len(encoded)
+    assert n == T0 + 2 + HORIZON + 1
+    first = client.get(f"/api/sessions/{sid}").json()
+    assert len(encoded) == n + T0  # only the context frames again
+    assert client.get(f"/api/sessions/{sid}").json() == first
+    view = post(client, f"/api/sessions/{sid}/undo")  # replays from the re-anchor at step HORIZON: 1 new frame
+    assert view["steps"] == first["steps"][:-1] and len(encoded) == n + 3 * T0 + 1
 
 
 def test_http_serves_only_the_files_the_sessions_last_save_wrote(client, player):
@@ -797,6 +941,7 @@ def test_evicted_and_closed_sessions_close_their_env(player):
     ("video_scale=1.5", "video_scale=1.5 must be an integer >= 1"),
     ("port=70000", r"port=70000 must be an integer in \[1, 65535\]"),
     ("cpu_threads=two", "cpu_threads='two' must be an integer >= 0"),
+    ("max_steps=0", "max_steps=0 must be an integer >= 1"),
 ])
 def test_bad_player_settings_are_refused_at_startup(checkpoints, episodes, tmp_path, override, match):
     with pytest.raises(PlayerError, match=match):

@@ -20,6 +20,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 30_000
 MIN_PIXEL_STD = 10.0  # a blank or single-colour page has a standard deviation near 0
+STEP_SIZE = 0.5  # the page's default step size (index.html #stepSize)
 
 pytest.importorskip("fastapi", reason="the player needs fastapi and uvicorn")
 pytest.importorskip("uvicorn", reason="the player needs fastapi and uvicorn")
@@ -69,6 +70,15 @@ def step_count(page) -> int:
     return page.locator("#filmstrip .cell.step").count()
 
 
+def press_for_action(page, key: str) -> list[float]:
+    """Press ``key`` and return the action the page sent for it (the step response echoes it)."""
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/step")) as res:
+        page.keyboard.press(key)
+    assert res.value.ok, res.value.text()
+    page.wait_for_selector("body[data-state=ready]")
+    return res.value.json()["step"]["action"]
+
+
 def test_page_answers_a_key_with_a_new_frame(server_url, tmp_path):
     import imageio.v3 as iio
 
@@ -82,17 +92,23 @@ def test_page_answers_a_key_with_a_new_frame(server_url, tmp_path):
             page.wait_for_selector("body[data-state=ready]")
             assert step_count(page) == 0 and page.locator("#error").is_hidden()
 
-            page.keyboard.press("ArrowRight")  # x + step size
+            # Meta-World keys (README): -> is +x by the step size, space closes the gripper (+1) and
+            # holds it while motions go on, shift opens it (-1).
+            assert press_for_action(page, "ArrowRight") == [STEP_SIZE, 0, 0, 0]
             page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 1")
             assert page.get_attribute("#imagined", "src").startswith("data:image/png;base64,")
             assert "step 1" in page.inner_text("#imaginedCaption")
-            page.wait_for_selector("body[data-state=ready]")
-            page.keyboard.press("w")  # z + step size
-            page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 2")
-            page.wait_for_selector("body[data-state=ready]")
-            page.keyboard.press("z")  # undo
-            page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 1")
-            page.wait_for_selector("body[data-state=ready]")
+            assert press_for_action(page, " ") == [0, 0, 0, 1]
+            assert press_for_action(page, "ArrowLeft") == [-STEP_SIZE, 0, 0, 1]
+            assert press_for_action(page, "s") == [0, 0, -STEP_SIZE, 1]
+            assert press_for_action(page, "Shift") == [0, 0, 0, -1]
+            assert press_for_action(page, "w") == [0, 0, STEP_SIZE, -1]  # z + step size, gripper still open
+            page.wait_for_function("document.querySelectorAll('#filmstrip .cell.step').length === 6")
+            for remaining in range(5, 0, -1):
+                page.keyboard.press("z")  # undo
+                page.wait_for_function(
+                    f"document.querySelectorAll('#filmstrip .cell.step').length === {remaining}")
+                page.wait_for_selector("body[data-state=ready]")
 
             shot = page.screenshot(path=str(tmp_path / "player.png"), full_page=True)
             pixels = iio.imread(io.BytesIO(shot), extension=".png").astype(np.float32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -12,7 +13,7 @@ from mbrl.demos import collect_command, demo_dir
 from mbrl.player.controls import action_layout, layout_json
 from mbrl.player.errors import PlayerError
 from mbrl.player.host import WorldModelHost, check_device
-from mbrl.player.session import SessionManager, check_seed
+from mbrl.player.session import DEFAULT_MAX_STEPS, SessionManager, check_seed
 from mbrl.player.sources import EpisodeCatalog, check_episode_root
 from worldmodel.host_memory import keep_freed_host_memory
 
@@ -62,6 +63,23 @@ def config_number(cfg: Mapping[str, Any], key: str, default: float, low: float, 
     return float(value)
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` must be a writable folder or one that can be made (nothing is made here), so a
+    bad value stops the player at startup rather than failing the user's first save."""
+    path = Path(str(out_dir)).expanduser()
+    fix = "give a folder to save into (out_dir=...)"
+    existing = path
+    while not existing.exists() and existing != existing.parent:  # the nearest existing ancestor
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is not a folder" if existing == path else f"cannot be made: {existing} is not a folder"
+        raise PlayerError(f"out_dir={out_dir}: {what}; {fix}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be made: {existing} is not writable"
+        raise PlayerError(f"out_dir={out_dir}: {what}; {fix}.")
+    return path
+
+
 @dataclass
 class Player:
     host: WorldModelHost
@@ -94,12 +112,14 @@ class Player:
         threads = config_int(cfg, "cpu_threads", 0, 0, note=" (0: torch's default)")
         settings = dict(max_sessions=config_int(cfg, "max_sessions", 8, 1),
                         replay_window=config_int(cfg, "replay_window", 10, 1),
-                        state_budget_mb=config_number(cfg, "state_budget_mb", 64, 0, " (0: keep no model states)"))
+                        state_budget_mb=config_number(cfg, "state_budget_mb", 64, 0, " (0: keep no model states)"),
+                        max_steps=config_int(cfg, "max_steps", DEFAULT_MAX_STEPS, 1))
         video = dict(video_fps=config_int(cfg, "video_fps", 10, 1), video_scale=config_int(cfg, "video_scale", 4, 1))
         address = str(cfg.get("host", "127.0.0.1"))
         if not address:
             raise PlayerError("host= is empty; give the address to serve on, e.g. host=127.0.0.1.")
         port = config_int(cfg, "port", 7860, 1, 65535)
+        out_dir = check_out_dir(str(cfg.get("out_dir", "play")))
         device = resolve_device(str(cfg.get("device", "auto")))
         episodes = cfg.get("episodes")
         root = check_episode_root(episodes) if episodes else demo_dir(task_cfg)
@@ -109,14 +129,14 @@ class Player:
             keep_freed_host_memory()
         host = WorldModelHost(pretrained, int(task_cfg["image_size"]), device)
         try:
-            catalog = EpisodeCatalog(root)
+            catalog = EpisodeCatalog(root, task_cfg)
             sessions = SessionManager(host, task_cfg, catalog, seed=seed, **settings)
             simulator = simulator_status(task_cfg) if check_simulator else (False, "not checked")
         except BaseException:
             host.close()
             raise
         return cls(host=host, sessions=sessions, catalog=catalog, task_cfg=task_cfg, task_key=task_key,
-                   out_dir=Path(str(cfg.get("out_dir", "play"))), simulator=simulator, address=address, port=port,
+                   out_dir=out_dir, simulator=simulator, address=address, port=port,
                    **video)
 
     def info(self) -> dict[str, Any]:

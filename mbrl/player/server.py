@@ -91,10 +91,22 @@ def png_data_url(frame: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def step_png(step: Step, name: str) -> str | None:
+    """``step.<name>`` (frame or real_frame) as a PNG data URL, encoded once per frame tensor: full
+    views (undo, restart, reloads) would otherwise re-encode the whole trajectory every time."""
+    frame = getattr(step, name)
+    if frame is None:
+        return None
+    hit = step.encoded.get(name)
+    if hit is None or hit[0] is not frame:  # not encoded yet, or the frame was replaced
+        hit = step.encoded[name] = (frame, png_data_url(frame))
+    return hit[1]
+
+
 def step_json(step: Step, index: int) -> dict[str, Any]:
-    return {"index": index, "action": step.action.tolist(), "frame": png_data_url(step.frame),
+    return {"index": index, "action": step.action.tolist(), "frame": step_png(step, "frame"),
             "reward": step.reward, "anchored": step.anchored, "sampling": step.sampling,
-            "real": None if step.real_frame is None else png_data_url(step.real_frame),
+            "real": step_png(step, "real_frame"),
             "real_reward": step.real_reward, "real_success": step.real_success, "psnr": step.psnr}
 
 

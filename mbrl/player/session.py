@@ -10,8 +10,9 @@ and re-runs the steps since then with their recorded actions and sampling settin
 generator state draws the same samples, so the trajectory is the one shown before (bit for bit on
 CPU), and the next step samples exactly what it would have. Anchors are of two kinds:
 
-* a *reset*: the model was reset there on every frame so far, the imagined ones included
-  (iVideoGPT conditions on the last ``context_frames`` of them). There is one at the start, and
+* a *reset*: the model was reset there on the last ``context_frames`` frames so far, the imagined
+  ones included (``WorldModel.reset`` takes T0 frames; passing the whole trajectory would copy
+  every frame to the device at each reset). There is one at the start, and
   one whenever the model's own ``max_horizon`` (iVideoGPT's ``max_future_frames``) is used up, so
   play goes on beyond the trained horizon; the page marks those frames ("re-anchored").
 * a *kept state*, every ``replay_window`` steps, for models whose state is a value (``step``
@@ -22,6 +23,10 @@ CPU), and the next step samples exactly what it would have. Anchors are of two k
   the transformer's KV cache and is advanced in place, so it cannot be kept: its undo replays
   from the last reset, at most ``max_future_frames`` steps. A model of neither kind (no horizon,
   in-place state) is re-anchored every ``replay_window`` steps instead.
+
+A session holds at most ``max_steps`` steps (play.yaml's ``max_steps``): every step keeps its
+frames (and their PNGs) and every full view sends them all, so an endless trajectory would grow
+memory and response size without bound; past the cap a step is refused (save, undo or restart).
 
 Ground truth: a session started from an env reset runs the same actions in a real env (same
 seed) and reports its frames and per-frame PSNR; a session started from an episode file has the
@@ -53,6 +58,7 @@ ACTION_ATOL = 1e-5  # an action "follows the demo" when it is this close to the 
 MAX_SEED = 2**63 - 1
 RGB = 3
 MB = 2**20
+DEFAULT_MAX_STEPS = 2000  # steps one session may hold (play.yaml's max_steps); about 1 MB per 20 steps at 64x64
 
 
 def has_value_states(model: Any) -> bool:
@@ -79,6 +85,9 @@ class Step:
     real_frame: torch.Tensor | None = None  # uint8 [3, H, W]: the real o_{t+1}
     real_reward: float | None = None
     real_success: bool | None = None
+    # The web layer's encodings of this step's frames, by attribute name: (frame encoded, its encoding),
+    # so a trajectory is encoded once however often it is sent (undo, restart and reloads send it whole).
+    encoded: dict[str, tuple[torch.Tensor, str]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def psnr(self) -> float | None:
@@ -118,11 +127,15 @@ class PlaySession:
     """One page's trajectory. Not thread-safe: call it through ``SessionManager.call``."""
 
     def __init__(self, sid: str, host: WorldModelHost, task_cfg: Mapping[str, Any], catalog: EpisodeCatalog,
-                 replay_window: int = 10, state_budget_mb: float = 64.0, seed: int = 0):
+                 replay_window: int = 10, state_budget_mb: float = 64.0, seed: int = 0,
+                 max_steps: int = DEFAULT_MAX_STEPS):
         if replay_window < 1:
             raise PlayerError(f"replay_window={replay_window} must be >= 1.")
         if not state_budget_mb >= 0:
             raise PlayerError(f"state_budget_mb={state_budget_mb} must be >= 0 (0: keep no model states).")
+        if max_steps < 1:
+            raise PlayerError(f"max_steps={max_steps} must be >= 1.")
+        self.max_steps = int(max_steps)
         self.sid, self.host, self.task_cfg, self.catalog = sid, host, task_cfg, catalog
         self.replay_window = int(replay_window)
         self.state_budget = int(state_budget_mb * MB)
@@ -189,6 +202,9 @@ class PlaySession:
         """Imagine one step with ``action`` float [A] in [-1, 1]; returns the new ``Step``."""
         action = self._check_action(action)
         self._require_started()
+        if len(self.steps) >= self.max_steps:
+            raise Conflict(f"the trajectory holds max_steps={self.max_steps} steps, the most one session keeps "
+                           "(play.yaml's max_steps): save it, then undo or restart to go on.")
         self.sync()
         step = self._imagine(action, dict(self.sampling))
         self._add_truth(step)
@@ -280,15 +296,19 @@ class PlaySession:
         imagined.meta["fps"] = fps
         self._saves += 1
         folder = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{self.sid[:8]}_{self._saves}"
-        paths = {"imagined_npz": save_episode(folder / "imagined.npz", imagined)}
-        video = imagined.obs  # [n + 1, 3, H, W]
-        if real is not None:
-            real.meta["fps"] = fps
-            paths["real_npz"] = save_episode(folder / "real.npz", real)
-            right = np.zeros_like(video)  # black where the real outcome is unknown
-            right[:len(real.obs)] = real.obs
-            video = np.concatenate([video, right], axis=-1)  # side by side
-        paths["video"] = write_video(folder / "trajectory.mp4", chw_to_hwc(video), fps=fps, scale=scale)
+        try:  # the folder is the user's to fix (a file in the way, no permission, a full disk): not a bug
+            paths = {"imagined_npz": save_episode(folder / "imagined.npz", imagined)}
+            video = imagined.obs  # [n + 1, 3, H, W]
+            if real is not None:
+                real.meta["fps"] = fps
+                paths["real_npz"] = save_episode(folder / "real.npz", real)
+                right = np.zeros_like(video)  # black where the real outcome is unknown
+                right[:len(real.obs)] = real.obs
+                video = np.concatenate([video, right], axis=-1)  # side by side
+            paths["video"] = write_video(folder / "trajectory.mp4", chw_to_hwc(video), fps=fps, scale=scale)
+        except OSError as e:
+            raise PlayerError(f"cannot save into out_dir={out_dir} ({type(e).__name__}: {e}); make it a writable "
+                              "folder (out_dir=... in cfgs/play.yaml or on the command line) and save again.") from None
         self.saved_dir, self.saved_files = folder, dict(paths)
         return paths
 
@@ -350,7 +370,10 @@ class PlaySession:
         return None
 
     def _reset_model(self) -> None:
-        frames = torch.cat([self.context] + [s.frame[None] for s in self.steps])  # [T0 + n, 3, H, W]
+        """Reset the model on the last ``context_frames`` frames (real context, then imagined)."""
+        T0 = self.model.context_frames
+        recent = [s.frame[None] for s in self.steps[max(0, len(self.steps) - T0):]]
+        frames = torch.cat([self.context] + recent)[-T0:]  # [T0, 3, H, W]
         rng_state = self._generator.get_state()
         self._state = self.model.reset(frames[None].to(self.host.device), generator=self._generator)
         self._anchors.append(Anchor(len(self.steps), rng_state))
@@ -390,6 +413,7 @@ class PlaySession:
         for s in old:
             new = self._imagine(s.action, dict(sampling) if sampling is not None else s.sampling)
             new.real_frame, new.real_reward, new.real_success = s.real_frame, s.real_reward, s.real_success
+            new.encoded = dict(s.encoded)  # the real frame's encoding still holds (encodings check their frame)
             self.steps.append(new)
 
     def sync(self) -> None:
@@ -502,11 +526,14 @@ class SessionManager:
     replay_window: int = 10
     state_budget_mb: float = 64.0  # per session: model states kept for undo (value-state models)
     seed: int = 0  # the sampling seed new sessions start with (play.yaml's seed)
+    max_steps: int = DEFAULT_MAX_STEPS  # per session (play.yaml's max_steps)
     _sessions: OrderedDict = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise PlayerError(f"max_sessions={self.max_sessions} must be >= 1.")
+        if self.max_steps < 1:
+            raise PlayerError(f"max_steps={self.max_steps} must be >= 1.")
         self.seed = check_seed(self.seed, "seed")
 
     def create(self) -> str:
@@ -514,7 +541,7 @@ class SessionManager:
         def run() -> str:
             sid = secrets.token_urlsafe(12)
             self._sessions[sid] = PlaySession(sid, self.host, self.task_cfg, self.catalog, self.replay_window,
-                                              self.state_budget_mb, self.seed)
+                                              self.state_budget_mb, self.seed, self.max_steps)
             while len(self._sessions) > self.max_sessions:
                 _, old = self._sessions.popitem(last=False)
                 old.close()

@@ -1,14 +1,18 @@
 """Where a player session's start context comes from: episode files, or a fresh env reset."""
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
+from mbrl.demos import DemoSettingsError, check_settings
 from mbrl.player.errors import NotFound, PlayerError
 from worldmodel.episodes import EPISODE_SUFFIX, Episode, EpisodeFormatError, episode_paths, load_episode
 
+log = logging.getLogger(__name__)
 EPISODE_CACHE = 16  # episodes kept in memory (a 100-step 64x64 episode is about 1.2 MB)
 
 
@@ -16,10 +20,13 @@ class EpisodeCatalog:
     """The episode files under one folder (searched recursively) or one file, by name.
 
     Names are paths relative to the folder; only listed names can be loaded, so a request can
-    never reach another file of the machine."""
+    never reach another file of the machine. With ``task_cfg``, an episode recorded at other env
+    settings (action_repeat, camera, flip_rows, ...) is refused, as demo=true training refuses it
+    (``mbrl.demos.check_settings``): its frames and transitions are not the task's."""
 
-    def __init__(self, root: str | Path | None):
+    def __init__(self, root: str | Path | None, task_cfg: Mapping[str, Any] | None = None):
         self.root = Path(root).expanduser() if root is not None else None
+        self.task_cfg = task_cfg
         self._cache: OrderedDict[str, Episode] = OrderedDict()
 
     def names(self) -> list[str]:
@@ -40,11 +47,20 @@ class EpisodeCatalog:
         if name in self._cache:
             self._cache.move_to_end(name)
             return self._cache[name]
+        path = self.path(name)
         try:
-            episode = load_episode(self.path(name), image_size=image_size, action_dim=action_dim)
+            episode = load_episode(path, image_size=image_size, action_dim=action_dim)
         except EpisodeFormatError as e:
             raise PlayerError(f"{e} (the world model wants {image_size}x{image_size} frames and "
                               f"{action_dim}-dim actions)") from None
+        if self.task_cfg is not None:
+            try:
+                notes = check_settings(path, episode.meta, self.task_cfg)
+            except DemoSettingsError as e:
+                raise PlayerError(str(e)) from None
+            if notes:  # advisory (another episode_length) or not recorded: playable, but say so
+                log.warning("episode %s: settings differ from the task's or are not recorded: %s", path,
+                            ", ".join(f"task.{k}={'unrecorded' if v is None else v}" for k, v in notes.items()))
         self._cache[name] = episode
         while len(self._cache) > EPISODE_CACHE:
             self._cache.popitem(last=False)

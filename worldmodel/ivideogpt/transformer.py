@@ -32,6 +32,9 @@ from worldmodel.ivideogpt.static_kv import OneTokenStep, StaticKVCache, compute_
 from worldmodel.ivideogpt.transformer_configs import llama_rope_parameters, transformer_config
 
 NUM_SPECIAL_TOKENS = 2  # scf (context-frame separator) and sdf (future-frame slot)
+# Temperatures below this sample greedily: logits / T overflows float32 for a tiny T (a NaN
+# softmax that draws code 0 every time), and such a T picks the argmax anyway.
+GREEDY_TEMPERATURE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def sample_codes(logits: torch.Tensor, layout: TokenLayout, temperature: float, 
     """Sample one future code per row from logits [B, V]; returns long [B] in [0, Vf).
 
     Only future-code ids can be drawn (the official code samples the whole vocabulary and can
-    emit an invalid id). ``temperature <= 0`` is greedy; ``top_k <= 0`` disables top-k."""
+    emit an invalid id). ``temperature < GREEDY_TEMPERATURE`` (0 included) is greedy; ``top_k <= 0``
+    disables top-k."""
     future = logits[:, layout.context_vocab:layout.context_vocab + layout.future_vocab]  # [B, Vf]
     return sample_future_codes(future, temperature, top_k, generator)
 
@@ -113,7 +117,7 @@ def sample_future_codes(logits: torch.Tensor, temperature: float, top_k: int,
                         generator: torch.Generator | None) -> torch.Tensor:
     """``sample_codes`` from the future codes' logits alone [B, Vf]; returns long [B] in [0, Vf)."""
     logits = logits.float()
-    if temperature <= 0:
+    if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(-1)
     logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:
