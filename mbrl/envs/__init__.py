@@ -122,7 +122,8 @@ def make_env(task_cfg: Mapping[str, Any], seed: int) -> gym.Env:
                   episode_length=get("episode_length", None if suite == "dmc" else _REQUIRED, cast=int),
                   success_bonus=get("success_bonus", cast=float))
     check_positive({k: v for k, v in common.items() if v is not None})  # before a simulator is built
-    fast = get("fast_render", cast=boolean)
+    # MuJoCo suites only: SAPIEN (ManiSkill) has no fast mode, so its suite config has no such key
+    fast = get("fast_render", cast=boolean) if suite != "maniskill" else None
     size = common["image_size"]
     valid = list_tasks(suite)  # also checks that the simulator is installed
     if name not in valid:
