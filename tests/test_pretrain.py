@@ -685,6 +685,9 @@ def test_frechet_distance_uses_n_normalised_covariances_and_regularises_singular
     cx, cy = np.cov(x, rowvar=False, bias=True), np.cov(y, rowvar=False, bias=True)
     offset = np.eye(3) * FRECHET_EPS
     assert len(calls) == 2 and np.allclose(calls[1], (cx + offset) @ (cy + offset)) and np.isfinite(value)
+    monkeypatch.setattr(scipy.linalg, "sqrtm", lambda m: np.full_like(m, np.nan))  # no root at all
+    with pytest.warns(RuntimeWarning, match="not finite even after regularising"):
+        assert np.isnan(frechet_distance(x, y))
 
 
 def counting_resets(model):

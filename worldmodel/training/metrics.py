@@ -204,6 +204,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = FRECHET_EPS) -> 
     if covmean is None:  # singular: regularise both covariances
         offset = np.eye(len(cov_a)) * eps
         covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+        if not np.isfinite(covmean).all():  # logged as nan, named here, rather than a silent nan
+            warnings.warn("FVD: the square root of the feature covariances' product is not finite even after "
+                          f"regularising with eps={eps}; FVD is nan for this evaluation (non-finite I3D features?).",
+                          RuntimeWarning, stacklevel=2)
+            return float("nan")
     covmean = np.real(covmean)  # the imaginary part of the root of a PSD product is numerical noise
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 
