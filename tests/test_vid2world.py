@@ -711,3 +711,47 @@ def test_bench_script_times_each_step_count_it_names(monkeypatch, capsys):
     script.main()
     assert used == [(1, 1), (1, 1), (2, 2), (2, 2)]  # a warm-up and one timed repeat per row
     assert "summary: Vid2World tiny on cpu, B=1 k=1: imagined transitions/s 1 steps" in capsys.readouterr().out
+
+
+def test_bench_script_update_mode_trains_with_and_without_checkpointing(monkeypatch, capsys):
+    script = load_bench_script()
+    flags = []
+    update = Vid2World.update
+
+    def spy(model: Vid2World, batch, parts=None):
+        flags.append((model.backbone.gradient_checkpointing, tuple(batch.obs.shape)))
+        return update(model, batch, parts)
+
+    monkeypatch.setattr(Vid2World, "update", spy)
+    monkeypatch.setattr("sys.argv", ["bench", "--update", "--image-size", "16", "--batch", "1", "--repeats", "1",
+                                     "--memory", "vrag", "--segment-length", "16", "--device", "cpu",
+                                     "--default-malloc"])
+    script.main()
+    assert flags == [(True, (1, 16, 3, 16, 16))] * 2 + [(False, (1, 16, 3, 16, 16))] * 2
+    assert "summary: Vid2World tiny update on cpu, 1x16 frames, vrag: checkpointing peaks at" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["bench", "--update", "--memory", "vrag", "--segment-length", "8"])
+    with pytest.raises(SystemExit):  # too short for VRAG's training clips: a usage error
+        script.main()
+
+
+def test_gradient_checkpointing_keeps_the_update_and_saves_fewer_activations():
+    """The same loss and gradients (dropout on: its RNG is replayed in the recompute), from far
+    fewer tensors kept for the backward pass."""
+    def saved_and_grads(checkpointing: bool) -> tuple[int, float, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = Vid2World(image_size=16, action_dim=ACTION_DIM, backbone={**MICRO, "dropout": 0.1},
+                          gradient_checkpointing=checkpointing).train()
+        saved = []
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            batch = random_batch(T=4)
+            loss = model.diffusion_loss(batch.obs.float() / 127.5 - 1, batch.action)[0]
+        loss.backward()
+        return sum(saved), loss.item(), [p.grad.clone() for p in model.backbone.parameters() if p.grad is not None]
+
+    full, checkpointed = saved_and_grads(False), saved_and_grads(True)
+    assert checkpointed[1] == full[1] and len(checkpointed[2]) == len(full[2])
+    for a, b in zip(full[2], checkpointed[2]):
+        torch.testing.assert_close(a, b)
+    assert checkpointed[0] < full[0] / 3, (checkpointed[0], full[0])
+    assert Vid2World.from_config(micro_model(gradient_checkpointing=True).get_config()).backbone.gradient_checkpointing

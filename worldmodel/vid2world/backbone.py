@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from worldmodel.vid2world.configs import BackboneConfig
 
@@ -223,6 +224,9 @@ class VideoUNet(nn.Module):
                 res *= 2
         self.norm_out = nn.GroupNorm(cfg.groups, cur)
         self.conv_out = nn.Conv2d(cur, cfg.in_channels, 3, padding=1)
+        # Training only: keep each VideoBlock's input, not its activations, and recompute them in the
+        # backward pass (Vid2World.config.gradient_checkpointing sets it; diffusers' attribute name)
+        self.gradient_checkpointing = False
 
     @property
     def causal(self) -> bool:
@@ -247,6 +251,14 @@ class VideoUNet(nn.Module):
         return self.embed_time(timesteps) + self.embed_action(actions, drop)
 
     # ----- denoiser -----
+    def _block(self, block: "VideoBlock", h: torch.Tensor, emb: torch.Tensor,
+               cache: TemporalCache | None) -> torch.Tensor:
+        """One VideoBlock on h [B, T, C, H, W]; checkpointed when training with gradient_checkpointing
+        (a cached pass is sampling, which keeps no activations anyway)."""
+        if self.gradient_checkpointing and cache is None and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, None, use_reentrant=False)  # dropout's RNG is replayed
+        return block(h, emb, cache)
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor,
                 cache: TemporalCache | None = None) -> torch.Tensor:
         """x [B, T, C, H, W] noisy frames, emb [B, T, E] -> v-prediction [B, T, C, H, W].
@@ -260,16 +272,16 @@ class VideoUNet(nn.Module):
         skips = [h]
         for layer in self.down:
             if isinstance(layer, VideoBlock):
-                h = layer(h.view(B, T, *h.shape[1:]), emb, cache).flatten(0, 1)
+                h = self._block(layer, h.view(B, T, *h.shape[1:]), emb, cache).flatten(0, 1)
             else:
                 h = layer(h)
             skips.append(h)
         for block in self.mid:
-            h = block(h.view(B, T, *h.shape[1:]), emb, cache).flatten(0, 1)
+            h = self._block(block, h.view(B, T, *h.shape[1:]), emb, cache).flatten(0, 1)
         for layer in self.up:
             if isinstance(layer, VideoBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-                h = layer(h.view(B, T, *h.shape[1:]), emb, cache).flatten(0, 1)
+                h = self._block(layer, h.view(B, T, *h.shape[1:]), emb, cache).flatten(0, 1)
             else:
                 h = layer(h)
         out = self.conv_out(F.silu(self.norm_out(h)))

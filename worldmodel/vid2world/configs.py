@@ -113,6 +113,7 @@ class Vid2WorldConfig:
     reward_lr: float = 3e-4
     weight_decay: float = 0.01
     grad_clip: float | None = 1.0  # max gradient norm per part; 0 or None: no clipping
+    gradient_checkpointing: bool = False  # recompute backbone activations in the backward pass (less memory)
 
     def __post_init__(self) -> None:
         # checked first: a bad size or action width would otherwise fail deep inside torch

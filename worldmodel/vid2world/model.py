@@ -97,7 +97,7 @@ class Vid2World(WorldModel):
     # (``causal`` on a non-causal checkpoint causalises it on load, see from_pretrained).
     run_settings = ("causal", "causal_transfer", "min_snr_gamma", "history_mix_prob", "action_dropout",
                     "guidance_scale", "sampling_steps", "max_context_frames", "memory", "lr", "reward_lr",
-                    "weight_decay", "grad_clip")
+                    "weight_decay", "grad_clip", "gradient_checkpointing")
     # The state-key modules exist only with a VRAG memory on state keys (``memory`` is a run
     # setting): a checkpoint without them loads with them fresh (zero key embedding, unfitted key
     # dynamics); one with them loads into a run without such a memory without them.
@@ -110,6 +110,7 @@ class Vid2World(WorldModel):
         cfg = self.config
         self.image_size, self.action_dim, self.context_frames = cfg.image_size, cfg.action_dim, cfg.context_frames
         self.backbone = VideoUNet(cfg.backbone_config())
+        self.backbone.gradient_checkpointing = bool(cfg.gradient_checkpointing)
         self.reward_head = RewardHead(cfg.image_size, cfg.action_dim, cfg.reward_channels, cfg.reward_hidden)
         self.memory = build_memory(cfg.memory, cfg.max_context_frames)
         self._idle_memory_warned: set[int] = set()  # horizons check_horizon has warned about
