@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                 colors = method_colors([s.method for s in summaries])
                 written = [plot_suite(suite, [s for s in summaries if s.suite == suite], colors, out,
                                       not args.no_reference) for suite in sorted({s.suite for s in summaries})]
-                written.append(plot_aggregate(summaries, aggregates, colors, out, args.reps, not args.no_reference))
+                if aggregates:  # none when no task is shared by every method (a warning says so)
+                    written.append(plot_aggregate(summaries, aggregates, colors, out, args.reps,
+                                                  not args.no_reference))
         except (ValueError, FileNotFoundError) as e:
             report(problems, caught)
             print(f"[plot] error: {e}", file=sys.stderr)

@@ -232,13 +232,17 @@ def test_aggregates_compare_methods_on_the_tasks_all_of_them_have(tmp_path, caps
     assert "Left out, as not every method has the task: metaworld/hammer / DrQ-v2 (ours)." in summary
     assert "| DrQ-v2 (ours) | 1 | 3 | 0.90 [" in summary
 
-    # No task shared at all: a clear error, no figures of meaningless comparisons.
+    # No task shared at all: each task's curves, no aggregates (a ranking over different tasks would
+    # mean nothing), and the summary says why.
     make_run(tmp_path / "apart", "metaworld", "hammer-v3", "none", 1, frames, [0.0, 0.1, 0.1])
     make_run(tmp_path / "apart", "metaworld", "plate-slide-v3", "ivideogpt", 1, frames, [0.0, 0.5, 0.6])
     capsys.readouterr()
-    assert plot_curves.main([str(tmp_path / "apart"), "--reps", "50"]) == 1
-    err = capsys.readouterr().err
-    assert "[plot] error: no task was run by every method" in err and "Traceback" not in err
+    assert plot_curves.main([str(tmp_path / "apart"), "--reps", "50"]) == 0
+    plots = tmp_path / "apart" / "plots"
+    assert (plots / "curves_metaworld.png").is_file() and not (plots / "aggregate.png").exists()
+    summary = (plots / "summary.md").read_text()
+    assert "no task was run by every method" in summary and "Aggregates over" not in summary
+    assert "| metaworld/hammer | DrQ-v2 (ours) |" in summary
 
 
 def test_runs_with_other_settings_get_their_own_curve(tmp_path):

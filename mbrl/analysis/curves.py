@@ -552,15 +552,17 @@ class MethodAggregate:
 def shared_tasks(summaries: Sequence[GroupSummary]) -> tuple[list[GroupSummary], list[str]]:
     """The curves of the tasks every method has, and the "task / method" curves left out (with a
     CurveWarning naming them). Cross-method aggregates over different task sets would rank a method
-    run only on easy tasks above one run on all of them. ValueError if no task is shared."""
+    run only on easy tasks above one run on all of them. No task shared: no curve is kept (there are
+    no aggregates; a CurveWarning says so), the per-task curves stay."""
     methods = sorted({s.method for s in summaries})
     shared = set.intersection(*({s.task for s in summaries if s.method == m} for m in methods)) if methods else set()
     kept = [s for s in summaries if s.task in shared]
     left_out = sorted(f"{s.task} / {s.method}" for s in summaries if s.task not in shared)
     if not shared and summaries:
-        raise ValueError(f"no task was run by every method ({', '.join(methods)}), so they cannot be compared "
-                         "across tasks; plot each method's runs separately, or run the missing tasks")
-    if left_out:
+        warnings.warn(f"no task was run by every method ({', '.join(methods)}): there are no aggregates across "
+                      "tasks (no aggregate.png), only the per-task curves; run the missing tasks to compare them",
+                      CurveWarning, stacklevel=2)
+    elif left_out:
         warnings.warn(f"the aggregates across tasks use only the {len(shared)} task(s) every method has "
                       f"({', '.join(sorted(shared))}); left out: {', '.join(left_out)}", CurveWarning, stacklevel=2)
     return kept, left_out
