@@ -574,6 +574,24 @@ def test_maniskill_unknown_control_or_reward_mode_is_one_line_naming_the_setting
             make_env(task_cfg("maniskill/pick_cube", setting), seed=SEED)
 
 
+@pytest.mark.maniskill
+def test_maniskill_without_a_vulkan_driver_names_the_fix():
+    """A fresh checkout has no .sims/ (git-ignored): SAPIEN's bare Vulkan error becomes the simulator
+    error the entry points print as one line. Own process: SAPIEN starts Vulkan once per process."""
+    import os
+    import subprocess
+
+    pytest.importorskip("mani_skill", reason="ManiSkill not installed (bash scripts/install_sims.sh maniskill)")
+    probe = ("import sys; sys.path.insert(0, 'tests'); from test_envs import task_cfg; from mbrl.envs import make_env\n"
+             "try:\n    make_env(task_cfg('maniskill/pick_cube'), seed=0)\n"
+             "except Exception as e:\n    print(type(e).__name__, e)")
+    env = {**os.environ, "VK_ICD_FILENAMES": "/nonexistent/icd.json", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=CFGS.parent, env=env, capture_output=True, text=True,
+                         timeout=300).stdout
+    assert out.startswith("MissingSimulatorError ManiSkill could not start Vulkan rendering"), out
+    assert "install_sims.sh maniskill" in out and "MBRL_SIMS_DIR" in out and "VK_ICD_FILENAMES" in out
+
+
 @pytest.mark.libero
 def test_libero_success_is_read_from_the_task_and_gets_the_bonus():
     from mbrl.envs.libero_env import prepare_libero

@@ -21,6 +21,8 @@ SIMS_DIR = Path(os.environ.get("MBRL_SIMS_DIR", Path(__file__).resolve().parents
 ICD_FILE = SIMS_DIR / "vulkan" / "lvp_icd.json"  # written by scripts/install_sims.sh maniskill
 SIM_BACKEND, RENDER_BACKEND = "physx_cpu", "cpu"
 SKIPPED_OBS_KEYS = ("sensor_data", "sensor_param")  # pixels and camera matrices: not state
+# What SAPIEN's RuntimeError says when Vulkan cannot start (no driver, an incompatible one, no device)
+VULKAN_FAILURES = ("Vulkan", "vk::", "physical device", "IncompatibleDriver")
 
 
 def prepare_vulkan() -> None:
@@ -66,10 +68,13 @@ class ManiSkillBackend:
             raise ValueError(f"ManiSkill {name} refused task.control_mode={control_mode} or "
                              f"task.reward_mode={reward_mode}: {e}") from None
         except RuntimeError as e:
-            if "physical device" in str(e) or "Vulkan" in str(e):
-                raise RuntimeError(
-                    f"ManiSkill could not start Vulkan rendering ({e}); run "
-                    f"'bash scripts/install_sims.sh maniskill' (it installs lavapipe to {ICD_FILE})") from e
+            if any(sign in str(e) for sign in VULKAN_FAILURES):
+                from mbrl.envs.errors import MissingSimulatorError
+                raise MissingSimulatorError("maniskill", message=(
+                    f"ManiSkill could not start Vulkan rendering ({e}): no usable Vulkan driver. Run 'bash "
+                    f"scripts/install_sims.sh maniskill' (it installs lavapipe to {ICD_FILE}; .sims/ is per "
+                    "checkout: MBRL_SIMS_DIR=<a checkout's .sims> reuses another's), or set VK_ICD_FILENAMES "
+                    "to your Vulkan driver's ICD json")) from None
             raise
         self.camera, self.terminate_on_success = camera, terminate_on_success
         self.action_low = self.env.action_space.low.astype(np.float32)
