@@ -66,15 +66,16 @@ def override_value(args: list[str], key: str) -> str | None:
 
 
 def choose_preset(args: list[str]) -> list[str]:
-    """Add ``preset=cpu`` or ``preset=reference`` when the user gave none, and say which."""
+    """Add ``preset=cpu`` or ``preset=reference`` when the user gave none, and say which (on stderr,
+    like the resume notices: stdout stays Hydra's, e.g. ``--cfg job > config.yaml``)."""
     if override_value(args, "preset") is not None:
-        print(f"[train] preset={override_value(args, 'preset')} (given)")
+        print(f"[train] preset={override_value(args, 'preset')} (given)", file=sys.stderr)
         return args
     import torch
 
     preset = "reference" if torch.cuda.is_available() else "cpu"
     why = "CUDA is available" if preset == "reference" else "no CUDA device: the CPU-sized schedule and world model"
-    print(f"[train] preset={preset} ({why}; override with preset=reference|cpu)")
+    print(f"[train] preset={preset} ({why}; override with preset=reference|cpu)", file=sys.stderr)
     return insert_override(args, f"preset={preset}")
 
 
@@ -110,9 +111,9 @@ def resolve_resume(args: list[str]) -> list[str]:
     runs = sorted(p for p in parent.glob(f"*_seed{cfg.seed}") if has_progress(p))
     if not runs:
         print(f"[train] resume=true: no earlier run with a checkpoint or episodes under {parent}; "
-              "starting a new run", flush=True)
+              "starting a new run", file=sys.stderr, flush=True)
         return insert_override(rest, "resume=true")
-    print(f"[train] resume=true: continuing {runs[-1]}", flush=True)
+    print(f"[train] resume=true: continuing {runs[-1]}", file=sys.stderr, flush=True)
     return insert_override(insert_override(rest, "resume=true"), f"hydra.run.dir={runs[-1]}")
 
 
@@ -133,8 +134,9 @@ def main(cfg: DictConfig) -> None:
 
         print(f"[train] run dir: {run_dir}", flush=True)
         result = Trainer(cfg, run_dir).train()
-    if result:
-        print(f"[train] done: final eval success {result['success']:.2f}, return {result['episode_reward']:.1f}")
+    if result:  # DMC has no success notion (suite config): its runs report the return only
+        success = "" if cfg.task.suite == "dmc" else f"success {result['success']:.2f}, "
+        print(f"[train] done: final eval {success}return {result['episode_reward']:.1f}")
 
 
 if __name__ == "__main__":

@@ -362,8 +362,10 @@ class Trainer:
                 self.save()
             if bar is not None:
                 bar.update(self.frame - bar.n)
+                score = ("eval_return", "episode_reward") if cfg.task.suite == "dmc" else ("eval_success", "success")
+                shown = last_eval.get(score[1])  # DMC has no success notion: its bar shows the return
                 bar.set_postfix(fps=f"{row['fps']:.0f}", episode=self.episode,
-                                eval_success=last_eval.get("success", "-"))
+                                **{score[0]: "-" if shown is None else f"{shown:.2f}"})
         if self.last_eval_frame != self.frame or self.frame == 0:
             last_eval = self.evaluate()
         self.save()

@@ -46,7 +46,8 @@ def choose_preset(args: list[str]) -> list[str]:
         preset = "reference" if torch.cuda.is_available() else "cpu"
         if int(os.environ.get("RANK", "0")) == 0:
             why = "CUDA is available" if preset == "reference" else "no CUDA device: the tiny CPU sizes"
-            print(f"[pretrain] preset={preset} ({why}; override with preset=reference|cpu)", flush=True)
+            print(f"[pretrain] preset={preset} ({why}; override with preset=reference|cpu)", file=sys.stderr,
+                  flush=True)  # stderr: stdout stays Hydra's (--cfg job)
     if preset not in PRESETS:
         raise SystemExit(f"[pretrain] preset={preset}: choose one of {PRESETS}")
     model = override_value(args, "world_model") or "ivideogpt"

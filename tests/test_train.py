@@ -40,7 +40,8 @@ def rows(path: Path) -> list[dict[str, str]]:
 def test_drqv2_run_writes_logs_videos_checkpoint(tmp_path):
     run = tmp_path / "run"
     result = train(run, "num_train_frames=160", "log.wandb=offline", "demo=true")
-    assert "preset=cpu (given)" in result.stdout
+    assert "preset=cpu (given)" in result.stderr  # notices before Hydra starts: stdout stays Hydra's
+    assert "[train] done: final eval success " in result.stdout
     assert "seeded the replay buffer with 5 demonstrations (500 transitions)" in result.stdout
     train_rows, eval_rows = rows(run / "train.csv"), rows(run / "eval.csv")
     assert [int(r["frame"]) for r in train_rows] == list(range(20, 161, 20))
@@ -55,6 +56,18 @@ def test_drqv2_run_writes_logs_videos_checkpoint(tmp_path):
     assert (run / "checkpoints" / "last.pt").stat().st_size > 0
     assert list((run / "tb").iterdir()) and (run / "wandb").is_dir()
     assert (run / ".hydra" / "config.yaml").exists()
+
+
+def test_cfg_job_prints_the_composed_config_as_yaml_alone(tmp_path):
+    """``--cfg job > config.yaml`` gives a config file: the preset notice goes to stderr."""
+    import yaml
+
+    for script, args in (("mbrl/train_mbpo.py", ["task=dmc/walker_walk"]), ("scripts/pretrain.py", [])):
+        result = subprocess.run([sys.executable, str(REPO / script), *args, "--cfg", "job"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert isinstance(yaml.safe_load(result.stdout)["world_model"], dict), result.stdout[:300]
+        assert "preset=" in result.stderr
 
 
 def test_resume_after_kill_loses_no_episode(tmp_path):
