@@ -520,11 +520,24 @@ def test_settings_that_cannot_run_are_refused_before_any_setup(tmp_path):
         refused = {"mixed_precision=bf32": "mixed_precision=bf32: give one of auto, no, fp16, bf16",
                    "grad_accum=0": "grad_accum=0: .* integer >= 1", "grad_accum=1.5": "grad_accum=1.5",
                    "optim.schedule=cosin": "optim.schedule=cosin: give one of linear, cosine,",
-                   "optim.schedule=reduce_lr_on_plateau": "optim.schedule=reduce_lr_on_plateau"}
+                   "optim.schedule=reduce_lr_on_plateau": "optim.schedule=reduce_lr_on_plateau",
+                   "data_loader.num_workers=-1": r"data_loader.num_workers=-1: give a whole number >= 0"}
         for override, message in refused.items():
             with pytest.raises(WorldModelConfigError, match=message):
                 Pretrainer(config(override))
     assert not (tmp_path / "out").exists()  # nothing was set up
+
+
+def test_null_loader_workers_are_four_at_most_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from worldmodel.training.data import DEFAULT_LOADER_WORKERS, loader_workers
+
+    assert loader_workers(0) == 0 and loader_workers(7) == 7  # as given
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert loader_workers(None) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert loader_workers(None) == DEFAULT_LOADER_WORKERS == 4
 
 
 def test_auto_precision_is_bf16_on_a_gpu_unless_the_launch_config_asks_for_another():

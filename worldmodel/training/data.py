@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ from worldmodel.episodes import episode_paths
 log = logging.getLogger(__name__)
 
 HASH_SPACE = float(2 ** 64)
+DEFAULT_LOADER_WORKERS = 4  # data_loader.num_workers=null: decoding keeps up with a GPU step at 64 px
 EVAL_STREAM = 1_000_003  # stage index used for the fixed evaluation batches (never a real stage)
 VAL_FOLDER_KEYS = ("path", "frame_step")  # the keys of a {path, frame_step} entry of eval.val_folders
 
@@ -229,6 +231,15 @@ class PositionBatches(Sampler):
         while True:
             yield [(self.stage, m, self.rank, i) for i in range(self.batch_size)]
             m += 1
+
+
+def loader_workers(setting: int | None) -> int:
+    """``data_loader.num_workers``; None: ``DEFAULT_LOADER_WORKERS``, but no more than the CPUs this
+    process may run on (more workers only contend for them, and torch warns once per worker)."""
+    if setting is not None:
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(DEFAULT_LOADER_WORKERS, cpus)
 
 
 def position_loader(dataset: SegmentDataset, seed: int, stage: int, start: int, rank: int,

@@ -45,7 +45,8 @@ from worldmodel.optim import adamw
 from worldmodel.registry import (WORLD_MODELS, load_pretrained, model_directory, pretrained_model_type,
                                  world_model_class)
 from worldmodel.training.csv_log import CsvLog
-from worldmodel.training.data import build_datasets, eval_batches, fvd_extra_batches, position_loader
+from worldmodel.training.data import (build_datasets, eval_batches, fvd_extra_batches, loader_workers,
+                                      position_loader)
 from worldmodel.training.evaluation import EvalTools, evaluate
 from worldmodel.training.run_settings import check_resume_settings, command_line_keys, flatten
 from worldmodel.training.stages import Stage, build_stage, freeze, stage_names
@@ -124,6 +125,10 @@ def check_settings(cfg: Mapping[str, Any]) -> None:
     if name not in WORLD_MODELS:  # world_model=none (model-free MBPO) has nothing to pretrain
         raise WorldModelConfigError(f"world_model={name}: pretraining needs a world model; choose "
                                     f"{' or '.join(f'world_model={m}' for m in sorted(WORLD_MODELS))}.")
+    workers = cfg["data_loader"]["num_workers"]
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise WorldModelConfigError(f"data_loader.num_workers={workers!r}: give a whole number >= 0 (0: load in "
+                                    "the training process) or null (4, at most the CPUs this process may use).")
     if int(cfg["log"]["every"]) < 1:
         raise WorldModelConfigError(f"log.every={cfg['log']['every']}: train metrics are averaged and logged every "
                                     "N optimiser steps; give N >= 1.")
@@ -484,7 +489,8 @@ class Pretrainer:
         frames_per_step = stage.frames_per_step(batch_size, segment_length) * accum * world
         tokens_per_step = stage.tokens_per_step(batch_size, segment_length) * accum * world
         loader = position_loader(self.train_data, cfg["seed"], idx, state.step * accum, acc.process_index,
-                                 batch_size, cfg["data_loader"]["num_workers"], pin_memory=acc.device.type == "cuda")
+                                 batch_size, loader_workers(cfg["data_loader"]["num_workers"]),
+                                 pin_memory=acc.device.type == "cuda")
         batches = iter(loader)
         clip = cfg["optim"]["grad_clip"]
         clip = float(clip) if clip else math.inf
