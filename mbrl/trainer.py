@@ -300,8 +300,11 @@ class Trainer:
                   f"{self.cfg.save_every_frames}): continuing from its {self.episode} episodes (frame "
                   f"{self.frame}) with a fresh agent and world model", file=sys.stderr)
         else:
-            print(f"[train] resumed {self.run_dir} at frame {self.frame} (episode {self.episode}; "
-                  f"checkpoint at frame {self.checkpoint_frame})")
+            trained = "agent and world model" if self.mbpo is not None else "agent"
+            print(f"[train] resumed {self.run_dir} at frame {self.frame} (episode {self.episode}): the {trained} "
+                  f"as trained up to its checkpoint at frame {self.checkpoint_frame}"
+                  + (" (they replace the weights world_model.pretrained loaded at start)"
+                     if self.mbpo is not None and self.cfg.world_model.get("pretrained") else ""))
         return True
 
     def finish_stopped_run(self) -> None:
