@@ -43,6 +43,7 @@ PANEL_SIZE = (4.0, 3.0)  # inches per task panel
 MAX_COLUMNS = 3  # task panels per row
 PROFILE_TAUS = np.linspace(0.0, 1.0, 101)  # thresholds of the performance profile (normalized score)
 BAND_ALPHA = 0.2  # opacity of confidence bands
+MARKED_EVALS = 20  # curves with at most this many evals also mark each eval (a single eval shows as a point)
 REFERENCE_STYLE = {"pixels": "--", "state": ":"}  # line style of published curves by observation type
 METHOD_COLORS = ("tab:blue", "tab:red", "black", "tab:purple", "tab:cyan", "tab:olive")  # ours, strong
 REFERENCE_PALETTE = tuple(c for i, c in enumerate(plt.get_cmap("Dark2").colors) if i != 1)  # muted, no red/orange
@@ -68,10 +69,12 @@ def read_off_marker(method: str) -> str:
 
 
 def draw_read_offs(ax: plt.Axes, task: str, x: float) -> None:
-    """Published final values with no frame axis: markers on the right edge."""
+    """Published final values with no frame axis: markers on the right edge, labelled as read at the
+    paper's (unstated) budget, which a short run's right edge is not."""
     for point in ref.read_off_points(task):
         ax.plot([x], [point.value], marker=read_off_marker(point.method), ms=7, color=READ_OFF_COLOR,
-                mfc="white", mew=1.3, ls="none", clip_on=False, zorder=5, label=f"{point.label}: final value")
+                mfc="white", mew=1.3, ls="none", clip_on=False, zorder=5,
+                label=f"{point.label}: final value (paper's budget)")
 
 
 def frame_formatter(ax: plt.Axes) -> None:
@@ -101,7 +104,8 @@ def plot_suite(suite: str, summaries: list[GroupSummary], colors: dict[str, tupl
         mine = [s for s in summaries if s.task == task]
         xmax = max(float(s.frame[-1]) for s in mine)
         for s in mine:
-            ax.plot(s.frame, s.mean, color=colors[s.method], lw=2, label=f"{s.method}, {len(s.seeds)} seeds")
+            ax.plot(s.frame, s.mean, color=colors[s.method], lw=2, label=f"{s.method}, {len(s.seeds)} seeds",
+                    marker="o" if len(s.frame) <= MARKED_EVALS else None, ms=3)
             ax.fill_between(s.frame, s.low, s.high, color=colors[s.method], alpha=BAND_ALPHA, lw=0)
         if references:
             draw_references(ax, task, xmax)

@@ -329,6 +329,9 @@ def test_plots_draw_every_curve_where_it_belongs(hand_made_runs, tmp_path, monke
         drawn = lines(figures[f"curves_{s.suite}.png"][s.task.split("/", 1)[1]])
         x, y = drawn[f"{s.method}, {len(s.seeds)} seeds"]
         assert x.tolist() == s.frame.tolist() and y == pytest.approx(s.mean)
+        marker = next(line.get_marker() for line in figures[f"curves_{s.suite}.png"][s.task.split("/", 1)[1]]
+                      .get_lines() if line.get_label().startswith(s.method))
+        assert marker == ("o" if len(s.frame) <= plot_curves.MARKED_EVALS else "None")  # one eval: still seen
     walker = lines(figures["curves_dmc.png"]["walker_walk"])
     published = reference.reference_curves("dmc/walker_walk")
     assert published
