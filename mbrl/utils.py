@@ -47,17 +47,27 @@ def script_device(name: str) -> torch.device:
         raise SystemExit(f"error: {e}") from None
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a script's counts: a whole number of at least 1 (else argparse's usage error)."""
+def int_at_least(text: str, minimum: int) -> int:
+    """``text`` as a whole number >= ``minimum``, or argparse's usage error naming the problem."""
     import argparse
 
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a script's counts: a whole number of at least 1 (else argparse's usage error)."""
+    return int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for a size that may be 0 (e.g. an action-free model's action width)."""
+    return int_at_least(text, 0)
 
 
 @contextmanager

@@ -27,23 +27,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mbrl.utils import positive_int, script_device  # noqa: E402
+from mbrl.utils import non_negative_int, positive_int, script_device  # noqa: E402
 from worldmodel.host_memory import malloc_setting  # noqa: E402
 from worldmodel.interface import SegmentBatch, WorldModelConfigError  # noqa: E402
 from worldmodel.memory.base import MEMORY_NAMES  # noqa: E402
 from worldmodel.vid2world.configs import SIZES, Vid2WorldConfig  # noqa: E402
 from worldmodel.vid2world.model import Vid2World  # noqa: E402
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type for --action-dim: a whole number >= 0 (0: an action-free model)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def model_config(args: argparse.Namespace, steps: int, gradient_checkpointing: bool = False) -> Vid2WorldConfig:
