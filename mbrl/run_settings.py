@@ -9,10 +9,11 @@ settings (or another seed, task or preset) is refused and the run's own files ar
 that changes only where the run stops, how often it evaluates, saves or logs, or the device
 (``curves.SCHEDULE_ONLY_KEYS``) continues the same run, and the copy follows it.
 
-A key only one of the two launches has is a change when that launch's command line set it (saved in
-its ``overrides.yaml``): a ``+key=`` the run started with and this launch drops, or one this launch
-adds. Otherwise it is a key the code or the config files added or removed since the run started
-(with its default), and the run goes on: refusing it would leave such a run no way to finish.
+A key only one of the two launches has is a change when a launch's command line names it (saved in
+its ``overrides.yaml``): a ``+key=`` the run started with and this launch drops, one this launch
+adds, or one either launch deleted with ``~key``. Otherwise it is a key the code or the config
+files added or removed since the run started (with its default), and the run goes on: refusing it
+would leave such a run no way to finish.
 """
 from __future__ import annotations
 
@@ -69,29 +70,28 @@ def launch_keys(hydra_dir: Path) -> set[str] | None:
 def settings_changes(before: Mapping[str, str], after: Mapping[str, str], before_keys: set[str] | None = None,
                      after_keys: set[str] | None = None) -> dict[str, tuple[str, str]]:
     """{key: (before, after)} for every key both have with another value, and for a key only one
-    side has when that side's command line set it (``before_keys``/``after_keys``, from
-    ``launch_keys``; None: not known, so it does not count). Module docstring: why."""
+    side has when a command line names it (``before_keys``/``after_keys``, from ``launch_keys``:
+    ``+key=`` adds it, ``~key`` deletes it; None: not known). Module docstring: why."""
+    named = (before_keys or set()) | (after_keys or set())
     changes = {}
     for k in sorted(set(before) | set(after)):
         if k in before and k in after:
             if before[k] != after[k]:
                 changes[k] = (before[k], after[k])
-        elif k in before and before_keys is not None and set_by(k, before_keys):
-            changes[k] = (before[k], ABSENT)
-        elif k in after and after_keys is not None and set_by(k, after_keys):
-            changes[k] = (ABSENT, after[k])
+        elif set_by(k, named):
+            changes[k] = (before[k], ABSENT) if k in before else (ABSENT, after[k])
     return changes
 
 
 def describe_changes(run_dir: Path, changes: Mapping[str, tuple[str, str]]) -> str:
     """The refusal of a relaunch that would change a run's settings, with what to do instead."""
     listed = ", ".join(f"{k}={old} (this launch: {new})" for k, (old, new) in changes.items())
-    keep = [f"{k}={old}" if new != ABSENT else f"+{k}={old}"
+    keep = [f"{k}={old}" if new != ABSENT else f"++{k}={old}"  # ++: adds it, or overrides it if the config has it
             for k, (old, new) in changes.items() if k != PRESET_KEY and old != ABSENT]
     keep += [f"preset={changes[PRESET_KEY][0]}"] if PRESET_KEY in changes else []
     dropped = [k for k, (old, _) in changes.items() if old == ABSENT]
-    how = " ".join(([f"with {' '.join(keep)}"] if keep else [])
-                   + ([f"without {', '.join(dropped)}"] if dropped else []))
+    how = " and ".join(([f"with {' '.join(keep)}"] if keep else [])
+                       + ([f"without {', '.join(dropped)}"] if dropped else []))
     return (f"{run_dir} was trained with {listed}, from an override or a changed default. A run keeps its "
             f"settings: relaunch it {how} (its .hydra/{STARTED_WITH_DIR}/overrides.yaml lists "
             "the overrides it started with), or start a new run (another hydra.run.dir, or without resume=; "

@@ -262,3 +262,22 @@ def test_fixed_batches_are_the_same_at_every_read_when_a_file_fails_only_on_load
     assert 2 not in {int(v) for b in first for v in b[:, 0, 0, 0, 0]}
     fresh = FixedBatches(SegmentDataset([str(folder)], segment_length=3, skip_bad=True), 0, 0, 4, 8)
     assert all(torch.equal(a, fresh[j].obs) for j, a in enumerate(first))  # and in a fresh worker
+
+
+def test_an_unreadable_episode_holding_most_segments_never_stops_sampling(tmp_path):
+    """Redraws of an episode already known to be bad are no new failures: a folder whose long
+    episode is unreadable still gives its short one's segments, every time."""
+    from test_episodes import break_deflate_stream
+
+    folder = tmp_path / "a"
+    for episode_id, steps in ((1, 2000), (2, 4)):
+        episode = encoded_episode(episode_id, steps)
+        episode.obs[:, 2] = np.arange(SIZE)[None, :, None] * 16  # enough data for a long stream
+        save_episode(folder / f"ep_{episode_id:03d}.npz", episode)
+    break_deflate_stream(folder / "ep_001.npz", "obs.npy", keep=10_000)
+    data = SegmentDataset([str(folder)], segment_length=3, skip_bad=True)
+    assert data.num_segments[0].tolist() == [1999, 3]  # the bad one holds 99.85% of the draws
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        obs, *_ = data.sample(rng)
+        assert int(obs[0, 0, 0, 0]) == 2  # the readable episode's frames

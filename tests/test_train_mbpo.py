@@ -513,7 +513,7 @@ def test_a_relaunch_adding_or_dropping_a_key_it_sets_is_refused_and_code_added_k
 
     write_hydra_files(hydra, base, ["resume=true"])  # the relaunch drops the run's +agent.extra=3
     with pytest.raises(ConfigValueError, match=r"agent.extra=3 \(this launch: \(absent\)\).* relaunch it with "
-                                               r"\+agent.extra=3 \(its"):
+                                               r"\+\+agent.extra=3 \(its"):
         check_relaunch(run, resume=True)
     assert (hydra / "config.yaml").read_text() == started  # the run's own files are back
 
@@ -521,6 +521,16 @@ def test_a_relaunch_adding_or_dropping_a_key_it_sets_is_refused_and_code_added_k
     with pytest.raises(ConfigValueError, match=r"agent.other=\(absent\) \(this launch: 0.5\).* relaunch it "
                                                r"without agent.other \(its"):
         check_relaunch(run, resume=True)
+
+    write_hydra_files(hydra, "seed: 1\ntask:\n  name: plate_slide\nagent:\n  extra: 3\n  other: 1\n",
+                      ["+agent.extra=3", "~agent.lr", "+agent.other=1"])  # a key deleted, one added
+    with pytest.raises(ConfigValueError, match=r"agent.lr=0.0001 \(this launch: \(absent\)\).* relaunch it with "
+                                               r"\+\+agent.lr=0.0001 and without agent.other \(its"):
+        check_relaunch(run, resume=True)
+    # Memory for time only (the same loss and gradients): relaunching a run that ran out of memory with it
+    write_hydra_files(hydra, base + "  extra: 3\nworld_model:\n  model:\n    gradient_checkpointing: true\n",
+                      ["+agent.extra=3", "+world_model.model.gradient_checkpointing=true"])
+    check_relaunch(run, resume=True)
 
     # A key the config files gained since (no command line sets it), in a group the launch chose: it goes on.
     write_hydra_files(hydra, base + "  extra: 3\nmemory:\n  weights: 1\n", ["+agent.extra=3", "memory=vrag"],

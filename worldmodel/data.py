@@ -45,9 +45,6 @@ from worldmodel.interface import SegmentBatch
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_EPISODES = 64
-# Draws in a row of unreadable episodes before giving up (a folder almost all bad): a clear
-# error, no hang.
-MAX_BAD_DRAWS = 1000
 
 
 @dataclass
@@ -228,10 +225,12 @@ class SegmentDataset(IterableDataset):
         An unreadable episode (``skip_bad``) is redrawn from the same folder with the same ``rng``,
         over the distributions as built: so the segment an ``rng`` state gives depends on which files
         are bad, never on which of them this worker happened to find before (a keyed batch stays a
-        pure function of its key), and a folder's weight is kept."""
+        pure function of its key), and a folder's weight is kept. The redraws end: every failed load
+        marks one more episode bad, and ``_mark_bad`` fails once the folder has no readable one left
+        (a readable episode with segments is drawn with positive probability)."""
         cache = OrderedDict() if cache is None else cache
         f = _draw(rng, self.folder_cdf)
-        for _ in range(MAX_BAD_DRAWS):
+        while True:
             i = _draw(rng, self.episode_cdfs[f])
             if (f, i) in self.bad_episodes:
                 continue
@@ -245,8 +244,6 @@ class SegmentDataset(IterableDataset):
                 continue
             start = int(rng.integers(self.num_segments[f][i]))
             return (*self.cut(episode, start, self.frame_steps[f]), f)
-        raise RuntimeError(f"{MAX_BAD_DRAWS} episode draws in a row from {self.folders[f]} hit unreadable "
-                           "files; check that folder.")
 
     def _mark_bad(self, f: int, i: int) -> None:
         """Never load a bad episode again (in this worker); fail once a folder has no readable one."""

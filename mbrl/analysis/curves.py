@@ -71,7 +71,9 @@ SCHEDULE_ONLY_KEYS = ("seed", "num_train_frames", "eval_every_frames", "save_eve
                       "device", "cpu_threads", "keep_freed_memory", "log", "replay.memmap", "task.name",
                       "task.task_index",
                       # validation draws from its own random stream (mbrl/mbpo.py MBPO.validate)
-                      "mbpo.validate_every_episodes", "mbpo.validate_batch")
+                      "mbpo.validate_every_episodes", "mbpo.validate_batch",
+                      # trades memory for time: the same loss and gradients
+                      "world_model.model.gradient_checkpointing")
 
 
 class RunDirError(ValueError):

@@ -65,7 +65,8 @@ class ManiSkillBackend:
                                 sensor_configs=dict(width=image_size, height=image_size),
                                 max_episode_steps=max_sim_steps + 1, enhanced_determinism=True)
         except (AssertionError, NotImplementedError) as e:  # ManiSkill's checks of the two modes
-            raise ValueError(f"ManiSkill {name} refused task.control_mode={control_mode} or "
+            from mbrl.utils import ConfigValueError  # a ValueError the entry points print as one line
+            raise ConfigValueError(f"ManiSkill {name} refused task.control_mode={control_mode} or "
                              f"task.reward_mode={reward_mode}: {e}") from None
         except RuntimeError as e:
             if any(sign in str(e) for sign in VULKAN_FAILURES):

@@ -36,7 +36,7 @@ SETTINGS_NAME = "run_settings.json"
 # Keys (or key prefixes ending in ".") that may differ between launches of one output directory.
 NOT_LEARNING_KEYS = ("out", "log.", "eval.", "checkpoint.", "steps.", "data_loader.num_workers",
                      "data_loader.cache_episodes", "data_loader.root", "data.root", "keep_freed_memory",
-                     "find_unused_parameters")
+                     "find_unused_parameters", "world_model.model.gradient_checkpointing")
 HELD_OUT_KEY = "eval.held_out"  # the split that the training data is what remains of
 PROCESSES_KEY = "num_processes"
 ABSENT = "(absent)"  # how a key one launch lacks is shown
