@@ -755,3 +755,5 @@ def test_gradient_checkpointing_keeps_the_update_and_saves_fewer_activations():
         torch.testing.assert_close(a, b)
     assert checkpointed[0] < full[0] / 3, (checkpointed[0], full[0])
     assert Vid2World.from_config(micro_model(gradient_checkpointing=True).get_config()).backbone.gradient_checkpointing
+    with pytest.raises(WorldModelConfigError, match="gradient_checkpointing must be true or false, got 'false'"):
+        micro_model(gradient_checkpointing="false")

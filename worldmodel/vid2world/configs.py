@@ -128,6 +128,9 @@ class Vid2WorldConfig:
             # clip_grad_norm_ with a negative max_norm flips every gradient's sign
             raise WorldModelConfigError(f"grad_clip must be a number >= 0 (0 or null: no clipping), got "
                                         f"{self.grad_clip!r}.")
+        if not isinstance(self.gradient_checkpointing, bool):  # bool("false") would be True
+            raise WorldModelConfigError(f"gradient_checkpointing must be true or false, got "
+                                        f"{self.gradient_checkpointing!r}.")
         encoder_levels(self.image_size)  # the reward head's size rule
         if self.size not in SIZES:
             raise WorldModelConfigError(f"unknown size '{self.size}'; choose one of {sorted(SIZES)}.")
