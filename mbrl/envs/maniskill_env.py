@@ -67,7 +67,7 @@ class ManiSkillBackend:
         except (AssertionError, NotImplementedError) as e:  # ManiSkill's checks of the two modes
             from mbrl.utils import ConfigValueError  # a ValueError the entry points print as one line
             raise ConfigValueError(f"ManiSkill {name} refused task.control_mode={control_mode} or "
-                             f"task.reward_mode={reward_mode}: {e}") from None
+                                   f"task.reward_mode={reward_mode}: {e}") from None
         except RuntimeError as e:
             if any(sign in str(e) for sign in VULKAN_FAILURES):
                 from mbrl.envs.errors import MissingSimulatorError
