@@ -530,6 +530,9 @@ def test_http_serves_only_the_files_the_sessions_last_save_wrote(client, player)
     shutil.rmtree(player.out_dir)  # the user cleaned out_dir up
     res = client.get(saved["files"]["video"])
     assert res.status_code == 404 and "gone" in res.json()["error"] and "save again" in res.json()["error"]
+    for method, path in (("get", "/api/no_such_route"), ("get", f"/api/sessions/{sid}/step")):
+        res = getattr(client, method)(path)  # no such route, or the wrong method: the documented {"error"} too
+        assert res.status_code in (404, 405) and path in res.json()["error"], res.json()
     again = post(client, f"/api/sessions/{sid}/save")  # saving recreates the folder
     assert client.get(again["files"]["imagined_npz"]).status_code == 200
 
