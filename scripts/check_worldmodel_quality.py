@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from worldmodel.atomic_file import atomic_write  # noqa: E402
 from worldmodel.interface import SegmentBatch, WorldModel, WorldModelConfigError  # noqa: E402
+from worldmodel.ivideogpt import official  # noqa: E402
 from worldmodel.ivideogpt.model import IVideoGPT  # noqa: E402
 from worldmodel.registry import model_directory, pretrained_model_type  # noqa: E402
 from worldmodel.training.metrics import psnr  # noqa: E402
@@ -384,8 +385,11 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.tokenizer_set:
         key, _, value = item.partition("=")
         tokenizer[key] = json.loads(value)
-    if load_dir:  # evaluate a saved model (ours or an imported official one) without training
-        model = IVideoGPT.from_pretrained(load_dir).to(args.device)
+    if load_dir:  # evaluate a saved model (ours or an official one) without training
+        # an official download is imported for the data's actions: an action-free one gets a zero
+        # action head (reported), so it imagines as the checkpoint does (no action conditioning)
+        extra = {"action_dim": action_dim} if official.looks_official(load_dir) else {}
+        model = IVideoGPT.from_pretrained(load_dir, **extra).to(args.device)
         have = (model.image_size, model.action_dim, model.context_frames)
         if have != (image_size, action_dim, args.context) or model.max_future_frames < args.horizon:
             sys.exit(f"{args.load} has image size, action dim, context frames {have} and max_future_frames "

@@ -175,3 +175,18 @@ def test_quality_check_reports_and_a_saved_model_reloads_to_the_same_numbers(q, 
     reloaded = run("--load", str(out), "--data", str(data))  # a scripts/pretrain.py output folder
     assert "episodes loaded from" in reloaded.stdout, reloaded.stderr[-2000:]
     assert summary(reloaded.stdout) == (psnr, copy, mse, mean)  # same model, data and seed
+
+
+@pytest.mark.timeout(600)
+def test_an_official_action_free_download_is_evaluated_with_a_zero_action_head(tmp_path):
+    """``--load`` of an official thuml/iVideoGPT folder imports it for the data's actions (an
+    action-free one: a zero action head, reported), rather than refusing its action dim of 0."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from test_import_ivideogpt import (TINY_LLAMA, TINY_TOKENIZER, official_tokenizer_shapes,
+                                       official_transformer_shapes, random_state, write_official)
+
+    folder = write_official(tmp_path / "official", random_state(official_tokenizer_shapes(TINY_TOKENIZER), 1),
+                            random_state(official_transformer_shapes(TINY_LLAMA), 2))
+    result = run("--load", folder, "--data", str(tmp_path / "episodes.npz"))
+    assert result.returncode in (0, 2), result.stderr[-2000:]  # 2: random weights lose to the baselines
+    assert "SUMMARY" in result.stdout and all(math.isfinite(v) for v in summary(result.stdout))
