@@ -338,6 +338,8 @@ class Trainer:
 
             bar = tqdm(total=cfg.num_train_frames, initial=self.frame, unit="frame", dynamic_ncols=True)
         last_eval: dict[str, Any] = {}
+        # the bar's eval score: DMC has no success notion, so its bar shows the return
+        score = ("eval_return", "episode_reward") if cfg.task.suite == "dmc" else ("eval_success", "success")
         while self.frame < cfg.num_train_frames:
             if cfg.eval_every_frames and self.frame - self.last_eval_frame >= cfg.eval_every_frames:
                 last_eval = self.evaluate()
@@ -365,8 +367,7 @@ class Trainer:
                 self.save()
             if bar is not None:
                 bar.update(self.frame - bar.n)
-                score = ("eval_return", "episode_reward") if cfg.task.suite == "dmc" else ("eval_success", "success")
-                shown = last_eval.get(score[1])  # DMC has no success notion: its bar shows the return
+                shown = last_eval.get(score[1])
                 bar.set_postfix(fps=f"{row['fps']:.0f}", episode=self.episode,
                                 **{score[0]: "-" if shown is None else f"{shown:.2f}"})
         if self.last_eval_frame != self.frame or self.frame == 0:

@@ -65,13 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segment-length", type=positive_int, default=8,
                    help="--update: frames per segment (MBPO's: 8 with window, 24 with history or vrag)")
     args = p.parse_args(argv)
-    for steps in args.steps:  # the model's own rules (a usage error here, not a traceback mid-run)
-        try:
+    try:  # the model's own rules (a usage error here, not a traceback mid-run)
+        for steps in args.steps:
             model_config(args, steps).backbone_config()
-            if args.update:
-                Vid2World(model_config(args, steps)).check_segment_length(args.segment_length)
-        except WorldModelConfigError as e:
-            p.error(f"the benchmarked model refuses these options: {e}")
+        if args.update:  # segments do not depend on the step count: one model checks them
+            Vid2World(model_config(args, args.steps[0])).check_segment_length(args.segment_length)
+    except WorldModelConfigError as e:
+        p.error(f"the benchmarked model refuses these options: {e}")
     return args
 
 

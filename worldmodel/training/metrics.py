@@ -119,9 +119,9 @@ class FVD:
         if chunk < 1:
             raise ValueError(f"FVD chunk must be >= 1 video (got {chunk}).")
         self.device, self.chunk = torch.device(device), chunk
-        self.detector = self._load_and_probe(str(i3d_path))
+        self._load_and_probe(str(i3d_path))  # sets self.detector
 
-    def _load_and_probe(self, i3d_path: str) -> torch.jit.ScriptModule:
+    def _load_and_probe(self, i3d_path: str) -> None:
         """Load the detector and run it once on a trial video, the way ``features`` calls it: a wrong
         file (a state_dict, a model with another call or output) then fails here, in one line naming
         the setting, not with a TorchScript error at the first open-loop evaluation hours later."""
@@ -140,7 +140,6 @@ class FVD:
         if features.ndim != 2 or len(features) != n or not np.isfinite(features).all():
             raise WorldModelConfigError(f"{wanted} (it returned {features.dtype} {features.shape} for {n} "
                                         "videos, not finite features [N, D])")
-        return self.detector
 
     @staticmethod
     def check_frames(frames: int) -> None:
